@@ -1,0 +1,255 @@
+// Command ai-load-service ingests IoT device metrics over HTTP, keeps a
+// rolling window per device and metric, and flags anomalies as samples
+// arrive. main.go is wiring only: configuration, logger, start, stop.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"syscall"
+	"time"
+
+	"ai-load-service/server"
+	"ai-load-service/shard"
+
+	"github.com/rs/zerolog"
+	"github.com/valyala/fasthttp"
+)
+
+// config is every setting; each has an environment variable and a flag, and
+// the flag wins.
+type config struct {
+	Addr         string
+	WindowSize   int
+	MinSamples   int
+	ZThreshold   float64
+	MinStddev    float64
+	Shards       int
+	QueueLen     int
+	MaxBodyBytes int
+	LogLevel     string
+	DrainDelay   time.Duration
+	StopTimeout  time.Duration
+}
+
+// parseConfig reads env (via getenv) and then args. An invalid value is an
+// error naming the variable.
+func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
+	c := config{
+		Addr:         ":8080",
+		WindowSize:   50,
+		MinSamples:   10,
+		ZThreshold:   3,
+		MinStddev:    1e-9,
+		Shards:       4 * runtime.GOMAXPROCS(0),
+		QueueLen:     1024,
+		MaxBodyBytes: 1 << 20,
+		LogLevel:     "info",
+		StopTimeout:  8 * time.Second,
+	}
+	fs := flag.NewFlagSet("ai-load-service", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var envErr error
+	v := func(p flag.Value, name, env, usage string) {
+		if s := getenv(env); s != "" && envErr == nil {
+			if err := p.Set(s); err != nil {
+				envErr = fmt.Errorf("invalid %s=%q: %w", env, s, err)
+			}
+		}
+		fs.Var(p, name, usage+" (env "+env+")")
+	}
+	v((*strValue)(&c.Addr), "addr", "ADDR", "listen address")
+	v(intIn(&c.WindowSize, 2, 100000), "window-size", "WINDOW_SIZE", "values kept per (device, metric) window")
+	v(intIn(&c.MinSamples, 1, 100000), "min-samples", "MIN_SAMPLES", "values a window needs before a sample can be anomalous")
+	v(floatIn(&c.ZThreshold, math.SmallestNonzeroFloat64, 1e6), "z-threshold", "Z_THRESHOLD", "|z| at or above which a sample is anomalous")
+	v(floatIn(&c.MinStddev, math.SmallestNonzeroFloat64, 1e300), "min-stddev", "MIN_STDDEV", "floor under the window stddev in the z-score")
+	v(intIn(&c.Shards, 1, 4096), "shards", "SHARDS", "shard goroutines owning device state (default 4 × GOMAXPROCS)")
+	v(intIn(&c.QueueLen, 1, 1<<20), "queue-len", "QUEUE_LEN", "requests queued per shard before ingest answers 503")
+	v(intIn(&c.MaxBodyBytes, 64, 1<<30), "max-body-bytes", "MAX_BODY_BYTES", "largest request body; larger ones get 413")
+	v((*levelValue)(&c.LogLevel), "log-level", "LOG_LEVEL", "trace, debug, info, warn, error or disabled")
+	v(durIn(&c.DrainDelay, 0, time.Minute), "drain-delay", "DRAIN_DELAY", "after SIGTERM, how long /ready answers 503 before the listener closes")
+	v(durIn(&c.StopTimeout, time.Millisecond, 10*time.Minute), "stop-timeout", "STOP_TIMEOUT", "how long in-flight requests may take to finish after SIGTERM")
+	if envErr != nil {
+		return c, envErr
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q; settings are flags or environment variables", fs.Arg(0))
+	}
+	if c.MinSamples > c.WindowSize {
+		return c, fmt.Errorf("MIN_SAMPLES=%d exceeds WINDOW_SIZE=%d: no sample could ever be anomalous", c.MinSamples, c.WindowSize)
+	}
+	return c, nil
+}
+
+type strValue string
+
+func (s *strValue) Set(v string) error { *s = strValue(v); return nil }
+func (s *strValue) String() string     { return string(*s) }
+
+type levelValue string
+
+func (l *levelValue) Set(v string) error {
+	if _, err := zerolog.ParseLevel(v); err != nil || v == "" {
+		return fmt.Errorf("want trace, debug, info, warn, error or disabled")
+	}
+	*l = levelValue(v)
+	return nil
+}
+func (l *levelValue) String() string { return string(*l) }
+
+type intValue struct {
+	p        *int
+	min, max int
+}
+
+func intIn(p *int, min, max int) *intValue { return &intValue{p, min, max} }
+
+func (v *intValue) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < v.min || n > v.max {
+		return fmt.Errorf("want an integer from %d to %d", v.min, v.max)
+	}
+	*v.p = n
+	return nil
+}
+
+func (v *intValue) String() string {
+	if v == nil || v.p == nil {
+		return ""
+	}
+	return strconv.Itoa(*v.p)
+}
+
+type floatValue struct {
+	p        *float64
+	min, max float64
+}
+
+func floatIn(p *float64, min, max float64) *floatValue { return &floatValue{p, min, max} }
+
+func (v *floatValue) Set(s string) error {
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || !(f >= v.min && f <= v.max) {
+		return fmt.Errorf("want a positive number up to %g", v.max)
+	}
+	*v.p = f
+	return nil
+}
+
+func (v *floatValue) String() string {
+	if v == nil || v.p == nil {
+		return ""
+	}
+	return strconv.FormatFloat(*v.p, 'g', -1, 64)
+}
+
+type durValue struct {
+	p        *time.Duration
+	min, max time.Duration
+}
+
+func durIn(p *time.Duration, min, max time.Duration) *durValue { return &durValue{p, min, max} }
+
+func (v *durValue) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil || d < v.min || d > v.max {
+		return fmt.Errorf("want a duration like 5s from %s to %s", v.min, v.max)
+	}
+	*v.p = d
+	return nil
+}
+
+func (v *durValue) String() string {
+	if v == nil || v.p == nil {
+		return ""
+	}
+	return v.p.String()
+}
+
+func main() {
+	c, err := parseConfig(os.Args[1:], os.Getenv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ai-load-service: %s\n", err)
+		os.Exit(2)
+	}
+	lvl, _ := zerolog.ParseLevel(c.LogLevel)
+	log := zerolog.New(os.Stderr).Level(lvl).With().Timestamp().Logger()
+	if err := run(c, log); err != nil {
+		log.Fatal().Err(err).Msg("stopped")
+	}
+}
+
+// run serves until SIGTERM or SIGINT, then stops in reverse order of start.
+func run(c config, log zerolog.Logger) error {
+	start := time.Now()
+	set := shard.New(shard.Options{
+		Shards: c.Shards, WindowSize: c.WindowSize, MinSamples: c.MinSamples,
+		ZThreshold: c.ZThreshold, MinStddev: c.MinStddev, QueueLen: c.QueueLen,
+	})
+	h := server.New(server.Options{Shards: set, MaxBodyBytes: c.MaxBodyBytes, Log: log})
+	srv := &fasthttp.Server{
+		Handler:            h.Handler(),
+		ErrorHandler:       h.ErrorHandler,
+		Name:               "ai-load-service",
+		MaxRequestBodySize: c.MaxBodyBytes,
+		ReadTimeout:        30 * time.Second,
+		WriteTimeout:       30 * time.Second,
+		IdleTimeout:        60 * time.Second,
+		CloseOnShutdown:    true,
+		NoDefaultDate:      true,
+	}
+	ln, err := net.Listen("tcp", c.Addr)
+	if err != nil {
+		set.Stop()
+		return fmt.Errorf("cannot listen on ADDR=%q: %w", c.Addr, err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	h.SetReady()
+	log.Info().Str("addr", ln.Addr().String()).Int("shards", set.Len()).Int("window", c.WindowSize).
+		Float64("z_threshold", c.ZThreshold).Str("state", "in-memory only").
+		Dur("startup", time.Since(start)).Msg("serving")
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case s := <-sig:
+		log.Info().Str("signal", s.String()).Msg("stopping")
+	case err := <-served:
+		set.Stop()
+		return fmt.Errorf("server failed: %w", err)
+	}
+	signal.Stop(sig)
+
+	h.SetDraining()
+	if c.DrainDelay > 0 {
+		time.Sleep(c.DrainDelay)
+		log.Info().Dur("took", c.DrainDelay).Msg("drain delay over")
+	}
+	t := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), c.StopTimeout)
+	defer cancel()
+	if err := srv.ShutdownWithContext(ctx); err != nil {
+		log.Warn().Err(err).Msg("in-flight requests did not finish in STOP_TIMEOUT")
+	}
+	log.Info().Dur("took", time.Since(t)).Msg("http server stopped")
+	t = time.Now()
+	set.Stop()
+	log.Info().Dur("took", time.Since(t)).Msg("shards stopped")
+	return nil
+}

@@ -1,0 +1,61 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+
+	"ai-load-service/shard"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Error is a failure a client can act on: its status and message reach the
+// client as {"error": msg[, "index": i]}.
+type Error struct {
+	Status int
+	Msg    string
+	Index  int // position of the bad element in a batch; -1 when none
+}
+
+func (e *Error) Error() string { return e.Msg }
+
+func errorf(status int, format string, args ...any) *Error {
+	return &Error{Status: status, Msg: fmt.Sprintf(format, args...), Index: -1}
+}
+
+// at returns e with the batch index i attached, or e itself when i < 0.
+func at(e *Error, i int) *Error {
+	if i >= 0 {
+		e.Index = i
+	}
+	return e
+}
+
+// writeError maps err to a status and JSON body. It is the one place that
+// decides what a client sees of an error: details of internal errors go to
+// the log only.
+func (h *Handler) writeError(ctx *fasthttp.RequestCtx, err error) {
+	var e *Error
+	switch {
+	case errors.As(err, &e):
+	case errors.Is(err, shard.ErrOverloaded):
+		ctx.Response.Header.Set("Retry-After", "1")
+		e = errorf(fasthttp.StatusServiceUnavailable, "ingest queue is full; retry after a short backoff or add replicas")
+	case errors.Is(err, shard.ErrStopped):
+		e = errorf(fasthttp.StatusServiceUnavailable, "server is shutting down; retry on another replica")
+	default:
+		h.log.Error().Err(err).Bytes("path", ctx.Path()).Msg("internal error")
+		e = errorf(fasthttp.StatusInternalServerError, "internal error")
+	}
+	buf := append(ctx.Response.Body()[:0], `{"error":`...)
+	buf = appendString(buf, e.Msg)
+	if e.Index >= 0 {
+		buf = append(buf, `,"index":`...)
+		buf = strconv.AppendInt(buf, int64(e.Index), 10)
+	}
+	buf = append(buf, "}\n"...)
+	ctx.SetStatusCode(e.Status)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(buf)
+}

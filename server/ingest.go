@@ -1,0 +1,62 @@
+package server
+
+import (
+	"strconv"
+
+	"ai-load-service/shard"
+
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
+)
+
+type decodeFunc func(p *fastjson.Parser, body []byte, b *shard.Batch, now int64) error
+
+// ingest serves POST /api/v1/ingest: one sample or an array, all or nothing.
+func (h *Handler) ingest(ctx *fasthttp.RequestCtx) error {
+	return h.apply(ctx, decodeIngest, func(dst []byte, b *shard.Batch) []byte {
+		dst = append(dst, `{"accepted":`...)
+		dst = strconv.AppendInt(dst, int64(b.Len()), 10)
+		dst = append(dst, `,"anomalies":`...)
+		dst = appendAnomalies(dst, b.Anomalies)
+		return append(dst, "}\n"...)
+	})
+}
+
+// metric serves the prototype's POST /metric.
+func (h *Handler) metric(ctx *fasthttp.RequestCtx) error {
+	return h.apply(ctx, decodeMetric, func(dst []byte, b *shard.Batch) []byte {
+		dst = append(dst, `{"status":"received","device_id":`...)
+		dst = appendString(dst, b.Device(0))
+		dst = append(dst, `,"window":`...)
+		dst = strconv.AppendInt(dst, int64(b.Head.Window), 10)
+		dst = append(dst, `,"window_size":`...)
+		dst = strconv.AppendInt(dst, int64(h.set.Options().WindowSize), 10)
+		dst = append(dst, `,"rolling_average":`...)
+		dst = appendFloat(dst, b.Head.Mean)
+		dst = append(dst, `,"is_anomaly":`...)
+		dst = strconv.AppendBool(dst, len(b.Anomalies) > 0)
+		dst = append(dst, `,"anomalies":`...)
+		dst = appendAnomalies(dst, b.Anomalies)
+		return append(dst, "}\n"...)
+	})
+}
+
+// apply decodes the body into a pooled batch, hands it to the shards and
+// writes the response. The batch holds copies: nothing of ctx reaches a shard.
+func (h *Handler) apply(ctx *fasthttp.RequestCtx, decode decodeFunc, encode func([]byte, *shard.Batch) []byte) error {
+	st := h.pool.Get().(*ingestState)
+	defer h.pool.Put(st)
+	st.batch.Reset()
+	if err := decode(&st.parser, ctx.PostBody(), &st.batch, h.opts.Now().UnixMilli()); err != nil {
+		return err
+	}
+	if err := h.set.Ingest(&st.batch); err != nil {
+		return err
+	}
+	h.samples.Add(st.batch.Metrics())
+	h.anomalies.Add(len(st.batch.Anomalies))
+	st.out = encode(st.out[:0], &st.batch)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(st.out)
+	return nil
+}

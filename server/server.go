@@ -1,0 +1,228 @@
+// Package server is the HTTP front end: routes, decoding, validation and
+// responses. Device state lives in package shard; handlers reach it only
+// through shard.Set, after copying what they need out of the request.
+package server
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"ai-load-service/shard"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/fasthttp/router"
+	"github.com/rs/zerolog"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
+)
+
+// Options configure a Handler. A zero field means the default in its comment.
+type Options struct {
+	Shards       *shard.Set     // required
+	MaxBodyBytes int            // for the 413 message; the fasthttp.Server enforces it; zero: 1 MiB
+	Log          zerolog.Logger // zero: logs nothing
+	Now          func() time.Time
+	// MaxMetricLabels bounds the metric label values of
+	// rolling_average_current; further names share metric="_other". Zero: 100.
+	MaxMetricLabels int
+}
+
+// Handler serves the API. Create it with New.
+type Handler struct {
+	set    *shard.Set
+	opts   Options
+	log    zerolog.Logger
+	ms     *metrics.Set
+	router *router.Router
+
+	state atomic.Int32 // stateStarting, stateReady or stateDraining
+
+	samples   *metrics.Counter
+	anomalies *metrics.Counter
+	other     *endpoint // requests that match no route
+
+	pool sync.Pool // *ingestState
+}
+
+const (
+	stateStarting int32 = iota
+	stateReady
+	stateDraining
+)
+
+// ingestState is the per-request scratch of the ingest routes, pooled.
+type ingestState struct {
+	parser fastjson.Parser
+	batch  shard.Batch
+	out    []byte
+}
+
+// New returns a Handler that is not ready yet: /ready answers 503 until
+// SetReady.
+func New(opts Options) *Handler {
+	if opts.Shards == nil {
+		panic("BUG: server.New needs Options.Shards")
+	}
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = 1 << 20
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.MaxMetricLabels <= 0 {
+		opts.MaxMetricLabels = 100
+	}
+	h := &Handler{set: opts.Shards, opts: opts, log: opts.Log, ms: metrics.NewSet()}
+	h.pool.New = func() any { return new(ingestState) }
+	h.samples = h.ms.NewCounter("samples_ingested_total")
+	h.anomalies = h.ms.NewCounter("anomaly_detection_total")
+	h.ms.NewGauge("active_devices", func() float64 { return float64(h.set.Devices()) })
+	h.ms.NewGauge("active_streams", func() float64 { return float64(h.set.Streams()) })
+	h.ms.NewGauge("shards", func() float64 { return float64(h.set.Len()) })
+	for i := range h.set.Len() {
+		h.ms.NewGauge(fmt.Sprintf(`shard_queue_depth{shard="%d"}`, i), func() float64 { return float64(h.set.QueueDepth(i)) })
+	}
+	h.ms.NewGauge("ready", func() float64 {
+		if h.state.Load() == stateReady {
+			return 1
+		}
+		return 0
+	})
+	h.router = h.routes()
+	return h
+}
+
+// routes declares every path the service serves.
+func (h *Handler) routes() *router.Router {
+	r := router.New()
+	r.RedirectTrailingSlash = false
+	r.RedirectFixedPath = false
+	add := func(path string, methods string, fn func(*fasthttp.RequestCtx) error) {
+		r.ANY(path, h.newEndpoint(path, strings.Split(methods, ","), fn).serve)
+	}
+	add("/", "GET", h.index)
+	add("/health", "GET", h.health)
+	add("/ready", "GET", h.ready)
+	add("/metrics", "GET", h.metrics)
+	add("/analyze", "GET", h.analyze)
+	add("/metric", "POST", h.metric)
+	add("/api/v1/ingest", "POST", h.ingest)
+	add("/api/v1/devices/{device}", "GET", h.device)
+	add("/api/v1/devices/{device}/anomalies", "GET", h.deviceAnomalies)
+	h.other = h.newEndpoint("other", nil, func(ctx *fasthttp.RequestCtx) error {
+		return errorf(fasthttp.StatusNotFound, "no route for %s %q; GET / lists the routes", ctx.Method(), clip(ctx.Path()))
+	})
+	r.NotFound = h.other.serve
+	return r
+}
+
+// Handler returns the fasthttp handler for every route.
+func (h *Handler) Handler() fasthttp.RequestHandler { return h.router.Handler }
+
+// SetReady marks the service ready for traffic (/ready 200).
+func (h *Handler) SetReady() { h.state.Store(stateReady) }
+
+// SetDraining marks the service as shutting down (/ready 503).
+func (h *Handler) SetDraining() { h.state.Store(stateDraining) }
+
+// ErrorHandler answers requests fasthttp rejects before routing, such as
+// bodies over the limit, in the API's JSON error format. Set it as
+// fasthttp.Server.ErrorHandler.
+func (h *Handler) ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
+	start := time.Now()
+	e := errorf(fasthttp.StatusBadRequest, "cannot parse request: %s", err)
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		e = errorf(fasthttp.StatusRequestEntityTooLarge, "request body exceeds %d bytes; split the batch", h.opts.MaxBodyBytes)
+	case isSmallBuffer(err):
+		e = errorf(fasthttp.StatusRequestHeaderFieldsTooLarge, "request headers too large")
+	}
+	h.writeError(ctx, e)
+	h.other.record(ctx, start)
+}
+
+func isSmallBuffer(err error) bool {
+	_, ok := err.(*fasthttp.ErrSmallBuffer)
+	return ok
+}
+
+// endpoint is one route's method check, metrics and error mapping.
+type endpoint struct {
+	h        *Handler
+	name     string
+	methods  []string
+	allow    string
+	fn       func(*fasthttp.RequestCtx) error
+	duration *metrics.PrometheusHistogram
+	// counts[method][status-100] caches requests_total counters, created on
+	// first use so that only statuses that happen become series.
+	counts [len(methodNames)][500]atomic.Pointer[metrics.Counter]
+}
+
+var methodNames = [...]string{"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other"}
+
+// durationBuckets spans 50µs to 10s: the service answers in microseconds.
+var durationBuckets = []float64{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+func (h *Handler) newEndpoint(name string, methods []string, fn func(*fasthttp.RequestCtx) error) *endpoint {
+	e := &endpoint{h: h, name: name, methods: methods, fn: fn}
+	if len(methods) > 0 && methods[0] == "GET" {
+		e.methods = append(e.methods, "HEAD")
+	}
+	e.allow = strings.Join(e.methods, ", ")
+	e.duration = h.ms.NewPrometheusHistogramExt(fmt.Sprintf(`request_duration_seconds{endpoint=%q}`, name), durationBuckets)
+	return e
+}
+
+func (e *endpoint) serve(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	var err error
+	if e.allowed(ctx.Method()) {
+		err = e.fn(ctx)
+	} else {
+		ctx.Response.Header.Set("Allow", e.allow)
+		err = errorf(fasthttp.StatusMethodNotAllowed, "method %s not allowed on %s; use %s", clip(ctx.Method()), e.name, e.allow)
+	}
+	if err != nil {
+		e.h.writeError(ctx, err)
+	}
+	e.record(ctx, start)
+}
+
+func (e *endpoint) allowed(m []byte) bool {
+	if e.methods == nil {
+		return true
+	}
+	for _, a := range e.methods {
+		if string(m) == a {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *endpoint) record(ctx *fasthttp.RequestCtx, start time.Time) {
+	e.duration.UpdateDuration(start)
+	mi := len(methodNames) - 1
+	for i, m := range methodNames[:mi] {
+		if string(ctx.Method()) == m {
+			mi = i
+			break
+		}
+	}
+	code := ctx.Response.StatusCode()
+	if code < 100 || code > 599 {
+		code = 599
+	}
+	p := &e.counts[mi][code-100]
+	c := p.Load()
+	if c == nil {
+		c = e.h.ms.GetOrCreateCounter(fmt.Sprintf(`requests_total{endpoint=%q,method=%q,status="%d"}`, e.name, methodNames[mi], code))
+		p.Store(c)
+	}
+	c.Inc()
+}

@@ -1,0 +1,100 @@
+package shard
+
+import "sync"
+
+// Batch holds one request's samples in memory the caller reuses, so decoding
+// and ingesting a batch allocates nothing in steady state. Names are copied
+// into the batch's own buffer: a Batch never points into a request body.
+//
+// A Batch is used by one request at a time; Set.Ingest reads it from the
+// shard goroutines only while the caller waits in Ingest.
+type Batch struct {
+	// Anomalies is filled by Set.Ingest with the anomalies the batch
+	// produced, in sample order and, within a sample, in metric order.
+	Anomalies []Anomaly
+	// Head is the first metric of the first sample after Set.Ingest.
+	Head StreamHead
+
+	buf     []byte // device and metric names back to back
+	samples []sample
+	metrics []metric
+
+	// dispatch scratch, reused across requests
+	counts []int32 // samples per shard
+	order  []int32 // sample indices grouped by shard, batch order inside
+	ops    []op
+	wg     sync.WaitGroup
+}
+
+// StreamHead is what the prototype's /metric route reports of the window.
+type StreamHead struct {
+	Window int     // values in the window after the update
+	Mean   float64 // the window's mean after the update
+}
+
+type span struct{ lo, hi int32 }
+
+type sample struct {
+	dev   span  // in buf
+	ts    int64 // unix ms
+	ms    span  // in metrics
+	shard int32
+}
+
+type metric struct {
+	name span // in buf
+	v    float64
+}
+
+// Reset empties b, keeping its memory.
+func (b *Batch) Reset() {
+	b.Anomalies = b.Anomalies[:0]
+	b.Head = StreamHead{}
+	b.buf = b.buf[:0]
+	b.samples = b.samples[:0]
+	b.metrics = b.metrics[:0]
+}
+
+// Add starts a new sample for device at ts (unix milliseconds); the metrics
+// added next with AddMetric belong to it.
+func (b *Batch) Add(device []byte, ts int64) {
+	n := int32(len(b.metrics))
+	b.samples = append(b.samples, sample{dev: b.keep(device), ts: ts, ms: span{n, n}})
+}
+
+// AddMetric adds a metric value to the sample started last by Add.
+func (b *Batch) AddMetric(name []byte, v float64) {
+	if len(b.samples) == 0 {
+		panic("BUG: shard.Batch.AddMetric called before Add")
+	}
+	b.metrics = append(b.metrics, metric{name: b.keep(name), v: v})
+	b.samples[len(b.samples)-1].ms.hi++
+}
+
+// Len returns the number of samples in b.
+func (b *Batch) Len() int { return len(b.samples) }
+
+// Metrics returns the number of metric values in b.
+func (b *Batch) Metrics() int { return len(b.metrics) }
+
+// Device returns sample i's device ID; the bytes are valid until Reset.
+func (b *Batch) Device(i int) []byte { return b.bytes(b.samples[i].dev) }
+
+// SampleMetrics returns how many metrics sample i has.
+func (b *Batch) SampleMetrics(i int) int {
+	s := b.samples[i].ms
+	return int(s.hi - s.lo)
+}
+
+// MetricName returns the name of sample i's j-th metric.
+func (b *Batch) MetricName(i, j int) []byte {
+	return b.bytes(b.metrics[int(b.samples[i].ms.lo)+j].name)
+}
+
+func (b *Batch) keep(p []byte) span {
+	lo := int32(len(b.buf))
+	b.buf = append(b.buf, p...)
+	return span{lo, int32(len(b.buf))}
+}
+
+func (b *Batch) bytes(s span) []byte { return b.buf[s.lo:s.hi] }

@@ -1,0 +1,566 @@
+// Package shard owns the devices' state: N goroutines, each of which alone
+// holds the windows of the devices whose IDs hash to it. Other code talks to
+// a shard only through its inbox, so no lock guards device state.
+package shard
+
+import (
+	"errors"
+	"hash/maphash"
+	"math"
+	"math/bits"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Options configure a Set. A zero field means the default in its comment.
+type Options struct {
+	Shards     int     // number of shard goroutines; zero: 4 × GOMAXPROCS
+	WindowSize int     // values per stream window; zero: 50
+	MinSamples int     // zero: 10
+	ZThreshold float64 // zero: 3
+	MinStddev  float64 // zero: 1e-9
+	QueueLen   int     // requests waiting per shard before Ingest fails fast; zero: 1024
+	HistoryLen int     // anomalies remembered per device; zero: 100
+}
+
+func (o Options) withDefaults() Options {
+	if o.Shards <= 0 {
+		o.Shards = 4 * runtime.GOMAXPROCS(0)
+	}
+	if o.WindowSize <= 0 {
+		o.WindowSize = 50
+	}
+	if o.MinSamples <= 0 {
+		o.MinSamples = 10
+	}
+	if o.ZThreshold <= 0 {
+		o.ZThreshold = 3
+	}
+	if o.MinStddev <= 0 {
+		o.MinStddev = 1e-9
+	}
+	if o.QueueLen <= 0 {
+		o.QueueLen = 1024
+	}
+	if o.HistoryLen <= 0 {
+		o.HistoryLen = 100
+	}
+	return o
+}
+
+var (
+	// ErrOverloaded means a shard's queue was full; nothing was applied.
+	ErrOverloaded = errors.New("ingest queue is full")
+	// ErrStopped means the Set was stopped; nothing was applied.
+	ErrStopped = errors.New("shards are stopped")
+)
+
+// Anomaly is one anomalous sample: its value and the window it was scored
+// against (mean and stddev before the value entered).
+type Anomaly struct {
+	Device, Metric         string
+	TS                     int64 // unix ms
+	Value, Mean, Stddev, Z float64
+
+	sample int32 // index in its batch, to restore sample order
+}
+
+// MetricState is one stream as the device route shows it.
+type MetricState struct {
+	Name      string
+	Count     uint64 // samples since the stream was first seen
+	Window    int    // values in the window now
+	Mean      float64
+	Stddev    float64
+	Last      float64
+	LastZ     float64
+	Anomalies uint64 // anomalies since the stream was first seen
+	UpdatedTS int64
+}
+
+// Set is N shards and the hash that picks one for a device ID.
+type Set struct {
+	opts    Options
+	params  Params
+	seed    maphash.Seed
+	shards  []*shard
+	wg      sync.WaitGroup
+	devices atomic.Int64 // devices held, across shards
+	streams atomic.Int64 // streams held, across shards
+
+	// inflight counts callers between the stopping check and their send,
+	// so Stop can close the inboxes only after the last send.
+	inflight atomic.Int64
+	stopping atomic.Bool
+}
+
+// New starts the shard goroutines. Call Stop to end them.
+func New(opts Options) *Set {
+	opts = opts.withDefaults()
+	s := &Set{
+		opts:   opts,
+		params: Params{MinSamples: opts.MinSamples, Threshold: opts.ZThreshold, MinStddev: opts.MinStddev},
+		seed:   maphash.MakeSeed(),
+		shards: make([]*shard, opts.Shards),
+	}
+	for i := range s.shards {
+		sh := &shard{
+			set:     s,
+			inbox:   make(chan *op, opts.QueueLen),
+			limit:   int32(opts.QueueLen),
+			devices: make(map[string]*device),
+		}
+		s.shards[i] = sh
+		s.wg.Add(1)
+		go sh.run(&s.wg)
+	}
+	return s
+}
+
+// Stop waits for requests already handed to the shards, then ends the
+// shard goroutines. Later calls fail with ErrStopped.
+func (s *Set) Stop() {
+	if s.stopping.Swap(true) {
+		return
+	}
+	for s.inflight.Load() != 0 {
+		time.Sleep(time.Millisecond)
+	}
+	for _, sh := range s.shards {
+		close(sh.inbox)
+	}
+	s.wg.Wait()
+}
+
+// Options returns the options in effect, defaults filled in.
+func (s *Set) Options() Options { return s.opts }
+
+// Devices returns the number of devices held in memory.
+func (s *Set) Devices() int { return int(s.devices.Load()) }
+
+// Streams returns the number of (device, metric) streams held in memory.
+func (s *Set) Streams() int { return int(s.streams.Load()) }
+
+// QueueDepth returns the requests waiting in or being handled by shard i.
+func (s *Set) QueueDepth(i int) int { return int(s.shards[i].pending.Load()) }
+
+// Len returns the number of shards.
+func (s *Set) Len() int { return len(s.shards) }
+
+// ShardOf returns the shard that owns device.
+func (s *Set) ShardOf(device []byte) int {
+	hi, _ := bits.Mul64(maphash.Bytes(s.seed, device), uint64(len(s.shards)))
+	return int(hi)
+}
+
+func (s *Set) enter() bool {
+	s.inflight.Add(1)
+	if s.stopping.Load() {
+		s.inflight.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (s *Set) leave() { s.inflight.Add(-1) }
+
+// Ingest applies every sample in b, one message per shard involved, and
+// fills b.Anomalies. It fails without applying anything when a shard's
+// queue is full (ErrOverloaded) or the Set is stopped (ErrStopped).
+func (s *Set) Ingest(b *Batch) error {
+	if !s.enter() {
+		return ErrStopped
+	}
+	n := len(s.shards)
+	b.counts = slices.Grow(b.counts[:0], n)[:n]
+	clear(b.counts)
+	for i := range b.samples {
+		sh := s.ShardOf(b.bytes(b.samples[i].dev))
+		b.samples[i].shard = int32(sh)
+		b.counts[sh]++
+	}
+	// Reserve a place in every shard's queue first, so that a full one
+	// leaves the batch wholly unapplied.
+	for k, c := range b.counts {
+		if c > 0 && !s.shards[k].acquire() {
+			for j := range k {
+				if b.counts[j] > 0 {
+					s.shards[j].pending.Add(-1)
+				}
+			}
+			s.leave()
+			return ErrOverloaded
+		}
+	}
+	// Counting sort of the sample indices by shard, batch order inside.
+	b.order = slices.Grow(b.order[:0], len(b.samples))[:len(b.samples)]
+	if len(b.ops) < n {
+		b.ops = make([]op, n)
+	}
+	off := int32(0)
+	for k, c := range b.counts {
+		o := &b.ops[k]
+		o.idx = b.order[off : off : off+c]
+		off += c
+	}
+	for i := range b.samples {
+		o := &b.ops[b.samples[i].shard]
+		o.idx = append(o.idx, int32(i))
+	}
+	for k, c := range b.counts {
+		if c == 0 {
+			continue
+		}
+		o := &b.ops[k]
+		o.kind, o.b, o.wg, o.out = opIngest, b, &b.wg, o.out[:0]
+		b.wg.Add(1)
+		s.shards[k].inbox <- o
+	}
+	s.leave()
+	b.wg.Wait()
+
+	b.Anomalies = b.Anomalies[:0]
+	from := 0
+	for k, c := range b.counts {
+		if c > 0 && len(b.ops[k].out) > 0 {
+			b.Anomalies = append(b.Anomalies, b.ops[k].out...)
+			from++
+		}
+		b.ops[k].b = nil
+	}
+	if from > 1 {
+		slices.SortStableFunc(b.Anomalies, func(x, y Anomaly) int { return int(x.sample - y.sample) })
+	}
+	return nil
+}
+
+// Device returns the state of device's streams in first-seen order, or
+// false when the device is unknown.
+func (s *Set) Device(id string) ([]MetricState, bool, error) {
+	o, err := s.ask(opDevice, id)
+	if err != nil {
+		return nil, false, err
+	}
+	return o.metrics, o.found, nil
+}
+
+// Anomalies returns device's most recent anomalies, newest first, or false
+// when the device is unknown.
+func (s *Set) Anomalies(id string) ([]Anomaly, bool, error) {
+	o, err := s.ask(opAnomalies, id)
+	if err != nil {
+		return nil, false, err
+	}
+	return o.out, o.found, nil
+}
+
+// ask sends one read to the shard owning id and waits for the answer.
+// Reads wait for a queue place rather than fail: they are few and small.
+func (s *Set) ask(kind opKind, id string) (*op, error) {
+	if !s.enter() {
+		return nil, ErrStopped
+	}
+	var wg sync.WaitGroup
+	o := &op{kind: kind, id: id, wg: &wg}
+	sh := s.shards[s.ShardOf([]byte(id))]
+	wg.Add(1)
+	sh.pending.Add(1)
+	sh.inbox <- o
+	s.leave()
+	wg.Wait()
+	return o, nil
+}
+
+// Summary describes every stream held, for the /analyze route and the
+// per-metric gauges.
+type Summary struct {
+	Devices   int
+	Streams   int
+	Samples   uint64 // samples seen, summed over the streams held
+	Anomalies uint64 // anomalies, summed over the streams held
+	Values    int    // values in all windows
+	Mean      float64
+	Stddev    float64 // population stddev of all window values
+	Min, Max  float64
+	// ByMetric maps a metric name to the mean of its streams' rolling
+	// averages and how many streams there are.
+	ByMetric map[string]MetricSummary
+}
+
+// MetricSummary aggregates the streams of one metric name.
+type MetricSummary struct {
+	Streams int
+	Mean    float64 // mean of the streams' rolling averages
+}
+
+// Summarize asks every shard for its part and merges them. It costs one
+// pass over all window values, so call it per scrape, not per request.
+func (s *Set) Summarize() (Summary, error) {
+	if !s.enter() {
+		return Summary{}, ErrStopped
+	}
+	var wg sync.WaitGroup
+	ops := make([]op, len(s.shards))
+	for i, sh := range s.shards {
+		ops[i] = op{kind: opSummary, wg: &wg}
+		wg.Add(1)
+		sh.pending.Add(1)
+		sh.inbox <- &ops[i]
+	}
+	s.leave()
+	wg.Wait()
+	var sum Summary
+	var m moments
+	sum.ByMetric = make(map[string]MetricSummary)
+	sum.Min, sum.Max = math.Inf(1), math.Inf(-1)
+	for i := range ops {
+		p := &ops[i].sum
+		sum.Devices += p.Devices
+		sum.Streams += p.Streams
+		sum.Samples += p.Samples
+		sum.Anomalies += p.Anomalies
+		sum.Min = math.Min(sum.Min, p.Min)
+		sum.Max = math.Max(sum.Max, p.Max)
+		m.merge(ops[i].mom)
+		for name, ms := range p.ByMetric {
+			t := sum.ByMetric[name]
+			n := t.Streams + ms.Streams
+			t.Mean += (ms.Mean - t.Mean) * float64(ms.Streams) / float64(n)
+			t.Streams = n
+			sum.ByMetric[name] = t
+		}
+	}
+	if m.n == 0 {
+		sum.Min, sum.Max = 0, 0
+	}
+	sum.Values = int(m.n)
+	sum.Mean, sum.Stddev = m.mean, m.stddev()
+	return sum, nil
+}
+
+// moments merges counts, means and squared deviations stably (Chan et al.).
+type moments struct{ n, mean, m2 float64 }
+
+func (a *moments) merge(b moments) {
+	if b.n == 0 {
+		return
+	}
+	n := a.n + b.n
+	d := b.mean - a.mean
+	a.mean += d * b.n / n
+	a.m2 += b.m2 + d*d*a.n*b.n/n
+	a.n = n
+}
+
+func (a *moments) stddev() float64 {
+	if a.n == 0 {
+		return 0
+	}
+	return math.Sqrt(math.Max(a.m2/a.n, 0))
+}
+
+type opKind uint8
+
+const (
+	opIngest opKind = iota
+	opDevice
+	opAnomalies
+	opSummary
+)
+
+// op is one message to a shard. The sender owns it again once wg is done.
+type op struct {
+	kind opKind
+	wg   *sync.WaitGroup
+
+	b   *Batch  // opIngest
+	idx []int32 // opIngest: b's samples owned by this shard, in order
+	out []Anomaly
+
+	id      string // opDevice, opAnomalies
+	found   bool
+	metrics []MetricState
+	sum     Summary
+	mom     moments
+}
+
+type shard struct {
+	set     *Set
+	inbox   chan *op
+	pending atomic.Int32 // ops reserved or queued, not yet taken; ≤ limit for ingest
+	limit   int32
+
+	devices map[string]*device // owned by run alone
+}
+
+func (sh *shard) acquire() bool {
+	if sh.pending.Add(1) > sh.limit {
+		sh.pending.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (sh *shard) run(wg *sync.WaitGroup) {
+	defer wg.Done()
+	for o := range sh.inbox {
+		sh.pending.Add(-1)
+		switch o.kind {
+		case opIngest:
+			sh.ingest(o)
+		case opDevice:
+			sh.device(o)
+		case opAnomalies:
+			sh.anomalies(o)
+		case opSummary:
+			sh.summarize(o)
+		}
+		o.wg.Done()
+	}
+}
+
+func (sh *shard) ingest(o *op) {
+	b, s := o.b, sh.set
+	for _, i := range o.idx {
+		smp := &b.samples[i]
+		d := sh.devices[string(b.bytes(smp.dev))]
+		if d == nil {
+			d = &device{id: string(b.bytes(smp.dev))}
+			sh.devices[d.id] = d
+			s.devices.Add(1)
+		}
+		for j := smp.ms.lo; j < smp.ms.hi; j++ {
+			m := &b.metrics[j]
+			st := d.stream(b.bytes(m.name), s)
+			sc := st.Observe(m.v, smp.ts, &s.params)
+			if i == 0 && j == smp.ms.lo {
+				mean, _ := st.Win.Stats()
+				b.Head = StreamHead{Window: st.Win.Len(), Mean: mean}
+			}
+			if sc.Anomaly {
+				a := Anomaly{Device: d.id, Metric: st.name, TS: smp.ts, Value: m.v,
+					Mean: sc.Mean, Stddev: sc.Stddev, Z: sc.Z, sample: i}
+				o.out = append(o.out, a)
+				d.remember(a, s.opts.HistoryLen)
+			}
+		}
+	}
+}
+
+func (sh *shard) device(o *op) {
+	d := sh.devices[o.id]
+	if d == nil {
+		return
+	}
+	o.found = true
+	o.metrics = make([]MetricState, len(d.streams))
+	for i := range d.streams {
+		st := &d.streams[i]
+		mean, sd := st.Win.Stats()
+		o.metrics[i] = MetricState{Name: st.name, Count: st.Count, Window: st.Win.Len(),
+			Mean: mean, Stddev: sd, Last: st.Last, LastZ: st.LastZ,
+			Anomalies: st.Anomalies, UpdatedTS: st.UpdatedTS}
+	}
+}
+
+func (sh *shard) anomalies(o *op) {
+	d := sh.devices[o.id]
+	if d == nil {
+		return
+	}
+	o.found = true
+	o.out = d.recent()
+}
+
+func (sh *shard) summarize(o *op) {
+	p := &o.sum
+	p.Devices = len(sh.devices)
+	p.Min, p.Max = math.Inf(1), math.Inf(-1)
+	p.ByMetric = make(map[string]MetricSummary)
+	for _, d := range sh.devices {
+		for i := range d.streams {
+			st := &d.streams[i]
+			p.Streams++
+			p.Samples += st.Count
+			p.Anomalies += st.Anomalies
+			n := st.Win.Len()
+			if n == 0 {
+				continue
+			}
+			mean, sd := st.Win.Stats()
+			o.mom.merge(moments{n: float64(n), mean: mean, m2: float64(n) * sd * sd})
+			lo, hi := st.Win.MinMax()
+			p.Min, p.Max = math.Min(p.Min, lo), math.Max(p.Max, hi)
+			t := p.ByMetric[st.name]
+			t.Streams++
+			t.Mean += (mean - t.Mean) / float64(t.Streams)
+			p.ByMetric[st.name] = t
+		}
+	}
+}
+
+// device is one device's state, owned by its shard's goroutine.
+type device struct {
+	id      string
+	streams []namedStream    // first-seen order
+	index   map[string]int32 // name → streams index, once there are many
+	history []Anomaly        // ring of the latest anomalies
+	hnext   int              // next slot to overwrite once history is full
+}
+
+type namedStream struct {
+	name string
+	Stream
+}
+
+// indexAt is the stream count past which a map beats a linear scan.
+const indexAt = 16
+
+func (d *device) stream(name []byte, s *Set) *namedStream {
+	if d.index != nil {
+		if i, ok := d.index[string(name)]; ok {
+			return &d.streams[i]
+		}
+	} else {
+		for i := range d.streams {
+			if d.streams[i].name == string(name) {
+				return &d.streams[i]
+			}
+		}
+	}
+	d.streams = append(d.streams, namedStream{name: string(name), Stream: NewStream(s.opts.WindowSize)})
+	s.streams.Add(1)
+	if len(d.streams) > indexAt {
+		if d.index == nil {
+			d.index = make(map[string]int32, len(d.streams))
+			for i := range d.streams {
+				d.index[d.streams[i].name] = int32(i)
+			}
+		}
+		d.index[string(name)] = int32(len(d.streams) - 1)
+	}
+	return &d.streams[len(d.streams)-1]
+}
+
+func (d *device) remember(a Anomaly, limit int) {
+	a.sample = 0
+	if len(d.history) < limit {
+		d.history = append(d.history, a)
+		return
+	}
+	d.history[d.hnext] = a
+	d.hnext = (d.hnext + 1) % limit
+}
+
+// recent returns a copy of the history, newest first.
+func (d *device) recent() []Anomaly {
+	out := make([]Anomaly, 0, len(d.history))
+	for i := range d.history {
+		j := (d.hnext - 1 - i + 2*len(d.history)) % len(d.history)
+		out = append(out, d.history[j])
+	}
+	return out
+}

@@ -1,0 +1,144 @@
+package shard
+
+import "math"
+
+// Window is a ring of the last W values of one stream with O(1) mean and
+// population standard deviation that stay exact to about 1e-14 relative.
+//
+// Plain running sums (and Welford with removal) lose every digit when the
+// values sit far from zero compared with their spread, e.g. 1e9 ± 1e-3. The
+// sums here are taken relative to ref, the window's mean at the last
+// recompute, so the terms stay small. Rounding error grows with every term
+// added or removed; mag1 and mag2 bound it, and the sums are recomputed from
+// the ring in two passes when that bound could reach 1e-11 of the variance
+// or 1e-13 of the mean's scale, and at the latest after W pushes, so the
+// O(W) recompute costs O(1) amortised per value.
+//
+// The zero Window is unusable: make one with NewWindow. A Window is not safe
+// for concurrent use; its shard goroutine owns it.
+type Window struct {
+	vals []float64 // the ring; grows to cap(vals) == W, then wraps
+	head int32     // index of the oldest value once full
+	age  int32     // pushes since the last recompute
+	ref  float64   // sums below are relative to ref
+	s1   float64   // Σ(x-ref)
+	s2   float64   // Σ(x-ref)²
+	mag1 float64   // Σ|x-ref| over every term added or removed since recompute
+	mag2 float64   // Σ(x-ref)² likewise
+}
+
+// NewWindow returns an empty window holding at most size values.
+func NewWindow(size int) Window {
+	if size < 1 {
+		panic("BUG: shard.NewWindow size must be positive")
+	}
+	return Window{vals: make([]float64, 0, size)}
+}
+
+// Len returns how many values the window holds.
+func (w *Window) Len() int { return len(w.vals) }
+
+// Cap returns the window size W.
+func (w *Window) Cap() int { return cap(w.vals) }
+
+// Stats returns the mean and population standard deviation of the values in
+// the window; both are zero when it is empty.
+func (w *Window) Stats() (mean, stddev float64) {
+	if len(w.vals) == 0 {
+		return 0, 0
+	}
+	n := float64(len(w.vals))
+	m := w.s1 / n
+	v := w.s2/n - m*m
+	if v < 0 {
+		v = 0
+	}
+	return w.ref + m, math.Sqrt(v)
+}
+
+// Push adds x to the window, evicting the oldest value when it is full.
+func (w *Window) Push(x float64) {
+	if len(w.vals) < cap(w.vals) {
+		w.vals = append(w.vals, x)
+	} else {
+		d := w.vals[w.head] - w.ref
+		w.s1 -= d
+		w.s2 -= d * d
+		w.mag1 += math.Abs(d)
+		w.mag2 += d * d
+		w.vals[w.head] = x
+		w.head++
+		if int(w.head) == len(w.vals) {
+			w.head = 0
+		}
+	}
+	d := x - w.ref
+	w.s1 += d
+	w.s2 += d * d
+	w.mag1 += math.Abs(d)
+	w.mag2 += d * d
+	w.age++
+	if int(w.age) >= cap(w.vals) || w.illConditioned() {
+		w.recompute()
+	}
+}
+
+// illConditioned reports whether the accumulated rounding error could exceed
+// about 2e-11 of the variance or 1e-13 of max(|mean|, stddev).
+func (w *Window) illConditioned() bool {
+	n := float64(len(w.vals))
+	m := w.s1 / n
+	v := w.s2/n - m*m
+	if w.mag2/n+m*m > 1e5*v {
+		return true
+	}
+	a := w.mag1 / n
+	mean := w.ref + m
+	return a*a > 2e5*(mean*mean+v)
+}
+
+// recompute resets the sums from the ring with a corrected two-pass mean.
+func (w *Window) recompute() {
+	n := float64(len(w.vals))
+	ref := w.vals[w.oldest()]
+	var s float64
+	for _, x := range w.vals {
+		s += x - ref
+	}
+	mean := ref + s/n
+	var s1, s2, a float64
+	for _, x := range w.vals {
+		d := x - mean
+		s1 += d
+		s2 += d * d
+		a += math.Abs(d)
+	}
+	w.ref, w.s1, w.s2, w.mag1, w.mag2, w.age = mean, s1, s2, a, s2, 0
+}
+
+func (w *Window) oldest() int {
+	if len(w.vals) < cap(w.vals) {
+		return 0
+	}
+	return int(w.head)
+}
+
+// Values appends the window's values, oldest first, to dst.
+func (w *Window) Values(dst []float64) []float64 {
+	h := w.oldest()
+	dst = append(dst, w.vals[h:]...)
+	return append(dst, w.vals[:h]...)
+}
+
+// MinMax returns the smallest and largest values in the window.
+func (w *Window) MinMax() (lo, hi float64) {
+	if len(w.vals) == 0 {
+		return 0, 0
+	}
+	lo, hi = w.vals[0], w.vals[0]
+	for _, x := range w.vals[1:] {
+		lo = math.Min(lo, x)
+		hi = math.Max(hi, x)
+	}
+	return lo, hi
+}
