@@ -205,6 +205,7 @@ func run(c config, log zerolog.Logger) error {
 	srv := &fasthttp.Server{
 		Handler:            h.Handler(),
 		ErrorHandler:       h.ErrorHandler,
+		Logger:             h,
 		Name:               "ai-load-service",
 		MaxRequestBodySize: c.MaxBodyBytes,
 		ReadTimeout:        30 * time.Second,

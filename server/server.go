@@ -145,6 +145,13 @@ func (h *Handler) ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
 	h.other.record(ctx, start)
 }
 
+// Printf lets the Handler serve as fasthttp.Server.Logger: fasthttp's
+// connection errors (client resets, oversized bodies) go to the log at
+// debug level, since they are per-request events already counted.
+func (h *Handler) Printf(format string, args ...any) {
+	h.log.Debug().Msgf(format, args...)
+}
+
 func isSmallBuffer(err error) bool {
 	_, ok := err.(*fasthttp.ErrSmallBuffer)
 	return ok

@@ -1,0 +1,21 @@
+# Quality gates and measurements; `make check` is what to run before a commit.
+.PHONY: run test check bench fuzz
+
+run:
+	go run .
+
+test:
+	go test -race ./...
+
+check:
+	test -z "$$(gofmt -s -l .)" || { gofmt -s -l .; exit 1; }
+	go vet ./...
+	go test -race ./...
+
+bench:
+	./loadtest/bench.sh
+
+fuzz:
+	go test -run='^$$' -fuzz=FuzzDecodeIngest -fuzztime=30s ./server
+	go test -run='^$$' -fuzz=FuzzDecodeMetric -fuzztime=30s ./server
+	go test -run='^$$' -fuzz=FuzzWindow -fuzztime=30s ./shard

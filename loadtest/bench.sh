@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# bench.sh (make bench): the service against the bare fasthttp baseline
+# (loadtest/bare), side by side in one run on this machine.
+#
+# On 2 cores unpinned figures swing 2x, so each server runs alone on CPU 0
+# with GOMAXPROCS=1 and wrk on CPU 1; pairs are interleaved (bare, service,
+# bare, service...) and the median of the per-pair ratios is reported.
+# Then the Go benchmarks, and resident memory per stream with 100k streams.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PAIRS=${PAIRS:-5}     # interleaved pairs per mode
+DUR=${DUR:-5}         # seconds per measured wrk run
+CONNS=${CONNS:-64}
+DEVICES=${DEVICES:-10000}
+PORT=${PORT:-18090}
+command -v wrk >/dev/null || { echo "bench: wrk is missing: apt-get install -y wrk" >&2; exit 1; }
+command -v taskset >/dev/null || { echo "bench: taskset is missing: apt-get install -y util-linux" >&2; exit 1; }
+
+work=$(mktemp -d)
+pid=
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+go build -o "$work/svc" .
+go build -o "$work/bare" ./loadtest/bare
+
+# wrk scripts: requests are formatted once in init, so wrk's Lua costs
+# little per request. Two rounds of values per device so windows move.
+lua() { # $1 = samples per request
+	cat <<LUA
+local reqs, n, i = {}, 0, 0
+local devices, per = $DEVICES, $1
+function init(args)
+  for round = 0, 1 do
+    for first = 0, devices - 1, per do
+      local parts = {}
+      for d = first, math.min(first + per, devices) - 1 do
+        parts[#parts + 1] = string.format('{"device":"sensor-%d","ts":1732560000123,"metrics":{"temp":%.2f,"hum":%.2f}}',
+          d, 20 + ((d + round) % 7) * 0.5, 40 + (d * 3 + round) % 11)
+      end
+      local body = table.concat(parts, ",")
+      if per > 1 then body = "[" .. body .. "]" end
+      n = n + 1
+      reqs[n] = wrk.format("POST", "/api/v1/ingest", {["Content-Type"] = "application/json"}, body)
+    end
+  end
+end
+function request()
+  i = i % n + 1
+  return reqs[i]
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT rps=%.1f p50us=%d p99us=%d errors=%d\n",
+    summary.requests / (summary.duration / 1e6), latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout + e.status))
+end
+LUA
+}
+lua 1 >"$work/single.lua"
+lua 100 >"$work/batch.lua"
+
+start() { # $1 = binary; waits until it answers
+	GOMAXPROCS=1 ADDR=127.0.0.1:$PORT LOG_LEVEL=warn taskset -c 0 "$1" -addr 127.0.0.1:$PORT >"$work/server.log" 2>&1 &
+	pid=$!
+	for _ in $(seq 100); do
+		curl -fsS -o /dev/null "http://127.0.0.1:$PORT/health" 2>/dev/null && return 0
+		curl -sS -o /dev/null -XPOST "http://127.0.0.1:$PORT/" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	echo "bench: $1 did not start" >&2
+	cat "$work/server.log" >&2
+	exit 1
+}
+stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
+
+run() { # $1 = binary, $2 = script; prints "rps p50us p99us errors"
+	start "$1"
+	taskset -c 1 wrk -t1 -c"$CONNS" -d1s -s "$work/$2" "http://127.0.0.1:$PORT/" >/dev/null
+	taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" -s "$work/$2" "http://127.0.0.1:$PORT/" |
+		awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+			print v["rps"], v["p50us"], v["p99us"], v["errors"] }'
+	stop
+}
+
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+echo "machine: $(nproc) cores, $(awk '/model name/ { $1 = $2 = $3 = ""; print; exit }' /proc/cpuinfo | sed 's/^ *//'), $(go version | cut -d' ' -f3)"
+echo "wrk -t1 -c$CONNS, $DEVICES devices, ${DUR}s per run, $PAIRS interleaved pairs, servers on CPU 0 (GOMAXPROCS=1), wrk on CPU 1"
+for mode in single batch; do
+	: >"$work/$mode.pairs"
+	for p in $(seq "$PAIRS"); do
+		read -r brps bp50 bp99 berr < <(run "$work/bare" "$mode.lua")
+		read -r srps sp50 sp99 serr < <(run "$work/svc" "$mode.lua")
+		echo "$brps $bp50 $bp99 $berr $srps $sp50 $sp99 $serr" >>"$work/$mode.pairs"
+		printf '  %-6s pair %d: bare %9.0f req/s p99 %6d us | service %9.0f req/s p99 %6d us errors %d | ratio %.3f\n' \
+			"$mode" "$p" "$brps" "$bp99" "$srps" "$sp99" "$serr" "$(echo "$srps $brps" | awk '{ print $1 / $2 }')"
+	done
+done
+
+echo
+echo "| mode | bare req/s | service req/s | samples/s | ratio (median of pairs) | target | bare p99 | service p99 | p99 target (3x bare + 1ms) |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for mode in single batch; do
+	f=$work/$mode.pairs
+	per=1 target=0.8
+	[ "$mode" = batch ] && per=100 target=0.4
+	ratio=$(awk '{ print $5 / $1 }' "$f" | median)
+	brps=$(awk '{ print $1 }' "$f" | median)
+	srps=$(awk '{ print $5 }' "$f" | median)
+	bp99=$(awk '{ print $3 }' "$f" | median)
+	sp99=$(awk '{ print $7 }' "$f" | median)
+	errs=$(awk '{ s += $8 } END { print s }' "$f")
+	awk -v m="$mode" -v br="$brps" -v sr="$srps" -v per="$per" -v r="$ratio" -v t="$target" -v bp="$bp99" -v sp="$sp99" -v e="$errs" 'BEGIN {
+		printf "| %s | %.0f | %.0f | %.0f | %.3f | >= %s %s | %.2f ms | %.2f ms | <= %.2f ms %s |\n",
+			m, br, sr, sr * per, r, t, (r >= t ? "ok" : "MISSED"), bp / 1000, sp / 1000, (3 * bp + 1000) / 1000,
+			(m == "batch" ? "(n/a)" : (sp <= 3 * bp + 1000 ? "ok" : "MISSED"))
+		if (e > 0) printf "service errors (non-2xx or socket): %d\n", e
+	}'
+done
+
+echo
+echo "Go benchmarks (ns/op and allocs/op; detector target <= 50 ns, 0 allocs; decode 0 allocs):"
+go test -run='^$' -bench='Observe/W50|ShardOf|Ingest' -benchmem ./shard | grep '^Benchmark'
+go test -run='^$' -bench='Decode|Handler' -benchmem ./server | grep '^Benchmark'
+
+echo
+echo "Memory: 100k (device, metric) streams with full windows (W=50):"
+start "$work/svc"
+python3 - "$PORT" "$pid" <<'PY'
+import http.client, sys, time
+port, pid = int(sys.argv[1]), sys.argv[2]
+def rss():
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+before = rss()
+c = http.client.HTTPConnection("127.0.0.1", port)
+devices, metrics, per = 20000, 5, 100
+for r in range(50):
+    for first in range(0, devices, per):
+        parts = []
+        for d in range(first, first + per):
+            ms = ",".join(f'"m{m}":{(d * 7 + r * 13 + m) % 101}.5' for m in range(metrics))
+            parts.append(f'{{"device":"sensor-{d}","metrics":{{{ms}}}}}')
+        c.request("POST", "/api/v1/ingest", "[" + ",".join(parts) + "]")
+        resp = c.getresponse(); resp.read()
+        if resp.status != 200:
+            sys.exit(f"fill failed: {resp.status}")
+time.sleep(1)
+after = rss()
+streams = devices * metrics
+print(f"  RSS before {before / 2**20:.1f} MiB, after {after / 2**20:.1f} MiB: {(after - before) / streams:.0f} bytes per stream (target <= 1024)")
+PY
+stop

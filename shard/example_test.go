@@ -1,0 +1,53 @@
+package shard_test
+
+import (
+	"fmt"
+
+	"ai-load-service/shard"
+)
+
+func ExampleSet_Ingest() {
+	s := shard.New(shard.Options{Shards: 2, WindowSize: 5, MinSamples: 3})
+	defer s.Stop()
+
+	var b shard.Batch
+	for i, v := range []float64{20, 21, 20, 21, 35} {
+		b.Reset()
+		b.Add([]byte("sensor-42"), int64(i))
+		b.AddMetric([]byte("temp"), v)
+		if err := s.Ingest(&b); err != nil {
+			panic(err)
+		}
+	}
+	for _, a := range b.Anomalies {
+		fmt.Printf("%s %s value=%g mean=%g stddev=%g z=%g\n", a.Device, a.Metric, a.Value, a.Mean, a.Stddev, a.Z)
+	}
+	ms, _, _ := s.Device("sensor-42")
+	fmt.Printf("count=%d window=%d mean=%g\n", ms[0].Count, ms[0].Window, ms[0].Mean)
+	// Output:
+	// sensor-42 temp value=35 mean=20.5 stddev=0.5 z=29
+	// count=5 window=5 mean=23.4
+}
+
+func ExampleWindow() {
+	w := shard.NewWindow(3)
+	for _, x := range []float64{1e9 + 1, 1e9 + 2, 1e9 + 3, 1e9 + 4} {
+		w.Push(x)
+	}
+	mean, sd := w.Stats()
+	fmt.Printf("values=%v mean=%.1f stddev=%.6f\n", w.Values(nil), mean, sd)
+	// Output:
+	// values=[1.000000002e+09 1.000000003e+09 1.000000004e+09] mean=1000000003.0 stddev=0.816497
+}
+
+func ExampleStream_Observe() {
+	p := shard.Params{MinSamples: 3, Threshold: 3, MinStddev: 1e-9}
+	st := shard.NewStream(10)
+	for _, x := range []float64{10, 12, 10, 12} {
+		st.Observe(x, 0, &p)
+	}
+	sc := st.Observe(20, 0, &p)
+	fmt.Printf("z=%g anomaly=%v count=%d\n", sc.Z, sc.Anomaly, st.Count)
+	// Output:
+	// z=9 anomaly=true count=5
+}

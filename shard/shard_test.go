@@ -1,0 +1,258 @@
+package shard
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"sync"
+	"testing"
+)
+
+func MustNewSet(tb testing.TB, o Options) *Set {
+	tb.Helper()
+	s := New(o)
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+// batchOf builds a batch of one metric per sample: devices[i] gets vals[i].
+func batchOf(devices []string, metric string, vals []float64) *Batch {
+	b := new(Batch)
+	for i, d := range devices {
+		b.Add([]byte(d), int64(i))
+		b.AddMetric([]byte(metric), vals[i])
+	}
+	return b
+}
+
+func TestIngestAnomaliesInSampleOrder(t *testing.T) {
+	s := MustNewSet(t, Options{Shards: 7, MinSamples: 3})
+	devs := []string{"a", "b", "c", "d", "e", "f", "g", "h", "i"}
+	for range 5 {
+		b := batchOf(devs, "m", make([]float64, len(devs)))
+		if err := s.Ingest(b); err != nil {
+			t.Fatal(err)
+		}
+		if len(b.Anomalies) != 0 {
+			t.Fatalf("unexpected anomalies on a flat series: %v", b.Anomalies)
+		}
+	}
+	// Every device spikes, in reverse order, twice per device in one batch.
+	var order []string
+	for i := len(devs) - 1; i >= 0; i-- {
+		order = append(order, devs[i])
+	}
+	order = append(order, order...)
+	b := batchOf(order, "m", []float64{9, 9, 9, 9, 9, 9, 9, 9, 9, -9, -9, -9, -9, -9, -9, -9, -9, -9})
+	if err := s.Ingest(b); err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Anomalies) != len(order) {
+		t.Fatalf("unexpected anomaly count; got %d; want %d", len(b.Anomalies), len(order))
+	}
+	for i, a := range b.Anomalies {
+		if a.Device != order[i] || a.TS != int64(i) {
+			t.Fatalf("anomaly %d: got device %q ts %d; want %q ts %d", i, a.Device, a.TS, order[i], i)
+		}
+	}
+	if got := s.Devices(); got != len(devs) {
+		t.Fatalf("unexpected device count; got %d; want %d", got, len(devs))
+	}
+}
+
+func TestIngestOverloadAppliesNothing(t *testing.T) {
+	s := MustNewSet(t, Options{Shards: 2, QueueLen: 1})
+	// Find a device on each shard.
+	var devs [2]string
+	for i := 0; devs[0] == "" || devs[1] == ""; i++ {
+		d := "dev" + strconv.Itoa(i)
+		devs[s.ShardOf([]byte(d))] = d
+	}
+	// Shard 1's queue is full: a batch touching both shards must fail whole.
+	s.shards[1].pending.Store(1)
+	b := batchOf(devs[:], "m", []float64{1, 2})
+	if err := s.Ingest(b); !errors.Is(err, ErrOverloaded) {
+		t.Fatalf("unexpected error; got %v; want ErrOverloaded", err)
+	}
+	if got := s.shards[0].pending.Load(); got != 0 {
+		t.Fatalf("shard 0 reservation leaked; pending=%d", got)
+	}
+	s.shards[1].pending.Store(0)
+	if _, ok, _ := s.Device(devs[0]); ok {
+		t.Fatalf("device %q was applied from a rejected batch", devs[0])
+	}
+	if err := s.Ingest(batchOf(devs[:], "m", []float64{1, 2})); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Devices(); got != 2 {
+		t.Fatalf("unexpected device count; got %d; want 2", got)
+	}
+}
+
+func TestStop(t *testing.T) {
+	s := New(Options{Shards: 3})
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 1000 {
+				err := s.Ingest(batchOf([]string{fmt.Sprint(g, "-", i%10)}, "m", []float64{1}))
+				if errors.Is(err, ErrStopped) {
+					return
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	s.Stop()
+	wg.Wait()
+	if err := s.Ingest(batchOf([]string{"x"}, "m", []float64{1})); !errors.Is(err, ErrStopped) {
+		t.Fatalf("unexpected error after Stop; got %v; want ErrStopped", err)
+	}
+	if _, _, err := s.Device("x"); !errors.Is(err, ErrStopped) {
+		t.Fatalf("unexpected error after Stop; got %v; want ErrStopped", err)
+	}
+	s.Stop() // idempotent
+}
+
+func TestDeviceStateAndHistory(t *testing.T) {
+	s := MustNewSet(t, Options{Shards: 2, WindowSize: 4, MinSamples: 2, HistoryLen: 3})
+	for i := range 30 {
+		v := 0.0
+		if i%5 == 4 {
+			v = float64(i) * 1e6 // each spike follows a flat window
+		}
+		b := new(Batch)
+		b.Add([]byte("dev"), int64(i))
+		b.AddMetric([]byte("temp"), v)
+		b.AddMetric([]byte("hum"), 5)
+		if err := s.Ingest(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ms, ok, err := s.Device("dev")
+	if err != nil || !ok {
+		t.Fatalf("device missing: %v", err)
+	}
+	if len(ms) != 2 || ms[0].Name != "temp" || ms[1].Name != "hum" {
+		t.Fatalf("unexpected metrics %+v", ms)
+	}
+	if m := ms[1]; m.Count != 30 || m.Window != 4 || m.Mean != 5 || m.Stddev != 0 || m.Last != 5 || m.UpdatedTS != 29 {
+		t.Fatalf("unexpected hum state %+v", m)
+	}
+	as, ok, _ := s.Anomalies("dev")
+	if !ok || len(as) != 3 {
+		t.Fatalf("unexpected history; got %d entries; want 3 (bounded)", len(as))
+	}
+	for i := 1; i < len(as); i++ {
+		if as[i-1].TS <= as[i].TS {
+			t.Fatalf("history not newest first: %+v", as)
+		}
+	}
+	if uint64(len(as)) > ms[0].Anomalies {
+		t.Fatalf("history longer than the anomaly count %d", ms[0].Anomalies)
+	}
+	if _, ok, _ := s.Device("nope"); ok {
+		t.Fatal("unknown device reported as found")
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	s := MustNewSet(t, Options{Shards: 3, WindowSize: 3})
+	vals := map[string][]float64{"a": {1, 2, 3, 4}, "b": {10, 20}, "c": {-5}}
+	for d, xs := range vals {
+		for _, x := range xs {
+			if err := s.Ingest(batchOf([]string{d}, "m", []float64{x})); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	sum, err := s.Summarize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Windows: a=[2,3,4] b=[10,20] c=[-5].
+	window := []float64{2, 3, 4, 10, 20, -5}
+	wantMean, wantSD := exactStats(window)
+	if sum.Devices != 3 || sum.Streams != 3 || sum.Samples != 7 || sum.Values != 6 || sum.Min != -5 || sum.Max != 20 {
+		t.Fatalf("unexpected summary %+v", sum)
+	}
+	if d := sum.Mean - wantMean; d > 1e-12 || d < -1e-12 {
+		t.Fatalf("unexpected mean; got %v; want %v", sum.Mean, wantMean)
+	}
+	if d := sum.Stddev - wantSD; d > 1e-12 || d < -1e-12 {
+		t.Fatalf("unexpected stddev; got %v; want %v", sum.Stddev, wantSD)
+	}
+	if m := sum.ByMetric["m"]; m.Streams != 3 || math.Abs(m.Mean-13.0/3) > 1e-12 {
+		t.Fatalf("unexpected per-metric summary %+v", m)
+	}
+}
+
+func TestShardOfSpread(t *testing.T) {
+	s := MustNewSet(t, Options{Shards: 8})
+	var counts [8]int
+	for i := range 80000 {
+		counts[s.ShardOf([]byte("sensor-"+strconv.Itoa(i)))]++
+	}
+	for k, c := range counts {
+		if c < 9000 || c > 11000 {
+			t.Fatalf("shard %d got %d of 80000 devices; want about 10000", k, c)
+		}
+	}
+}
+
+func BenchmarkShardOf(b *testing.B) {
+	s := MustNewSet(b, Options{Shards: 8})
+	id := []byte("sensor-000042")
+	b.ReportAllocs()
+	b.SetBytes(int64(len(id)))
+	for range b.N {
+		_ = s.ShardOf(id)
+	}
+}
+
+func BenchmarkIngest1(b *testing.B)   { benchmarkIngest(b, 1) }
+func BenchmarkIngest100(b *testing.B) { benchmarkIngest(b, 100) }
+
+// benchmarkIngest measures Set.Ingest for batches of n samples of two
+// metrics over 10,000 devices, from parallel callers.
+func benchmarkIngest(b *testing.B, n int) {
+	s := MustNewSet(b, Options{})
+	ids := make([][]byte, 10000)
+	for i := range ids {
+		ids[i] = []byte("sensor-" + strconv.Itoa(i))
+	}
+	warm := new(Batch)
+	for _, id := range ids {
+		warm.Add(id, 0)
+		warm.AddMetric([]byte("temp"), 0)
+		warm.AddMetric([]byte("hum"), 0)
+	}
+	if err := s.Ingest(warm); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		bt := new(Batch)
+		i := 0
+		for pb.Next() {
+			bt.Reset()
+			for range n {
+				i++
+				bt.Add(ids[i%len(ids)], int64(i))
+				bt.AddMetric([]byte("temp"), float64(i%7))
+				bt.AddMetric([]byte("hum"), float64(i%11))
+			}
+			if err := s.Ingest(bt); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "samples/s")
+}
