@@ -39,6 +39,7 @@ type config struct {
 	LogLevel     string
 	DrainDelay   time.Duration
 	StopTimeout  time.Duration
+	Pprof        bool
 }
 
 // parseConfig reads env (via getenv) and then args. An invalid value is an
@@ -78,6 +79,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	v((*levelValue)(&c.LogLevel), "log-level", "LOG_LEVEL", "trace, debug, info, warn, error or disabled")
 	v(durIn(&c.DrainDelay, 0, time.Minute), "drain-delay", "DRAIN_DELAY", "after SIGTERM, how long /ready answers 503 before the listener closes")
 	v(durIn(&c.StopTimeout, time.Millisecond, 10*time.Minute), "stop-timeout", "STOP_TIMEOUT", "how long in-flight requests may take to finish after SIGTERM")
+	v((*boolValue)(&c.Pprof), "pprof", "PPROF", "serve Go profiles under /debug/pprof/")
 	if envErr != nil {
 		return c, envErr
 	}
@@ -97,6 +99,19 @@ type strValue string
 
 func (s *strValue) Set(v string) error { *s = strValue(v); return nil }
 func (s *strValue) String() string     { return string(*s) }
+
+type boolValue bool
+
+func (b *boolValue) Set(v string) error {
+	x, err := strconv.ParseBool(v)
+	if err != nil {
+		return fmt.Errorf("want true or false")
+	}
+	*b = boolValue(x)
+	return nil
+}
+func (b *boolValue) String() string   { return strconv.FormatBool(bool(*b)) }
+func (b *boolValue) IsBoolFlag() bool { return true }
 
 type levelValue string
 
@@ -201,7 +216,7 @@ func run(c config, log zerolog.Logger) error {
 		Shards: c.Shards, WindowSize: c.WindowSize, MinSamples: c.MinSamples,
 		ZThreshold: c.ZThreshold, MinStddev: c.MinStddev, QueueLen: c.QueueLen,
 	})
-	h := server.New(server.Options{Shards: set, MaxBodyBytes: c.MaxBodyBytes, Log: log})
+	h := server.New(server.Options{Shards: set, MaxBodyBytes: c.MaxBodyBytes, Log: log, Pprof: c.Pprof})
 	srv := &fasthttp.Server{
 		Handler:            h.Handler(),
 		ErrorHandler:       h.ErrorHandler,

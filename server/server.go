@@ -17,6 +17,7 @@ import (
 	"github.com/fasthttp/router"
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/pprofhandler"
 	"github.com/valyala/fastjson"
 )
 
@@ -26,6 +27,9 @@ type Options struct {
 	MaxBodyBytes int            // for the 413 message; the fasthttp.Server enforces it; zero: 1 MiB
 	Log          zerolog.Logger // zero: logs nothing
 	Now          func() time.Time
+	// Pprof serves Go's profiler under /debug/pprof/ when true; off by
+	// default since profiles expose internals.
+	Pprof bool
 	// MaxMetricLabels bounds the metric label values of
 	// rolling_average_current; further names share metric="_other". Zero: 100.
 	MaxMetricLabels int
@@ -113,6 +117,9 @@ func (h *Handler) routes() *router.Router {
 	add("/api/v1/ingest", "POST", h.ingest)
 	add("/api/v1/devices/{device}", "GET", h.device)
 	add("/api/v1/devices/{device}/anomalies", "GET", h.deviceAnomalies)
+	if h.opts.Pprof {
+		r.ANY("/debug/pprof/{profile:*}", pprofhandler.PprofHandler)
+	}
 	h.other = h.newEndpoint("other", nil, func(ctx *fasthttp.RequestCtx) error {
 		return errorf(fasthttp.StatusNotFound, "no route for %s %q; GET / lists the routes", ctx.Method(), clip(ctx.Path()))
 	})
