@@ -7,8 +7,6 @@ import (
 	"testing"
 
 	"ai-load-service/shard"
-
-	"github.com/valyala/fastjson"
 )
 
 // encodeBatch writes b back as an ingest body, the inverse of decodeIngest.
@@ -57,7 +55,7 @@ func FuzzDecodeIngest(f *testing.F) {
 	f.Add([]byte(`[]`))
 	f.Add([]byte(`{"device":"d","metrics":{"t":NaN}}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		var p fastjson.Parser
+		var p scanner
 		var b shard.Batch
 		if err := decodeIngest(&p, body, &b, 77); err != nil {
 			if _, ok := err.(*Error); !ok {
@@ -132,7 +130,7 @@ func BenchmarkDecodeIngest100(b *testing.B) { benchmarkDecodeIngest(b, 100) }
 
 func benchmarkDecodeIngest(b *testing.B, n int) {
 	body := ingestBody(n, 0)
-	var p fastjson.Parser
+	var p scanner
 	var bt shard.Batch
 	b.ReportAllocs()
 	b.SetBytes(int64(len(body)))

@@ -6,10 +6,9 @@ import (
 	"ai-load-service/shard"
 
 	"github.com/valyala/fasthttp"
-	"github.com/valyala/fastjson"
 )
 
-type decodeFunc func(p *fastjson.Parser, body []byte, b *shard.Batch, now int64) error
+type decodeFunc func(s *scanner, body []byte, b *shard.Batch, now int64) error
 
 // ingest serves POST /api/v1/ingest: one sample or an array, all or nothing.
 func (h *Handler) ingest(ctx *fasthttp.RequestCtx) error {
@@ -47,7 +46,7 @@ func (h *Handler) apply(ctx *fasthttp.RequestCtx, decode decodeFunc, encode func
 	st := h.pool.Get().(*ingestState)
 	defer h.pool.Put(st)
 	st.batch.Reset()
-	if err := decode(&st.parser, ctx.PostBody(), &st.batch, h.opts.Now().UnixMilli()); err != nil {
+	if err := decode(&st.scanner, ctx.PostBody(), &st.batch, h.opts.Now().UnixMilli()); err != nil {
 		return err
 	}
 	if err := h.set.Ingest(&st.batch); err != nil {

@@ -18,7 +18,6 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/pprofhandler"
-	"github.com/valyala/fastjson"
 )
 
 // Options configure a Handler. A zero field means the default in its comment.
@@ -60,9 +59,9 @@ const (
 
 // ingestState is the per-request scratch of the ingest routes, pooled.
 type ingestState struct {
-	parser fastjson.Parser
-	batch  shard.Batch
-	out    []byte
+	scanner scanner
+	batch   shard.Batch
+	out     []byte
 }
 
 // New returns a Handler that is not ready yet: /ready answers 503 until

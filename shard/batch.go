@@ -39,6 +39,7 @@ type sample struct {
 	ts    int64 // unix ms
 	ms    span  // in metrics
 	shard int32
+	hash  uint64 // of the device ID, set by Set.Ingest
 }
 
 type metric struct {
@@ -58,8 +59,21 @@ func (b *Batch) Reset() {
 // Add starts a new sample for device at ts (unix milliseconds); the metrics
 // added next with AddMetric belong to it.
 func (b *Batch) Add(device []byte, ts int64) {
+	b.Begin()
+	b.SetSample(device, ts)
+}
+
+// Begin starts a new sample whose device and ts are set later with
+// SetSample, for decoders that meet the metrics first.
+func (b *Batch) Begin() {
 	n := int32(len(b.metrics))
-	b.samples = append(b.samples, sample{dev: b.keep(device), ts: ts, ms: span{n, n}})
+	b.samples = append(b.samples, sample{ms: span{n, n}})
+}
+
+// SetSample sets the device and ts of the sample started last.
+func (b *Batch) SetSample(device []byte, ts int64) {
+	s := &b.samples[len(b.samples)-1]
+	s.dev, s.ts = b.keep(device), ts
 }
 
 // AddMetric adds a metric value to the sample started last by Add.

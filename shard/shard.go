@@ -111,7 +111,7 @@ func New(opts Options) *Set {
 			set:     s,
 			inbox:   make(chan *op, opts.QueueLen),
 			limit:   int32(opts.QueueLen),
-			devices: make(map[string]*device),
+			devices: make(map[uint64]*device),
 		}
 		s.shards[i] = sh
 		s.wg.Add(1)
@@ -151,8 +151,10 @@ func (s *Set) QueueDepth(i int) int { return int(s.shards[i].pending.Load()) }
 func (s *Set) Len() int { return len(s.shards) }
 
 // ShardOf returns the shard that owns device.
-func (s *Set) ShardOf(device []byte) int {
-	hi, _ := bits.Mul64(maphash.Bytes(s.seed, device), uint64(len(s.shards)))
+func (s *Set) ShardOf(device []byte) int { return s.shardOfHash(maphash.Bytes(s.seed, device)) }
+
+func (s *Set) shardOfHash(h uint64) int {
+	hi, _ := bits.Mul64(h, uint64(len(s.shards)))
 	return int(hi)
 }
 
@@ -178,9 +180,10 @@ func (s *Set) Ingest(b *Batch) error {
 	b.counts = slices.Grow(b.counts[:0], n)[:n]
 	clear(b.counts)
 	for i := range b.samples {
-		sh := s.ShardOf(b.bytes(b.samples[i].dev))
-		b.samples[i].shard = int32(sh)
-		b.counts[sh]++
+		smp := &b.samples[i]
+		smp.hash = maphash.Bytes(s.seed, b.bytes(smp.dev))
+		smp.shard = int32(s.shardOfHash(smp.hash))
+		b.counts[smp.shard]++
 	}
 	// Reserve a place in every shard's queue first, so that a full one
 	// leaves the batch wholly unapplied.
@@ -266,6 +269,7 @@ func (s *Set) ask(kind opKind, id string) (*op, error) {
 	var wg sync.WaitGroup
 	o := &op{kind: kind, id: id, wg: &wg}
 	sh := s.shards[s.ShardOf([]byte(id))]
+	o.hash = maphash.String(s.seed, id)
 	wg.Add(1)
 	sh.pending.Add(1)
 	sh.inbox <- o
@@ -381,6 +385,7 @@ type op struct {
 	out []Anomaly
 
 	id      string // opDevice, opAnomalies
+	hash    uint64 // of id
 	found   bool
 	metrics []MetricState
 	sum     Summary
@@ -393,7 +398,10 @@ type shard struct {
 	pending atomic.Int32 // ops reserved or queued, not yet taken; ≤ limit for ingest
 	limit   int32
 
-	devices map[string]*device // owned by run alone
+	// devices is keyed by the device ID's hash, already computed to pick
+	// the shard; IDs whose hashes collide are chained through device.next.
+	devices map[uint64]*device // owned by run alone
+	ndev    int
 }
 
 func (sh *shard) acquire() bool {
@@ -426,10 +434,12 @@ func (sh *shard) ingest(o *op) {
 	b, s := o.b, sh.set
 	for _, i := range o.idx {
 		smp := &b.samples[i]
-		d := sh.devices[string(b.bytes(smp.dev))]
+		id := b.bytes(smp.dev)
+		d := sh.lookup(smp.hash, id)
 		if d == nil {
-			d = &device{id: string(b.bytes(smp.dev))}
-			sh.devices[d.id] = d
+			d = newDevice(string(id), sh.devices[smp.hash])
+			sh.devices[smp.hash] = d
+			sh.ndev++
 			s.devices.Add(1)
 		}
 		for j := smp.ms.lo; j < smp.ms.hi; j++ {
@@ -450,8 +460,17 @@ func (sh *shard) ingest(o *op) {
 	}
 }
 
+// lookup finds the device with ID id and hash h, or nil.
+func (sh *shard) lookup(h uint64, id []byte) *device {
+	d := sh.devices[h]
+	for d != nil && !d.is(id) {
+		d = d.next
+	}
+	return d
+}
+
 func (sh *shard) device(o *op) {
-	d := sh.devices[o.id]
+	d := sh.lookup(o.hash, []byte(o.id))
 	if d == nil {
 		return
 	}
@@ -467,7 +486,7 @@ func (sh *shard) device(o *op) {
 }
 
 func (sh *shard) anomalies(o *op) {
-	d := sh.devices[o.id]
+	d := sh.lookup(o.hash, []byte(o.id))
 	if d == nil {
 		return
 	}
@@ -477,43 +496,77 @@ func (sh *shard) anomalies(o *op) {
 
 func (sh *shard) summarize(o *op) {
 	p := &o.sum
-	p.Devices = len(sh.devices)
+	p.Devices = sh.ndev
 	p.Min, p.Max = math.Inf(1), math.Inf(-1)
 	p.ByMetric = make(map[string]MetricSummary)
 	for _, d := range sh.devices {
-		for i := range d.streams {
-			st := &d.streams[i]
-			p.Streams++
-			p.Samples += st.Count
-			p.Anomalies += st.Anomalies
-			n := st.Win.Len()
-			if n == 0 {
-				continue
-			}
-			mean, sd := st.Win.Stats()
-			o.mom.merge(moments{n: float64(n), mean: mean, m2: float64(n) * sd * sd})
-			lo, hi := st.Win.MinMax()
-			p.Min, p.Max = math.Min(p.Min, lo), math.Max(p.Max, hi)
-			t := p.ByMetric[st.name]
-			t.Streams++
-			t.Mean += (mean - t.Mean) / float64(t.Streams)
-			p.ByMetric[st.name] = t
+		for ; d != nil; d = d.next {
+			sh.summarizeDevice(d, o)
 		}
+	}
+}
+
+func (sh *shard) summarizeDevice(d *device, o *op) {
+	p := &o.sum
+	for i := range d.streams {
+		st := &d.streams[i]
+		p.Streams++
+		p.Samples += st.Count
+		p.Anomalies += st.Anomalies
+		n := st.Win.Len()
+		if n == 0 {
+			continue
+		}
+		mean, sd := st.Win.Stats()
+		o.mom.merge(moments{n: float64(n), mean: mean, m2: float64(n) * sd * sd})
+		lo, hi := st.Win.MinMax()
+		p.Min, p.Max = math.Min(p.Min, lo), math.Max(p.Max, hi)
+		t := p.ByMetric[st.name]
+		t.Streams++
+		t.Mean += (mean - t.Mean) / float64(t.Streams)
+		p.ByMetric[st.name] = t
 	}
 }
 
 // device is one device's state, owned by its shard's goroutine.
 type device struct {
+	// head holds the first bytes of the ID so that lookups compare IDs
+	// without a cache miss on the string's bytes.
+	head    [headLen]byte
 	id      string
+	next    *device          // another device whose ID hash collides
 	streams []namedStream    // first-seen order
 	index   map[string]int32 // name → streams index, once there are many
 	history []Anomaly        // ring of the latest anomalies
 	hnext   int              // next slot to overwrite once history is full
 }
 
+const headLen = 32
+
+func newDevice(id string, next *device) *device {
+	d := &device{id: id, next: next}
+	copy(d.head[:], id)
+	return d
+}
+
+func (d *device) is(id []byte) bool {
+	n := min(len(id), headLen)
+	return len(d.id) == len(id) && string(d.head[:n]) == string(id[:n]) && (n == len(id) || d.id[n:] == string(id[n:]))
+}
+
 type namedStream struct {
-	name string
+	// head is the name's first bytes, compared before the name itself.
+	head    [nameHeadLen]byte
+	nameLen uint8
+	name    string
 	Stream
+}
+
+const nameHeadLen = 15
+
+func (ns *namedStream) is(name []byte) bool {
+	n := min(len(name), nameHeadLen)
+	return int(ns.nameLen) == len(name) && string(ns.head[:n]) == string(name[:n]) && (n == len(name) || ns.name[n:] == string(name[n:]))
 }
 
 // indexAt is the stream count past which a map beats a linear scan.
@@ -526,12 +579,14 @@ func (d *device) stream(name []byte, s *Set) *namedStream {
 		}
 	} else {
 		for i := range d.streams {
-			if d.streams[i].name == string(name) {
+			if d.streams[i].is(name) {
 				return &d.streams[i]
 			}
 		}
 	}
-	d.streams = append(d.streams, namedStream{name: string(name), Stream: NewStream(s.opts.WindowSize)})
+	ns := namedStream{nameLen: uint8(len(name)), name: string(name), Stream: NewStream(s.opts.WindowSize)}
+	copy(ns.head[:], name)
+	d.streams = append(d.streams, ns)
 	s.streams.Add(1)
 	if len(d.streams) > indexAt {
 		if d.index == nil {
@@ -564,3 +619,4 @@ func (d *device) recent() []Anomaly {
 	}
 	return out
 }
+func (s *Set) seedHash(b []byte) uint64 { return maphash.Bytes(s.seed, b) }

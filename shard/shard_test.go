@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -255,4 +256,30 @@ func benchmarkIngest(b *testing.B, n int) {
 		}
 	})
 	b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "samples/s")
+}
+
+// TestHashCollisionChain forces two devices onto one hash: each must keep
+// its own state.
+func TestHashCollisionChain(t *testing.T) {
+	long := strings.Repeat("x", 40)
+	sh := &shard{devices: make(map[uint64]*device)}
+	a := newDevice(long+"a", nil)
+	sh.devices[7] = a
+	b := newDevice(long+"b", a)
+	sh.devices[7] = b
+	for _, c := range []struct {
+		id   string
+		want *device
+	}{{long + "a", a}, {long + "b", b}, {long + "c", nil}, {long, nil}, {"x", nil}} {
+		if got := sh.lookup(7, []byte(c.id)); got != c.want {
+			t.Fatalf("lookup(%q): got %p; want %p", c.id, got, c.want)
+		}
+	}
+	ns := namedStream{nameLen: 20, name: "temperature-celsius1"}
+	copy(ns.head[:], ns.name)
+	for name, want := range map[string]bool{"temperature-celsius1": true, "temperature-celsius2": false, "temperature": false} {
+		if got := ns.is([]byte(name)); got != want {
+			t.Fatalf("is(%q): got %v; want %v", name, got, want)
+		}
+	}
 }
