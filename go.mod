@@ -7,7 +7,6 @@ require (
 	github.com/fasthttp/router v1.5.4
 	github.com/rs/zerolog v1.35.1
 	github.com/valyala/fasthttp v1.78.0
-	github.com/valyala/fastjson v1.6.10
 )
 
 require (

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/json"
 	"math"
 	"strconv"
 	"strings"
@@ -34,9 +35,8 @@ func encodeBatch(b *shard.Batch, ts []int64, vals [][]float64) []byte {
 	return append(out, ']')
 }
 
-// inspect returns the timestamps and values of b by ingesting nothing:
-// the batch keeps them privately, so read them through a Set.
-func snapshot(t *testing.T, b *shard.Batch) (devs []string, names [][]string) {
+// snapshot returns the devices and metric names of b, in order.
+func snapshot(b *shard.Batch) (devs []string, names [][]string) {
 	for i := range b.Len() {
 		devs = append(devs, string(b.Device(i)))
 		var ns []string
@@ -66,7 +66,10 @@ func FuzzDecodeIngest(f *testing.F) {
 		if b.Len() == 0 {
 			t.Fatal("accepted an empty batch")
 		}
-		devs, names := snapshot(t, &b)
+		if !json.Valid(body) {
+			t.Fatalf("accepted invalid JSON: %q", body)
+		}
+		devs, names := snapshot(&b)
 		for i, d := range devs {
 			if !deviceChars.valid([]byte(d), maxDeviceLen) {
 				t.Fatalf("accepted bad device %q", d)
@@ -113,7 +116,7 @@ func FuzzDecodeIngest(f *testing.F) {
 		if err := decodeIngest(&p, again, &b2, 77); err != nil {
 			t.Fatalf("re-encoded batch rejected: %v\n%s", err, again)
 		}
-		devs2, names2 := snapshot(t, &b2)
+		devs2, names2 := snapshot(&b2)
 		if strings.Join(devs, ",") != strings.Join(devs2, ",") {
 			t.Fatalf("devices changed in round trip: %v vs %v", devs, devs2)
 		}
@@ -159,4 +162,119 @@ func ingestBody(n, off int) []byte {
 		sb.WriteByte(']')
 	}
 	return []byte(sb.String())
+}
+
+func FuzzDecodeMetric(f *testing.F) {
+	f.Add([]byte(`{"rps":123.4,"cpu":55.1,"timestamp":1732560000}`))
+	f.Add([]byte(`{"device_id":"edge-1","rps":1,"timestamp":1732560000123,"note":"x"}`))
+	f.Add([]byte(`{"rps":1,"rps":2}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var s scanner
+		var b shard.Batch
+		if err := decodeMetric(&s, body, &b, 77); err != nil {
+			if _, ok := err.(*Error); !ok {
+				t.Fatalf("decode error is not an *Error: %T %v", err, err)
+			}
+			return
+		}
+		if !json.Valid(body) {
+			t.Fatalf("accepted invalid JSON: %q", body)
+		}
+		if b.Len() != 1 || b.SampleMetrics(0) == 0 || b.SampleMetrics(0) > maxMetrics {
+			t.Fatalf("accepted a batch of %d samples, %d metrics", b.Len(), b.Metrics())
+		}
+		if !deviceChars.valid(b.Device(0), maxDeviceLen) {
+			t.Fatalf("accepted bad device %q", b.Device(0))
+		}
+	})
+}
+
+// TestScannerGrammar checks the strict JSON reader on the corners of RFC
+// 8259, comparing its verdict with encoding/json's where the body is only
+// about syntax (the sample itself is valid).
+func TestScannerGrammar(t *testing.T) {
+	f := func(extra string, wantOK bool) {
+		t.Helper()
+		body := `{"device":"d","metrics":{"t":1},"x":` + extra + `}`
+		var s scanner
+		var b shard.Batch
+		err := decodeIngest(&s, []byte(body), &b, 0)
+		if (err == nil) != wantOK {
+			t.Fatalf("%s: got err %v; want ok=%v", extra, err, wantOK)
+		}
+		if json.Valid([]byte(body)) != wantOK {
+			t.Fatalf("%s: test case disagrees with encoding/json", extra)
+		}
+	}
+	// Valid values in an ignored field.
+	f(`null`, true)
+	f(`true`, true)
+	f(`false`, true)
+	f(`-0`, true)
+	f(`0.5e-3`, true)
+	f(`1E+2`, true)
+	f(`"\ud83d\ude00 \u00e9 \n \/"`, true)
+	f(`[1,[2,{"a":[]}],{}]`, true)
+	f(" \t\r\n[ 1 , 2 ] ", true) // all four kinds of JSON whitespace
+	f("\f1", false)                // form feed is not JSON whitespace
+	f(`{"a":{"b":{"c":[null]}}}`, true)
+	// Invalid ones.
+	f(`01`, false)
+	f(`1.`, false)
+	f(`.5`, false)
+	f(`+1`, false)
+	f(`1e`, false)
+	f(`[1,]`, false)
+	f(`{"a":1,}`, false)
+	f(`'a'`, false)
+	f(`"abc`, false)
+	f("\"a\x01b\"", false)
+	f(`"\x"`, false)
+	f(`"\u12"`, false)
+	f(`tru`, false)
+	f(`nul`, false)
+	f(`NaN`, false)
+	f(`Infinity`, false)
+	f(`{1:2}`, false)
+	f(`[1 2]`, false)
+}
+
+func TestScannerDecodes(t *testing.T) {
+	f := func(body string, wantDev string, wantTS int64, wantNames ...string) {
+		t.Helper()
+		var s scanner
+		var b shard.Batch
+		if err := decodeIngest(&s, []byte(body), &b, 99); err != nil {
+			t.Fatalf("%s: unexpected error %v", body, err)
+		}
+		devs, names := snapshot(&b)
+		if len(devs) != 1 || devs[0] != wantDev || strings.Join(names[0], ",") != strings.Join(wantNames, ",") {
+			t.Fatalf("%s: got %v %v; want %s %v", body, devs, names, wantDev, wantNames)
+		}
+	}
+	f(`{"device":"sensor-42","ts":1732560000123,"metrics":{"temp":21.5,"hum":40}}`, "sensor-42", 1732560000123, "temp", "hum")
+	f(`{"metrics":{"temp":1},"device":"late"}`, "late", 99, "temp")
+	f(`{"device":"s\u0041:\u002e","metrics":{"t\u0065mp":1}}`, "sA:.", 99, "temp")
+	f(" \n{ \"device\" : \"d\" , \"metrics\" : { \"a\" : -1e-3 } } \n", "d", 99, "a")
+	depth := strings.Repeat("[", maxDepth+2) + strings.Repeat("]", maxDepth+2)
+	var s scanner
+	var b shard.Batch
+	err := decodeIngest(&s, []byte(`{"device":"d","metrics":{"t":1},"x":`+depth+`}`), &b, 0)
+	if err == nil || !strings.Contains(err.Error(), "nested deeper") {
+		t.Fatalf("unexpected error for deep nesting: %v", err)
+	}
+}
+
+func TestParseFloat(t *testing.T) {
+	for _, in := range []string{"0", "-0", "1", "21.5", "0.1", "123456789012345", "1234567890123456789", "0.000000000000000000000001",
+		"1e10", "-2.5E-3", "1.7976931348623157e308", "4.9e-324", "1e-400", "3.141592653589793238", "9007199254740993"} {
+		got, ok := parseFloat([]byte(in))
+		want, err := strconv.ParseFloat(in, 64)
+		if !ok || err != nil || got != want || math.Signbit(got) != math.Signbit(want) {
+			t.Fatalf("parseFloat(%q): got %v %v; want %v %v", in, got, ok, want, err)
+		}
+	}
+	if f, ok := parseFloat([]byte("1e999")); !ok || !math.IsInf(f, 1) {
+		t.Fatalf("overflow: got %v %v; want +Inf", f, ok)
+	}
 }

@@ -46,7 +46,7 @@ func (h *Handler) apply(ctx *fasthttp.RequestCtx, decode decodeFunc, encode func
 	st := h.pool.Get().(*ingestState)
 	defer h.pool.Put(st)
 	st.batch.Reset()
-	if err := decode(&st.scanner, ctx.PostBody(), &st.batch, h.opts.Now().UnixMilli()); err != nil {
+	if err := decode(&st.scanner, ctx.PostBody(), &st.batch, ctx.Time().UnixMilli()); err != nil {
 		return err
 	}
 	if err := h.set.Ingest(&st.batch); err != nil {
