@@ -216,7 +216,7 @@ func TestScannerGrammar(t *testing.T) {
 	f(`"\ud83d\ude00 \u00e9 \n \/"`, true)
 	f(`[1,[2,{"a":[]}],{}]`, true)
 	f(" \t\r\n[ 1 , 2 ] ", true) // all four kinds of JSON whitespace
-	f("\f1", false)                // form feed is not JSON whitespace
+	f("\f1", false)              // form feed is not JSON whitespace
 	f(`{"a":{"b":{"c":[null]}}}`, true)
 	// Invalid ones.
 	f(`01`, false)
