@@ -14,6 +14,7 @@ DUR=${DUR:-5}         # seconds per measured wrk run
 CONNS=${CONNS:-64}
 DEVICES=${DEVICES:-10000}
 PORT=${PORT:-18090}
+MODES=${MODES:-single batch} # which request shapes to run
 command -v wrk >/dev/null || { echo "bench: wrk is missing: apt-get install -y wrk" >&2; exit 1; }
 command -v taskset >/dev/null || { echo "bench: taskset is missing: apt-get install -y util-linux" >&2; exit 1; }
 
@@ -87,7 +88,7 @@ median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]
 
 echo "machine: $(nproc) cores, $(awk '/model name/ { $1 = $2 = $3 = ""; print; exit }' /proc/cpuinfo | sed 's/^ *//'), $(go version | cut -d' ' -f3)"
 echo "wrk -t1 -c$CONNS, $DEVICES devices, ${DUR}s per run, $PAIRS interleaved pairs, servers on CPU 0 (GOMAXPROCS=1), wrk on CPU 1"
-for mode in single batch; do
+for mode in $MODES; do
 	: >"$work/$mode.pairs"
 	for p in $(seq "$PAIRS"); do
 		read -r brps bp50 bp99 berr < <(run "$work/bare" "$mode.lua")
@@ -101,7 +102,7 @@ done
 echo
 echo "| mode | bare req/s | service req/s | samples/s | ratio (median of pairs) | target | bare p99 | service p99 | p99 target (3x bare + 1ms) |"
 echo "|---|---|---|---|---|---|---|---|---|"
-for mode in single batch; do
+for mode in $MODES; do
 	f=$work/$mode.pairs
 	per=1 target=0.8
 	[ "$mode" = batch ] && per=100 target=0.4

@@ -51,3 +51,48 @@ func ExampleStream_Observe() {
 	// Output:
 	// z=9 anomaly=true count=5
 }
+
+func ExampleSet_Anomalies() {
+	s := shard.New(shard.Options{Shards: 1, WindowSize: 4, MinSamples: 2})
+	defer s.Stop()
+	var b shard.Batch
+	for i, v := range []float64{1, 1, 9, 1, 1, 1, 1, -9} {
+		b.Reset()
+		b.Add([]byte("pump-3"), int64(1000+i))
+		b.AddMetric([]byte("pressure"), v)
+		if err := s.Ingest(&b); err != nil {
+			panic(err)
+		}
+	}
+	as, found, _ := s.Anomalies("pump-3")
+	fmt.Println("found:", found)
+	for _, a := range as {
+		fmt.Printf("ts=%d value=%g\n", a.TS, a.Value)
+	}
+	_, found, _ = s.Anomalies("pump-4")
+	fmt.Println("unknown device found:", found)
+	// Output:
+	// found: true
+	// ts=1007 value=-9
+	// ts=1002 value=9
+	// unknown device found: false
+}
+
+func ExampleSet_Summarize() {
+	s := shard.New(shard.Options{Shards: 2, WindowSize: 3})
+	defer s.Stop()
+	var b shard.Batch
+	b.Add([]byte("a"), 0)
+	b.AddMetric([]byte("temp"), 10)
+	b.Add([]byte("b"), 0)
+	b.AddMetric([]byte("temp"), 20)
+	b.AddMetric([]byte("hum"), 50)
+	if err := s.Ingest(&b); err != nil {
+		panic(err)
+	}
+	sum, _ := s.Summarize()
+	fmt.Printf("devices=%d streams=%d mean=%.2f min=%g max=%g temp=%g\n",
+		sum.Devices, sum.Streams, sum.Mean, sum.Min, sum.Max, sum.ByMetric["temp"].Mean)
+	// Output:
+	// devices=2 streams=3 mean=26.67 min=10 max=50 temp=15
+}
