@@ -84,10 +84,11 @@ func decodeMetric(s *scanner, body []byte, b *shard.Batch, now int64) error {
 // buffers have grown. It follows RFC 8259 (no NaN, no trailing commas, no
 // leading zeros), and nesting inside ignored fields is limited to maxDepth.
 type scanner struct {
-	buf []byte
-	pos int
-	tmp []byte // the last unescaped string; valid until the next one
-	dev []byte // the current sample's device, copied out of tmp
+	buf     []byte
+	pos     int
+	general bool   // skip the compact fast path (tests compare both)
+	tmp     []byte // the last unescaped string; valid until the next one
+	dev     []byte // the current sample's device, copied out of tmp
 }
 
 func (s *scanner) ingest(body []byte, b *shard.Batch, now int64) *Error {
@@ -139,6 +140,9 @@ func (s *scanner) end() *Error {
 }
 
 func (s *scanner) sample(b *shard.Batch, now int64, idx int) *Error {
+	if !s.general && s.compact(b, now) {
+		return nil
+	}
 	if s.peek() != '{' {
 		if !s.isValueStart() {
 			return at(s.syntax("a sample object"), idx)
@@ -190,6 +194,136 @@ func (s *scanner) sample(b *shard.Batch, now int64, idx int) *Error {
 	}
 	b.SetSample(s.dev, ts)
 	return nil
+}
+
+// compact decodes a sample written the way clients usually write it,
+// {"device":"id","ts":123,"metrics":{"name":1.5,...}} with no whitespace,
+// escapes or exponents, about twice as fast as the general path. Anything
+// else, including every error, rewinds and leaves the sample to the general
+// path, so both accept and reject exactly the same bodies.
+func (s *scanner) compact(b *shard.Batch, now int64) bool {
+	start, mark := s.pos, b.Mark()
+	if s.compactSample(b, now) {
+		return true
+	}
+	s.pos = start
+	b.Rewind(mark)
+	return false
+}
+
+func (s *scanner) compactSample(b *shard.Batch, now int64) bool {
+	buf, p := s.buf, s.pos
+	if !hasAt(buf, p, `{"device":"`) {
+		return false
+	}
+	p += len(`{"device":"`)
+	q := p
+	for p < len(buf) && deviceChars[buf[p]] {
+		p++
+	}
+	id := buf[q:p]
+	if len(id) == 0 || len(id) > maxDeviceLen || p == len(buf) || buf[p] != '"' {
+		return false
+	}
+	p++
+	ts := now
+	if hasAt(buf, p, `,"ts":`) {
+		p += len(`,"ts":`)
+		q = p
+		ts = 0
+		for p < len(buf) && buf[p]-'0' < 10 && p-q < 18 {
+			ts = ts*10 + int64(buf[p]-'0')
+			p++
+		}
+		if p == q || buf[q] == '0' && p-q > 1 {
+			return false
+		}
+	}
+	if !hasAt(buf, p, `,"metrics":{`) {
+		return false
+	}
+	p += len(`,"metrics":{`)
+	b.Begin()
+	i := b.Len() - 1
+	for n := 0; ; n++ {
+		if n == maxMetrics || p == len(buf) || buf[p] != '"' {
+			return false
+		}
+		p++
+		q = p
+		for p < len(buf) && metricChars[buf[p]] {
+			p++
+		}
+		name := buf[q:p]
+		if len(name) == 0 || len(name) > maxMetricLen || !hasAt(buf, p, `":`) {
+			return false
+		}
+		f, np, ok := compactNumber(buf, p+2)
+		if !ok || math.Abs(f) > maxAbsValue {
+			return false
+		}
+		p = np
+		for j := range b.SampleMetrics(i) {
+			if string(b.MetricName(i, j)) == string(name) {
+				return false
+			}
+		}
+		b.AddMetric(name, f)
+		if p < len(buf) && buf[p] == ',' {
+			p++
+			continue
+		}
+		if !hasAt(buf, p, "}}") {
+			return false
+		}
+		b.SetSample(id, ts)
+		s.pos = p + 2
+		return true
+	}
+}
+
+func hasAt(buf []byte, p int, lit string) bool {
+	return len(buf)-p >= len(lit) && string(buf[p:p+len(lit)]) == lit
+}
+
+// compactNumber reads -?(0|[1-9][0-9]*)(\.[0-9]+)? with at most 15 digits,
+// converted exactly as parseFloat does, and returns the position after it.
+func compactNumber(buf []byte, p int) (float64, int, bool) {
+	neg := p < len(buf) && buf[p] == '-'
+	if neg {
+		p++
+	}
+	q := p
+	var mant uint64
+	for p < len(buf) && buf[p]-'0' < 10 {
+		mant = mant*10 + uint64(buf[p]-'0')
+		p++
+	}
+	nd := p - q
+	if nd == 0 || buf[q] == '0' && nd > 1 {
+		return 0, p, false
+	}
+	frac := 0
+	if p < len(buf) && buf[p] == '.' {
+		p++
+		q = p
+		for p < len(buf) && buf[p]-'0' < 10 {
+			mant = mant*10 + uint64(buf[p]-'0')
+			p++
+		}
+		frac = p - q
+		if frac == 0 {
+			return 0, p, false
+		}
+	}
+	if nd+frac > 15 || p < len(buf) && (buf[p] == 'e' || buf[p] == 'E') {
+		return 0, p, false
+	}
+	f := float64(mant) / pow10[frac]
+	if neg {
+		f = -f
+	}
+	return f, p, true
 }
 
 // device reads a device ID string into s.dev.

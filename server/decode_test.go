@@ -61,6 +61,65 @@ func rejected(t *testing.T, err error) bool {
 	return true
 }
 
+// sameAsGeneral fails unless the general path alone (no compact fast path)
+// gives the same verdict and the same batch, bit for bit.
+func sameAsGeneral(t *testing.T, body []byte, err error, b *shard.Batch) {
+	t.Helper()
+	g := scanner{general: true}
+	var gb shard.Batch
+	gerr := decodeIngest(&g, body, &gb, 77)
+	if (err == nil) != (gerr == nil) || err != nil && err.Error() != gerr.Error() {
+		t.Fatalf("fast and general paths disagree on %q: %v vs %v", body, err, gerr)
+	}
+	if err != nil {
+		return
+	}
+	if b.Len() != gb.Len() || b.Metrics() != gb.Metrics() {
+		t.Fatalf("fast and general batches differ in size on %q", body)
+	}
+	for i := range b.Len() {
+		if string(b.Device(i)) != string(gb.Device(i)) || b.TS(i) != gb.TS(i) || b.SampleMetrics(i) != gb.SampleMetrics(i) {
+			t.Fatalf("sample %d differs on %q", i, body)
+		}
+		for j := range b.SampleMetrics(i) {
+			if string(b.MetricName(i, j)) != string(gb.MetricName(i, j)) ||
+				math.Float64bits(b.Value(i, j)) != math.Float64bits(gb.Value(i, j)) {
+				t.Fatalf("sample %d metric %d differs on %q: %v vs %v", i, j, body, b.Value(i, j), gb.Value(i, j))
+			}
+		}
+	}
+}
+
+func TestCompactMatchesGeneral(t *testing.T) {
+	bodies := []string{
+		string(ingestBody(100, 0)),
+		`{"device":"a","ts":0,"metrics":{"x":-0,"y":0.5,"z":-12.25}}`,
+		`{"device":"a","metrics":{"x":1}}`,
+		`{"device":"a","ts":01,"metrics":{"x":1}}`,
+		`{"device":"a","ts":1234567890123456789,"metrics":{"x":1}}`,
+		`{"device":"a","ts":12345678901234567890,"metrics":{"x":1}}`,
+		`{"device":"a","metrics":{"x":1e3,"y":2}}`,
+		`{"device":"a","metrics":{"x":1234567890123456,"y":0.1234567890123456}}`,
+		`{"device":"a","metrics":{"x":01}}`,
+		`{"device":"a","metrics":{"x":1.}}`,
+		`{"device":"a","metrics":{"x":1,"x":2}}`,
+		`{"device":"a","metrics":{}}`,
+		`{"device":"a","metrics":{"x":1}`,
+		`{"device":"a","metrics":{"x":1},"extra":true}`,
+		`{"device":"","metrics":{"x":1}}`,
+		`{"device":"a\u0062","metrics":{"x":1}}`,
+		`[{"device":"a","metrics":{"x":1}} , {"device":"b", "metrics":{"x":2}}]`,
+		`{"device":"a","metrics":{"x":1e200}}`,
+		`{"device":"a","metrics":{"x":-}}`,
+	}
+	for _, body := range bodies {
+		var p scanner
+		var b shard.Batch
+		err := decodeIngest(&p, []byte(body), &b, 77)
+		sameAsGeneral(t, []byte(body), err, &b)
+	}
+}
+
 func FuzzDecodeIngest(f *testing.F) {
 	f.Add([]byte(`{"device":"sensor-42","ts":1732560000123,"metrics":{"temp":21.5,"hum":40}}`))
 	f.Add([]byte(`[{"device":"a","metrics":{"x":1}},{"device":"b.c:d_e-f","ts":0,"metrics":{"y.z":-1e-300}}]`))
@@ -70,7 +129,9 @@ func FuzzDecodeIngest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var p scanner
 		var b shard.Batch
-		if rejected(t, decodeIngest(&p, body, &b, 77)) {
+		err := decodeIngest(&p, body, &b, 77)
+		sameAsGeneral(t, body, err, &b)
+		if rejected(t, err) {
 			return
 		}
 		if b.Len() == 0 {

@@ -112,3 +112,20 @@ func (b *Batch) keep(p []byte) span {
 }
 
 func (b *Batch) bytes(s span) []byte { return b.buf[s.lo:s.hi] }
+
+// TS returns sample i's timestamp in unix ms.
+func (b *Batch) TS(i int) int64 { return b.samples[i].ts }
+
+// Value returns the value of sample i's j-th metric.
+func (b *Batch) Value(i, j int) float64 { return b.metrics[int(b.samples[i].ms.lo)+j].v }
+
+// Mark is a point in a Batch's growth that Rewind returns to.
+type Mark struct{ samples, metrics, buf int }
+
+// Mark returns the current end of b.
+func (b *Batch) Mark() Mark { return Mark{len(b.samples), len(b.metrics), len(b.buf)} }
+
+// Rewind drops everything added to b after m.
+func (b *Batch) Rewind(m Mark) {
+	b.samples, b.metrics, b.buf = b.samples[:m.samples], b.metrics[:m.metrics], b.buf[:m.buf]
+}
