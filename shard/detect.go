@@ -34,7 +34,7 @@ func (s *Stream) Observe(x float64, ts int64, p *Params) Score {
 	mean, sd := s.Win.Stats()
 	var z float64
 	if s.Win.Len() > 0 {
-		z = (x - mean) / math.Max(sd, p.MinStddev)
+		z = (x - mean) / max(sd, p.MinStddev)
 	}
 	anomaly := s.Win.Len() >= p.MinSamples && math.Abs(z) >= p.Threshold
 	s.Win.Push(x)

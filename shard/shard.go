@@ -402,6 +402,7 @@ type shard struct {
 	// the shard; IDs whose hashes collide are chained through device.next.
 	devices map[uint64]*device // owned by run alone
 	ndev    int
+	devs    []*device // ingest scratch
 }
 
 func (sh *shard) acquire() bool {
@@ -432,6 +433,9 @@ func (sh *shard) run(wg *sync.WaitGroup) {
 
 func (sh *shard) ingest(o *op) {
 	b, s := o.b, sh.set
+	// Resolve every device first: the lookups are independent, so the CPU
+	// overlaps their cache misses instead of taking them one by one.
+	devs := sh.devs[:0]
 	for _, i := range o.idx {
 		smp := &b.samples[i]
 		id := b.bytes(smp.dev)
@@ -442,6 +446,10 @@ func (sh *shard) ingest(o *op) {
 			sh.ndev++
 			s.devices.Add(1)
 		}
+		devs = append(devs, d)
+	}
+	for k, i := range o.idx {
+		smp, d := &b.samples[i], devs[k]
 		for j := smp.ms.lo; j < smp.ms.hi; j++ {
 			m := &b.metrics[j]
 			st := d.stream(b.bytes(m.name), s)
@@ -458,6 +466,8 @@ func (sh *shard) ingest(o *op) {
 			}
 		}
 	}
+	clear(devs)
+	sh.devs = devs[:0]
 }
 
 // lookup finds the device with ID id and hash h, or nil.
