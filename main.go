@@ -40,6 +40,10 @@ type config struct {
 	DrainDelay   time.Duration
 	StopTimeout  time.Duration
 	Pprof        bool
+	Detector     string
+	Cooldown     int
+	RulesFile    string
+	Rules        []shard.Rule
 }
 
 // parseConfig reads env (via getenv) and then args. An invalid value is an
@@ -56,6 +60,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		MaxBodyBytes: 1 << 20,
 		LogLevel:     "info",
 		StopTimeout:  8 * time.Second,
+		Detector:     shard.DefaultKind.String(),
+		Cooldown:     shard.DefaultCooldown,
 	}
 	fs := flag.NewFlagSet("ai-load-service", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -80,6 +86,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	v(durIn(&c.DrainDelay, 0, time.Minute), "drain-delay", "DRAIN_DELAY", "after SIGTERM, how long /ready answers 503 before the listener closes")
 	v(durIn(&c.StopTimeout, time.Millisecond, 10*time.Minute), "stop-timeout", "STOP_TIMEOUT", "how long in-flight requests may take to finish after SIGTERM")
 	v((*boolValue)(&c.Pprof), "pprof", "PPROF", "serve Go profiles under /debug/pprof/")
+	v((*kindValue)(&c.Detector), "detector", "DETECTOR", "default detector: zscore, winsor or ewma")
+	v(intIn(&c.Cooldown, 0, 1000000), "alert-cooldown", "ALERT_COOLDOWN", "samples after an alert during which a stream raises no new alert unless |z| doubles")
+	v((*strValue)(&c.RulesFile), "detector-config", "DETECTOR_CONFIG", "JSON file of per-metric detector rules")
 	if envErr != nil {
 		return c, envErr
 	}
@@ -92,7 +101,37 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	if c.MinSamples > c.WindowSize {
 		return c, fmt.Errorf("MIN_SAMPLES=%d exceeds WINDOW_SIZE=%d: no sample could ever be anomalous", c.MinSamples, c.WindowSize)
 	}
+	if c.RulesFile != "" {
+		data, err := os.ReadFile(c.RulesFile)
+		if err != nil {
+			return c, fmt.Errorf("cannot read DETECTOR_CONFIG=%q: %w", c.RulesFile, err)
+		}
+		if c.Rules, err = shard.ParseRules(data, c.params()); err != nil {
+			return c, fmt.Errorf("DETECTOR_CONFIG=%q: %w", c.RulesFile, err)
+		}
+	}
 	return c, nil
+}
+
+// params are the default detector settings.
+func (c config) params() shard.Params {
+	k, _ := shard.ParseKind(c.Detector)
+	return shard.Params{Kind: k, Window: c.WindowSize, MinSamples: c.MinSamples,
+		Threshold: c.ZThreshold, MinStddev: c.MinStddev, Cooldown: c.Cooldown}
+}
+
+// shardOptions maps the configuration onto shard.Options.
+func (c config) shardOptions() shard.Options {
+	p := c.params()
+	cooldown := p.Cooldown
+	if cooldown == 0 {
+		cooldown = -1 // shard.Options: negative means none
+	}
+	return shard.Options{
+		Shards: c.Shards, Detector: p.Kind, WindowSize: p.Window, MinSamples: p.MinSamples,
+		ZThreshold: p.Threshold, MinStddev: p.MinStddev, Cooldown: cooldown, QueueLen: c.QueueLen,
+		Rules: c.Rules,
+	}
 }
 
 type strValue string
@@ -112,6 +151,17 @@ func (b *boolValue) Set(v string) error {
 }
 func (b *boolValue) String() string   { return strconv.FormatBool(bool(*b)) }
 func (b *boolValue) IsBoolFlag() bool { return true }
+
+type kindValue string
+
+func (k *kindValue) Set(v string) error {
+	if _, err := shard.ParseKind(v); err != nil {
+		return fmt.Errorf("want zscore, winsor or ewma")
+	}
+	*k = kindValue(v)
+	return nil
+}
+func (k *kindValue) String() string { return string(*k) }
 
 type levelValue string
 
@@ -212,10 +262,7 @@ func main() {
 // run serves until SIGTERM or SIGINT, then stops in reverse order of start.
 func run(c config, log zerolog.Logger) error {
 	start := time.Now()
-	set := shard.New(shard.Options{
-		Shards: c.Shards, WindowSize: c.WindowSize, MinSamples: c.MinSamples,
-		ZThreshold: c.ZThreshold, MinStddev: c.MinStddev, QueueLen: c.QueueLen,
-	})
+	set := shard.New(c.shardOptions())
 	h := server.New(server.Options{Shards: set, MaxBodyBytes: c.MaxBodyBytes, Log: log, Pprof: c.Pprof})
 	srv := &fasthttp.Server{
 		Handler:            h.Handler(),
@@ -238,7 +285,8 @@ func run(c config, log zerolog.Logger) error {
 	go func() { served <- srv.Serve(ln) }()
 	h.SetReady()
 	log.Info().Str("addr", ln.Addr().String()).Int("shards", set.Len()).Int("window", c.WindowSize).
-		Float64("z_threshold", c.ZThreshold).Str("state", "in-memory only").
+		Float64("z_threshold", c.ZThreshold).Str("detector", c.Detector).Int("alert_cooldown", c.Cooldown).
+		Int("detector_rules", len(c.Rules)).Str("state", "in-memory only").
 		Dur("startup", time.Since(start)).Msg("serving")
 
 	sig := make(chan os.Signal, 1)

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"ai-load-service/shard"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -61,6 +63,29 @@ func TestParseConfig(t *testing.T) {
 	f(nil, []string{"-shards", "0"}, "-shards", nil)
 	f(map[string]string{"MIN_SAMPLES": "60"}, nil, "MIN_SAMPLES=60 exceeds WINDOW_SIZE=50", nil)
 	f(nil, []string{"extra"}, "unexpected argument", nil)
+	f(nil, nil, "", func(c config) bool { return c.Detector == "winsor" && c.Cooldown == 10 })
+	f(map[string]string{"DETECTOR": "ewma", "ALERT_COOLDOWN": "0"}, nil, "", func(c config) bool {
+		o := c.shardOptions()
+		return o.Detector == shard.EWMA && o.Cooldown < 0
+	})
+	f(map[string]string{"DETECTOR": "median"}, nil, "invalid DETECTOR=", nil)
+	f(map[string]string{"ALERT_COOLDOWN": "-1"}, nil, "invalid ALERT_COOLDOWN=", nil)
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("good.json", `{"rules":[{"match":"temp*","detector":"ewma","window":100},{"match":"cpu","threshold":4}]}`)
+	f(map[string]string{"DETECTOR_CONFIG": good}, nil, "", func(c config) bool {
+		return len(c.Rules) == 2 && c.Rules[0].Params.Kind == shard.EWMA && c.Rules[0].Params.Window == 100 &&
+			c.Rules[1].Params.Threshold == 4 && c.Rules[1].Params.Window == 50
+	})
+	bad := write("bad.json", `{"rules":[{"match":"temp*"},{"match":"hum","window":1}]}`)
+	f(map[string]string{"DETECTOR_CONFIG": bad}, nil, `rule 2 (match "hum"): window=1`, nil)
+	f(map[string]string{"DETECTOR_CONFIG": filepath.Join(dir, "missing.json")}, nil, "cannot read DETECTOR_CONFIG", nil)
 }
 
 // buildService compiles the service once per test binary run.

@@ -54,6 +54,7 @@ func (h *Handler) apply(ctx *fasthttp.RequestCtx, decode decodeFunc, encode func
 	}
 	h.samples.Add(st.batch.Metrics())
 	h.anomalies.Add(len(st.batch.Anomalies))
+	h.anomalous.Add(st.batch.Anomalous)
 	st.out = encode(st.out[:0], &st.batch)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(st.out)

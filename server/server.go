@@ -44,8 +44,9 @@ type Handler struct {
 	state atomic.Int32 // stateStarting, stateReady or stateDraining
 
 	samples   *metrics.Counter
-	anomalies *metrics.Counter
-	other     *endpoint // requests that match no route
+	anomalies *metrics.Counter // alerts
+	anomalous *metrics.Counter // anomalous samples, alerted or not
+	other     *endpoint        // requests that match no route
 
 	pool sync.Pool // *ingestState
 }
@@ -79,6 +80,7 @@ func New(opts Options) *Handler {
 	h.pool.New = func() any { return new(ingestState) }
 	h.samples = h.ms.NewCounter("samples_ingested_total")
 	h.anomalies = h.ms.NewCounter("anomaly_detection_total")
+	h.anomalous = h.ms.NewCounter("anomalous_samples_total")
 	h.ms.NewGauge("active_devices", func() float64 { return float64(h.set.Devices()) })
 	h.ms.NewGauge("active_streams", func() float64 { return float64(h.set.Streams()) })
 	h.ms.NewGauge("shards", func() float64 { return float64(h.set.Len()) })

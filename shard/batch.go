@@ -12,6 +12,9 @@ type Batch struct {
 	// Anomalies is filled by Set.Ingest with the anomalies the batch
 	// produced, in sample order and, within a sample, in metric order.
 	Anomalies []Anomaly
+	// Anomalous is how many samples were anomalous, alerted or held back
+	// by a stream's cooldown.
+	Anomalous int
 	// Head is the first metric of the first sample after Set.Ingest.
 	Head StreamHead
 

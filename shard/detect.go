@@ -1,47 +1,154 @@
 package shard
 
-import "math"
+import (
+	"fmt"
+	"math"
+)
 
-// Params are the z-score detector's settings.
-type Params struct {
-	MinSamples int     // the window must hold this many values before a sample can be anomalous
-	Threshold  float64 // |z| at or above it is an anomaly
-	MinStddev  float64 // floor under the stddev so a constant window gives a finite z
+// Kind selects a detector. Every kind scores a sample against state built
+// from the samples before it, so a value never dilutes its own score.
+type Kind uint8
+
+const (
+	// ZScore is the exact rolling z-score over the last W values.
+	ZScore Kind = iota + 1
+	// Winsor is the rolling z-score over a window whose values are clipped
+	// to mean ± Threshold·stddev as they enter, so outliers cannot inflate
+	// the stddev that should reveal the next ones.
+	Winsor
+	// EWMA scores against an exponentially weighted mean and variance
+	// (alpha = 2/(W+1)) updated with the same clipped values.
+	EWMA
+)
+
+var kindNames = [...]string{0: "default", ZScore: "zscore", Winsor: "winsor", EWMA: "ewma"}
+
+func (k Kind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("Kind(%d)", k)
 }
 
-// Score is the verdict on one sample against the window before it entered.
+// ParseKind returns the Kind named s.
+func ParseKind(s string) (Kind, error) {
+	for k, name := range kindNames {
+		if s == name && k > 0 {
+			return Kind(k), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown detector %q; want zscore, winsor or ewma", s)
+}
+
+// escalation is how much larger |z| must be than at the last alert for a
+// new alert to break through the cooldown.
+const escalation = 2
+
+// Params are one detector's settings.
+type Params struct {
+	Kind       Kind
+	Window     int     // values kept per stream; for EWMA also alpha = 2/(Window+1)
+	MinSamples int     // samples needed before a sample can be anomalous
+	Threshold  float64 // |z| at or above it is anomalous
+	MinStddev  float64 // floor under the stddev so a constant window gives a finite z
+	// Cooldown is how many samples after an alert the stream raises no new
+	// alert unless |z| reaches escalation × the |z| of that alert.
+	Cooldown int
+}
+
+// Validate reports settings that cannot work.
+func (p *Params) Validate() error {
+	switch {
+	case p.Kind == 0 || int(p.Kind) >= len(kindNames):
+		return fmt.Errorf("unknown detector %d", p.Kind)
+	case p.Window < 2 || p.Window > 100000:
+		return fmt.Errorf("window=%d: want 2 to 100000", p.Window)
+	case p.MinSamples < 1 || p.MinSamples > p.Window && p.Kind != EWMA:
+		return fmt.Errorf("min_samples=%d: want 1 to window=%d", p.MinSamples, p.Window)
+	case !(p.Threshold > 0) || math.IsInf(p.Threshold, 0):
+		return fmt.Errorf("threshold=%g: want a positive number", p.Threshold)
+	case !(p.MinStddev > 0) || math.IsInf(p.MinStddev, 0):
+		return fmt.Errorf("min_stddev=%g: want a positive number", p.MinStddev)
+	case p.Cooldown < 0 || p.Cooldown > 1000000:
+		return fmt.Errorf("cooldown=%d: want 0 to 1000000", p.Cooldown)
+	}
+	return nil
+}
+
+// Score is the verdict on one sample.
 type Score struct {
-	Z, Mean, Stddev float64
-	Anomaly         bool
+	Z, Mean, Stddev float64 // Mean and Stddev are what x was scored against
+	Anomalous       bool    // |z| >= Threshold with enough history
+	Alert           bool    // anomalous and not held back by the cooldown
 }
 
 // Stream is the state of one (device, metric) series.
 type Stream struct {
 	Win       Window
 	Count     uint64  // samples seen since the stream was created
-	Anomalies uint64  // anomalous samples since the stream was created
+	Anomalies uint64  // alerts raised since the stream was created
+	Anomalous uint64  // anomalous samples, alerted or not
 	Last      float64 // last value
 	LastZ     float64 // z of the last value
 	UpdatedTS int64   // ts of the last value, unix ms
+
+	ewMean, ewVar float64 // EWMA state
+	quiet         int32   // samples left in the cooldown
+	alertZ        float64 // |z| of the last alert
 }
 
 // NewStream returns an empty stream with a window of size values.
 func NewStream(size int) Stream { return Stream{Win: NewWindow(size)} }
 
-// Observe scores x against the window as it is, then adds x to it.
-// The z-score uses the population stddev, floored at p.MinStddev.
+// Observe scores x against the state built from earlier samples, then adds
+// x to it.
 func (s *Stream) Observe(x float64, ts int64, p *Params) Score {
-	mean, sd := s.Win.Stats()
+	var mean, sd float64
+	var n int
+	if p.Kind == EWMA {
+		mean, sd, n = s.ewMean, math.Sqrt(s.ewVar), int(min(s.Count, math.MaxInt32))
+	} else {
+		mean, sd = s.Win.Stats()
+		n = s.Win.Len()
+	}
+	sdf := max(sd, p.MinStddev)
 	var z float64
-	if s.Win.Len() > 0 {
-		z = (x - mean) / max(sd, p.MinStddev)
+	if n > 0 {
+		z = (x - mean) / sdf
 	}
-	anomaly := s.Win.Len() >= p.MinSamples && math.Abs(z) >= p.Threshold
-	s.Win.Push(x)
-	s.Count++
-	if anomaly {
+	az := math.Abs(z)
+	anomalous := n >= p.MinSamples && az >= p.Threshold
+	alert := anomalous && (s.quiet == 0 || az >= escalation*s.alertZ)
+	switch {
+	case alert:
+		s.quiet, s.alertZ = int32(p.Cooldown), az
 		s.Anomalies++
+	case s.quiet > 0:
+		s.quiet--
 	}
+	if anomalous {
+		s.Anomalous++
+	}
+
+	// What enters the state: x itself, or x clipped to the threshold band.
+	in := x
+	if p.Kind != ZScore && anomalous {
+		in = mean + math.Copysign(p.Threshold*sdf, z)
+	}
+	switch {
+	case p.Kind == EWMA && s.Count == 0:
+		s.ewMean = x
+		s.Win.Push(x)
+	case p.Kind == EWMA:
+		a := 2 / (float64(p.Window) + 1)
+		d := in - s.ewMean
+		s.ewMean += a * d
+		s.ewVar = (1 - a) * (s.ewVar + a*d*d)
+		s.Win.Push(x)
+	default:
+		s.Win.Push(in)
+	}
+	s.Count++
 	s.Last, s.LastZ, s.UpdatedTS = x, z, ts
-	return Score{Z: z, Mean: mean, Stddev: sd, Anomaly: anomaly}
+	return Score{Z: z, Mean: mean, Stddev: sd, Anomalous: anomalous, Alert: alert}
 }

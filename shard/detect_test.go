@@ -12,8 +12,8 @@ import (
 // values, then append it.
 func TestObserveMatchesReference(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 9))
-	p := Params{MinSamples: 10, Threshold: 3, MinStddev: 1e-9}
 	const w = 50
+	p := Params{Kind: ZScore, Window: w, MinSamples: 10, Threshold: 3, MinStddev: 1e-9}
 	var xs []float64
 	for i := range 3000 {
 		x := 100 + rng.NormFloat64()*5
@@ -39,8 +39,8 @@ func TestObserveMatchesReference(t *testing.T) {
 		if math.Abs(sc.Z-wantZ) > 1e-6*math.Max(1, math.Abs(wantZ)) {
 			t.Fatalf("sample %d: unexpected z; got %v; want %v", i, sc.Z, wantZ)
 		}
-		if sc.Anomaly != wantAnomaly && math.Abs(math.Abs(wantZ)-p.Threshold) > 1e-6 {
-			t.Fatalf("sample %d: unexpected verdict; got %v; want %v (z=%v)", i, sc.Anomaly, wantAnomaly, wantZ)
+		if sc.Alert != wantAnomaly && math.Abs(math.Abs(wantZ)-p.Threshold) > 1e-6 {
+			t.Fatalf("sample %d: unexpected verdict; got %v; want %v (z=%v)", i, sc.Alert, wantAnomaly, wantZ)
 		}
 		if wantAnomaly {
 			anomalies++
@@ -55,7 +55,7 @@ func TestObserveMatchesReference(t *testing.T) {
 }
 
 func TestObserveRules(t *testing.T) {
-	p := Params{MinSamples: 3, Threshold: 3, MinStddev: 1e-9}
+	p := Params{Kind: ZScore, Window: 5, MinSamples: 3, Threshold: 3, MinStddev: 1e-9}
 	f := func(name string, prior []float64, x float64, wantZ float64, wantAnomaly bool) {
 		t.Helper()
 		st := NewStream(5)
@@ -63,8 +63,8 @@ func TestObserveRules(t *testing.T) {
 			st.Observe(v, 0, &p)
 		}
 		sc := st.Observe(x, 1, &p)
-		if math.Abs(sc.Z-wantZ) > 1e-9*math.Max(1, math.Abs(wantZ)) || sc.Anomaly != wantAnomaly {
-			t.Fatalf("%s: got z=%v anomaly=%v; want z=%v anomaly=%v", name, sc.Z, sc.Anomaly, wantZ, wantAnomaly)
+		if math.Abs(sc.Z-wantZ) > 1e-9*math.Max(1, math.Abs(wantZ)) || sc.Alert != wantAnomaly {
+			t.Fatalf("%s: got z=%v anomaly=%v; want z=%v anomaly=%v", name, sc.Z, sc.Alert, wantZ, wantAnomaly)
 		}
 	}
 	f("first value scores zero", nil, 5, 0, false)
@@ -84,7 +84,7 @@ func BenchmarkObserve(b *testing.B) {
 
 func benchmarkObserve(b *testing.B, w int) {
 	b.ReportAllocs()
-	p := Params{MinSamples: 10, Threshold: 3, MinStddev: 1e-9}
+	p := Params{Kind: DefaultKind, Window: w, MinSamples: 10, Threshold: 3, MinStddev: 1e-9, Cooldown: DefaultCooldown}
 	st := NewStream(w)
 	rng := rand.New(rand.NewPCG(1, 1))
 	xs := make([]float64, 4096)
@@ -94,7 +94,7 @@ func benchmarkObserve(b *testing.B, w int) {
 	b.ResetTimer()
 	var n int
 	for i := range b.N {
-		if st.Observe(xs[i&4095], int64(i), &p).Anomaly {
+		if st.Observe(xs[i&4095], int64(i), &p).Alert {
 			n++
 		}
 	}

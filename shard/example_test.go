@@ -7,7 +7,7 @@ import (
 )
 
 func ExampleSet_Ingest() {
-	s := shard.New(shard.Options{Shards: 2, WindowSize: 5, MinSamples: 3})
+	s := shard.New(shard.Options{Shards: 2, Detector: shard.ZScore, Cooldown: -1, WindowSize: 5, MinSamples: 3})
 	defer s.Stop()
 
 	var b shard.Batch
@@ -41,19 +41,19 @@ func ExampleWindow() {
 }
 
 func ExampleStream_Observe() {
-	p := shard.Params{MinSamples: 3, Threshold: 3, MinStddev: 1e-9}
+	p := shard.Params{Kind: shard.ZScore, Window: 10, MinSamples: 3, Threshold: 3, MinStddev: 1e-9}
 	st := shard.NewStream(10)
 	for _, x := range []float64{10, 12, 10, 12} {
 		st.Observe(x, 0, &p)
 	}
 	sc := st.Observe(20, 0, &p)
-	fmt.Printf("z=%g anomaly=%v count=%d\n", sc.Z, sc.Anomaly, st.Count)
+	fmt.Printf("z=%g anomaly=%v count=%d\n", sc.Z, sc.Alert, st.Count)
 	// Output:
 	// z=9 anomaly=true count=5
 }
 
 func ExampleSet_Anomalies() {
-	s := shard.New(shard.Options{Shards: 1, WindowSize: 4, MinSamples: 2})
+	s := shard.New(shard.Options{Shards: 1, Detector: shard.ZScore, Cooldown: -1, WindowSize: 4, MinSamples: 2})
 	defer s.Stop()
 	var b shard.Batch
 	for i, v := range []float64{1, 1, 9, 1, 1, 1, 1, -9} {

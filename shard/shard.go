@@ -5,6 +5,7 @@ package shard
 
 import (
 	"errors"
+	"fmt"
 	"hash/maphash"
 	"math"
 	"math/bits"
@@ -18,23 +19,43 @@ import (
 // Options configure a Set. A zero field means the default in its comment.
 type Options struct {
 	Shards     int     // number of shard goroutines; zero: 4 × GOMAXPROCS
+	Detector   Kind    // zero: DefaultKind
 	WindowSize int     // values per stream window; zero: 50
-	MinSamples int     // zero: 10
+	MinSamples int     // zero: 10, or WindowSize when smaller
 	ZThreshold float64 // zero: 3
 	MinStddev  float64 // zero: 1e-9
-	QueueLen   int     // requests waiting per shard before Ingest fails fast; zero: 1024
-	HistoryLen int     // anomalies remembered per device; zero: 100
+	Cooldown   int     // samples of alert cooldown; zero: DefaultCooldown; negative: none
+	// Rules override the detector for matching metric names; the first
+	// match wins, other metrics use the settings above.
+	Rules      []Rule
+	QueueLen   int // requests waiting per shard before Ingest fails fast; zero: 1024
+	HistoryLen int // anomalies remembered per device; zero: 100
 }
+
+// Defaults chosen from the labelled evaluation (see README, make eval).
+const (
+	DefaultKind     = Winsor
+	DefaultCooldown = 10
+)
 
 func (o Options) withDefaults() Options {
 	if o.Shards <= 0 {
 		o.Shards = 4 * runtime.GOMAXPROCS(0)
 	}
+	if o.Detector == 0 {
+		o.Detector = DefaultKind
+	}
+	switch {
+	case o.Cooldown == 0:
+		o.Cooldown = DefaultCooldown
+	case o.Cooldown < 0:
+		o.Cooldown = 0
+	}
 	if o.WindowSize <= 0 {
 		o.WindowSize = 50
 	}
 	if o.MinSamples <= 0 {
-		o.MinSamples = 10
+		o.MinSamples = min(10, o.WindowSize)
 	}
 	if o.ZThreshold <= 0 {
 		o.ZThreshold = 3
@@ -49,6 +70,23 @@ func (o Options) withDefaults() Options {
 		o.HistoryLen = 100
 	}
 	return o
+}
+
+// Validate reports settings New would reject.
+func (o Options) Validate() error { return o.withDefaults().validate() }
+
+func (o Options) validate() error {
+	p := Params{Kind: o.Detector, Window: o.WindowSize, MinSamples: o.MinSamples,
+		Threshold: o.ZThreshold, MinStddev: o.MinStddev, Cooldown: o.Cooldown}
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	for i := range o.Rules {
+		if err := o.Rules[i].Params.Validate(); err != nil {
+			return fmt.Errorf("rule %d (match %q): %w", i+1, o.Rules[i].Match, err)
+		}
+	}
+	return nil
 }
 
 var (
@@ -77,8 +115,10 @@ type MetricState struct {
 	Stddev    float64
 	Last      float64
 	LastZ     float64
-	Anomalies uint64 // anomalies since the stream was first seen
+	Anomalies uint64 // alerts since the stream was first seen
+	Anomalous uint64 // anomalous samples since then, alerted or not
 	UpdatedTS int64
+	Detector  Kind
 }
 
 // Set is N shards and the hash that picks one for a device ID.
@@ -97,12 +137,17 @@ type Set struct {
 	stopping atomic.Bool
 }
 
-// New starts the shard goroutines. Call Stop to end them.
+// New starts the shard goroutines. Call Stop to end them. It panics on
+// invalid settings: validate them first with Options.Validate.
 func New(opts Options) *Set {
 	opts = opts.withDefaults()
+	if err := opts.validate(); err != nil {
+		panic(fmt.Errorf("BUG: shard.New: %w", err))
+	}
 	s := &Set{
-		opts:   opts,
-		params: Params{MinSamples: opts.MinSamples, Threshold: opts.ZThreshold, MinStddev: opts.MinStddev},
+		opts: opts,
+		params: Params{Kind: opts.Detector, Window: opts.WindowSize, MinSamples: opts.MinSamples,
+			Threshold: opts.ZThreshold, MinStddev: opts.MinStddev, Cooldown: opts.Cooldown},
 		seed:   maphash.MakeSeed(),
 		shards: make([]*shard, opts.Shards),
 	}
@@ -218,7 +263,7 @@ func (s *Set) Ingest(b *Batch) error {
 			continue
 		}
 		o := &b.ops[k]
-		o.kind, o.b, o.wg, o.out = opIngest, b, &b.wg, o.out[:0]
+		o.kind, o.b, o.wg, o.out, o.anomalous = opIngest, b, &b.wg, o.out[:0], 0
 		b.wg.Add(1)
 		s.shards[k].inbox <- o
 	}
@@ -226,8 +271,10 @@ func (s *Set) Ingest(b *Batch) error {
 	b.wg.Wait()
 
 	b.Anomalies = b.Anomalies[:0]
+	b.Anomalous = 0
 	from := 0
 	for k, c := range b.counts {
+		b.Anomalous += b.ops[k].anomalous
 		if c > 0 && len(b.ops[k].out) > 0 {
 			b.Anomalies = append(b.Anomalies, b.ops[k].out...)
 			from++
@@ -383,6 +430,8 @@ type op struct {
 	b   *Batch  // opIngest
 	idx []int32 // opIngest: b's samples owned by this shard, in order
 	out []Anomaly
+	// anomalous counts opIngest's anomalous samples, alerted or not
+	anomalous int
 
 	id      string // opDevice, opAnomalies
 	hash    uint64 // of id
@@ -453,12 +502,15 @@ func (sh *shard) ingest(o *op) {
 		for j := smp.ms.lo; j < smp.ms.hi; j++ {
 			m := &b.metrics[j]
 			st := d.stream(b.bytes(m.name), s)
-			sc := st.Observe(m.v, smp.ts, &s.params)
+			sc := st.Observe(m.v, smp.ts, st.p)
 			if i == 0 && j == smp.ms.lo {
 				mean, _ := st.Win.Stats()
 				b.Head = StreamHead{Window: st.Win.Len(), Mean: mean}
 			}
-			if sc.Anomaly {
+			if sc.Anomalous {
+				o.anomalous++
+			}
+			if sc.Alert {
 				a := Anomaly{Device: d.id, Metric: st.name, TS: smp.ts, Value: m.v,
 					Mean: sc.Mean, Stddev: sc.Stddev, Z: sc.Z, sample: i}
 				o.out = append(o.out, a)
@@ -491,7 +543,7 @@ func (sh *shard) device(o *op) {
 		mean, sd := st.Win.Stats()
 		o.metrics[i] = MetricState{Name: st.name, Count: st.Count, Window: st.Win.Len(),
 			Mean: mean, Stddev: sd, Last: st.Last, LastZ: st.LastZ,
-			Anomalies: st.Anomalies, UpdatedTS: st.UpdatedTS}
+			Anomalies: st.Anomalies, Anomalous: st.Anomalous, UpdatedTS: st.UpdatedTS, Detector: st.p.Kind}
 	}
 }
 
@@ -569,6 +621,7 @@ type namedStream struct {
 	head    [nameHeadLen]byte
 	nameLen uint8
 	name    string
+	p       *Params // the detector settings for this metric name
 	Stream
 }
 
@@ -594,7 +647,8 @@ func (d *device) stream(name []byte, s *Set) *namedStream {
 			}
 		}
 	}
-	ns := namedStream{nameLen: uint8(len(name)), name: string(name), Stream: NewStream(s.opts.WindowSize)}
+	p := s.paramsFor(name)
+	ns := namedStream{nameLen: uint8(len(name)), name: string(name), p: p, Stream: NewStream(p.Window)}
 	copy(ns.head[:], name)
 	d.streams = append(d.streams, ns)
 	s.streams.Add(1)

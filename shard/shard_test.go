@@ -29,7 +29,7 @@ func batchOf(devices []string, metric string, vals []float64) *Batch {
 }
 
 func TestIngestAnomaliesInSampleOrder(t *testing.T) {
-	s := MustNewSet(t, Options{Shards: 7, MinSamples: 3})
+	s := MustNewSet(t, Options{Shards: 7, MinSamples: 3, Detector: ZScore, Cooldown: -1})
 	devs := []string{"a", "b", "c", "d", "e", "f", "g", "h", "i"}
 	for range 5 {
 		b := batchOf(devs, "m", make([]float64, len(devs)))
