@@ -1,5 +1,5 @@
 # Quality gates and measurements; `make check` is what to run before a commit.
-.PHONY: run test check bench fuzz
+.PHONY: run test check bench fuzz eval
 
 run:
 	go run .
@@ -19,3 +19,7 @@ fuzz:
 	go test -run='^$$' -fuzz=FuzzDecodeIngest -fuzztime=30s ./server
 	go test -run='^$$' -fuzz=FuzzDecodeMetric -fuzztime=30s ./server
 	go test -run='^$$' -fuzz=FuzzWindow -fuzztime=30s ./shard
+
+# Detector evaluation on the labelled corpus; EVAL_FLAGS=-sweep scores a grid.
+eval:
+	go test ./shard -run 'TestScoreAlerts|TestCorpus|TestEval' -count=1 -v $(EVAL_FLAGS)

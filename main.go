@@ -42,6 +42,7 @@ type config struct {
 	Pprof        bool
 	Detector     string
 	Cooldown     int
+	StepFloor    float64
 	RulesFile    string
 	Rules        []shard.Rule
 }
@@ -53,7 +54,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		Addr:         ":8080",
 		WindowSize:   50,
 		MinSamples:   10,
-		ZThreshold:   3,
+		ZThreshold:   shard.DefaultThreshold,
 		MinStddev:    1e-9,
 		Shards:       4 * runtime.GOMAXPROCS(0),
 		QueueLen:     1024,
@@ -62,6 +63,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		StopTimeout:  8 * time.Second,
 		Detector:     shard.DefaultKind.String(),
 		Cooldown:     shard.DefaultCooldown,
+		StepFloor:    shard.DefaultStepFloor,
 	}
 	fs := flag.NewFlagSet("ai-load-service", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -88,6 +90,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	v((*boolValue)(&c.Pprof), "pprof", "PPROF", "serve Go profiles under /debug/pprof/")
 	v((*kindValue)(&c.Detector), "detector", "DETECTOR", "default detector: zscore, winsor or ewma")
 	v(intIn(&c.Cooldown, 0, 1000000), "alert-cooldown", "ALERT_COOLDOWN", "samples after an alert during which a stream raises no new alert unless |z| doubles")
+	v(floatIn(&c.StepFloor, 0, 100), "step-floor", "STEP_FLOOR", "floor under the stddev, in long-run mean steps (winsor, ewma; 0: none)")
 	v((*strValue)(&c.RulesFile), "detector-config", "DETECTOR_CONFIG", "JSON file of per-metric detector rules")
 	if envErr != nil {
 		return c, envErr
@@ -117,19 +120,23 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 func (c config) params() shard.Params {
 	k, _ := shard.ParseKind(c.Detector)
 	return shard.Params{Kind: k, Window: c.WindowSize, MinSamples: c.MinSamples,
-		Threshold: c.ZThreshold, MinStddev: c.MinStddev, Cooldown: c.Cooldown}
+		Threshold: c.ZThreshold, MinStddev: c.MinStddev, Cooldown: c.Cooldown, StepFloor: c.StepFloor}
 }
 
 // shardOptions maps the configuration onto shard.Options.
 func (c config) shardOptions() shard.Options {
 	p := c.params()
-	cooldown := p.Cooldown
+	// shard.Options: zero means the default, negative means none.
+	cooldown, stepFloor := p.Cooldown, p.StepFloor
 	if cooldown == 0 {
-		cooldown = -1 // shard.Options: negative means none
+		cooldown = -1
+	}
+	if stepFloor == 0 {
+		stepFloor = -1
 	}
 	return shard.Options{
 		Shards: c.Shards, Detector: p.Kind, WindowSize: p.Window, MinSamples: p.MinSamples,
-		ZThreshold: p.Threshold, MinStddev: p.MinStddev, Cooldown: cooldown, QueueLen: c.QueueLen,
+		ZThreshold: p.Threshold, MinStddev: p.MinStddev, Cooldown: cooldown, StepFloor: stepFloor, QueueLen: c.QueueLen,
 		Rules: c.Rules,
 	}
 }
@@ -207,7 +214,7 @@ func floatIn(p *float64, min, max float64) *floatValue { return &floatValue{p, m
 func (v *floatValue) Set(s string) error {
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil || !(f >= v.min && f <= v.max) {
-		return fmt.Errorf("want a positive number up to %g", v.max)
+		return fmt.Errorf("want a number from %g to %g", v.min, v.max)
 	}
 	*v.p = f
 	return nil

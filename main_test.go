@@ -35,7 +35,7 @@ func TestParseConfig(t *testing.T) {
 		}
 	}
 	f(nil, nil, "", func(c config) bool {
-		return c.Addr == ":8080" && c.WindowSize == 50 && c.MinSamples == 10 && c.ZThreshold == 3 &&
+		return c.Addr == ":8080" && c.WindowSize == 50 && c.MinSamples == 10 && c.ZThreshold == 4 &&
 			c.MinStddev == 1e-9 && c.MaxBodyBytes == 1<<20 && c.LogLevel == "info" && c.Shards > 0
 	})
 	f(map[string]string{"WINDOW_SIZE": "20", "Z_THRESHOLD": "2.5", "SHARDS": "3", "LOG_LEVEL": "debug", "DRAIN_DELAY": "2s"}, nil, "",
@@ -63,11 +63,14 @@ func TestParseConfig(t *testing.T) {
 	f(nil, []string{"-shards", "0"}, "-shards", nil)
 	f(map[string]string{"MIN_SAMPLES": "60"}, nil, "MIN_SAMPLES=60 exceeds WINDOW_SIZE=50", nil)
 	f(nil, []string{"extra"}, "unexpected argument", nil)
-	f(nil, nil, "", func(c config) bool { return c.Detector == "winsor" && c.Cooldown == 10 })
-	f(map[string]string{"DETECTOR": "ewma", "ALERT_COOLDOWN": "0"}, nil, "", func(c config) bool {
-		o := c.shardOptions()
-		return o.Detector == shard.EWMA && o.Cooldown < 0
+	f(nil, nil, "", func(c config) bool {
+		return c.Detector == "winsor" && c.Cooldown == 50 && c.StepFloor == 0.5 && c.shardOptions().Validate() == nil
 	})
+	f(map[string]string{"DETECTOR": "ewma", "ALERT_COOLDOWN": "0", "STEP_FLOOR": "0"}, nil, "", func(c config) bool {
+		o := c.shardOptions()
+		return o.Detector == shard.EWMA && o.Cooldown < 0 && o.StepFloor < 0
+	})
+	f(map[string]string{"STEP_FLOOR": "-1"}, nil, "invalid STEP_FLOOR=", nil)
 	f(map[string]string{"DETECTOR": "median"}, nil, "invalid DETECTOR=", nil)
 	f(map[string]string{"ALERT_COOLDOWN": "-1"}, nil, "invalid ALERT_COOLDOWN=", nil)
 	dir := t.TempDir()

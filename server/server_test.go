@@ -159,7 +159,7 @@ func TestBadInputStoresNothing(t *testing.T) {
 }
 
 func TestIngestAndQuery(t *testing.T) {
-	s := MustOpenServer(t, shard.Options{Shards: 4, Detector: shard.ZScore, Cooldown: -1, WindowSize: 5, MinSamples: 3}, 1<<20)
+	s := MustOpenServer(t, shard.Options{Shards: 4, Detector: shard.ZScore, ZThreshold: 3, Cooldown: -1, WindowSize: 5, MinSamples: 3}, 1<<20)
 	var batch []string
 	for i := range 5 {
 		batch = append(batch, sample("sensor-42", int64(1000+i), fmt.Sprintf(`"temp":%d,"hum":40`, 20+i%2)))
@@ -208,7 +208,7 @@ func TestIngestAndQuery(t *testing.T) {
 
 	sum := s.json(t, "GET", "/analyze", "", 200)
 	if sum["devices"].(float64) != 2 || sum["total_metrics"].(float64) != 18 || sum["anomaly_count"].(float64) != 2 ||
-		sum["window_size"].(float64) != 5 || sum["threshold"].(float64) != 3 || sum["algorithm"] != "zscore" {
+		sum["window_size"].(float64) != 5 || sum["threshold"].(float64) != 3 || sum["alert_cooldown"].(float64) != 0 || sum["algorithm"] != "zscore" {
 		t.Fatalf("unexpected summary %v", sum)
 	}
 }

@@ -40,6 +40,12 @@ func ParseKind(s string) (Kind, error) {
 	return 0, fmt.Errorf("unknown detector %q; want zscore, winsor or ewma", s)
 }
 
+// The long-run step scale behind Params.StepFloor.
+const (
+	stepMemory = 1000 // samples it averages over, about
+	stepClip   = 10   // largest change it takes in, in current steps
+)
+
 // escalation is how much larger |z| must be than at the last alert for a
 // new alert to break through the cooldown.
 const escalation = 2
@@ -54,6 +60,12 @@ type Params struct {
 	// Cooldown is how many samples after an alert the stream raises no new
 	// alert unless |z| reaches escalation × the |z| of that alert.
 	Cooldown int
+	// StepFloor, when positive, floors the stddev at StepFloor × the
+	// stream's long-run mean absolute change between samples, so a window
+	// that happens to be flat (a quantised or stuck signal) does not turn
+	// the next ordinary step into a huge z. ZScore ignores it: it stays the
+	// exact core test.
+	StepFloor float64
 }
 
 // Validate reports settings that cannot work.
@@ -71,6 +83,8 @@ func (p *Params) Validate() error {
 		return fmt.Errorf("min_stddev=%g: want a positive number", p.MinStddev)
 	case p.Cooldown < 0 || p.Cooldown > 1000000:
 		return fmt.Errorf("cooldown=%d: want 0 to 1000000", p.Cooldown)
+	case !(p.StepFloor >= 0) || p.StepFloor > 100:
+		return fmt.Errorf("step_floor=%g: want 0 to 100", p.StepFloor)
 	}
 	return nil
 }
@@ -93,6 +107,7 @@ type Stream struct {
 	UpdatedTS int64   // ts of the last value, unix ms
 
 	ewMean, ewVar float64 // EWMA state
+	step          float64 // long-run mean |x - previous x|
 	quiet         int32   // samples left in the cooldown
 	alertZ        float64 // |z| of the last alert
 }
@@ -112,6 +127,9 @@ func (s *Stream) Observe(x float64, ts int64, p *Params) Score {
 		n = s.Win.Len()
 	}
 	sdf := max(sd, p.MinStddev)
+	if p.Kind != ZScore {
+		sdf = max(sdf, p.StepFloor*s.step)
+	}
 	var z float64
 	if n > 0 {
 		z = (x - mean) / sdf
@@ -147,6 +165,15 @@ func (s *Stream) Observe(x float64, ts int64, p *Params) Score {
 		s.Win.Push(x)
 	default:
 		s.Win.Push(in)
+	}
+	if s.Count > 0 {
+		// Warm up as a plain mean, then forget slowly; one huge jump moves
+		// it by at most stepClip typical steps.
+		d := math.Abs(x - s.Last)
+		if s.step > 0 {
+			d = min(d, stepClip*s.step)
+		}
+		s.step += (d - s.step) / float64(min(s.Count, stepMemory))
 	}
 	s.Count++
 	s.Last, s.LastZ, s.UpdatedTS = x, z, ts

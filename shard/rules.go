@@ -17,7 +17,8 @@ type Rule struct {
 // ParseRules reads a DETECTOR_CONFIG file:
 //
 //	{"rules": [{"match": "temp*", "detector": "ewma", "window": 100,
-//	            "threshold": 4, "cooldown": 20, "min_samples": 20, "min_stddev": 0.01}]}
+//	            "threshold": 4, "cooldown": 20, "min_samples": 20, "min_stddev": 0.01,
+//	            "step_floor": 0.5}]}
 //
 // Fields a rule leaves out take their values from def. Errors name the rule.
 func ParseRules(data []byte, def Params) ([]Rule, error) {
@@ -30,6 +31,7 @@ func ParseRules(data []byte, def Params) ([]Rule, error) {
 			Cooldown   *int     `json:"cooldown"`
 			MinSamples *int     `json:"min_samples"`
 			MinStddev  *float64 `json:"min_stddev"`
+			StepFloor  *float64 `json:"step_floor"`
 		} `json:"rules"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
@@ -73,6 +75,9 @@ func ParseRules(data []byte, def Params) ([]Rule, error) {
 		}
 		if r.MinStddev != nil {
 			p.MinStddev = *r.MinStddev
+		}
+		if r.StepFloor != nil {
+			p.StepFloor = *r.StepFloor
 		}
 		if err := p.Validate(); err != nil {
 			return nil, fail("%v", err)

@@ -32,6 +32,8 @@ func TestParseRules(t *testing.T) {
 	f(`{"rules":[{"match":"a","window":5}]}`, `min_samples=10: want 1 to window=5`, nil)
 	f(`{"rules":[{"match":"a","threshold":0}]}`, `threshold=0`, nil)
 	f(`{"rules":[{"match":"a","cooldown":-2}]}`, `cooldown=-2`, nil)
+	f(`{"rules":[{"match":"a","step_floor":-1}]}`, `step_floor=-1`, nil)
+	f(`{"rules":[{"match":"a","step_floor":2}]}`, "", func(r []Rule) bool { return r[0].Params.StepFloor == 2 })
 	f(`{"rules":[{"match":"a","windw":5}]}`, `unknown field "windw"`, nil)
 	f(`not json`, "cannot parse detector config", nil)
 }

@@ -22,9 +22,10 @@ type Options struct {
 	Detector   Kind    // zero: DefaultKind
 	WindowSize int     // values per stream window; zero: 50
 	MinSamples int     // zero: 10, or WindowSize when smaller
-	ZThreshold float64 // zero: 3
+	ZThreshold float64 // zero: DefaultThreshold
 	MinStddev  float64 // zero: 1e-9
 	Cooldown   int     // samples of alert cooldown; zero: DefaultCooldown; negative: none
+	StepFloor  float64 // see Params.StepFloor; zero: DefaultStepFloor; negative: none
 	// Rules override the detector for matching metric names; the first
 	// match wins, other metrics use the settings above.
 	Rules      []Rule
@@ -34,8 +35,10 @@ type Options struct {
 
 // Defaults chosen from the labelled evaluation (see README, make eval).
 const (
-	DefaultKind     = Winsor
-	DefaultCooldown = 10
+	DefaultKind      = Winsor
+	DefaultThreshold = 4
+	DefaultCooldown  = 50
+	DefaultStepFloor = 0.5
 )
 
 func (o Options) withDefaults() Options {
@@ -51,6 +54,12 @@ func (o Options) withDefaults() Options {
 	case o.Cooldown < 0:
 		o.Cooldown = 0
 	}
+	switch {
+	case o.StepFloor == 0:
+		o.StepFloor = DefaultStepFloor
+	case o.StepFloor < 0:
+		o.StepFloor = 0
+	}
 	if o.WindowSize <= 0 {
 		o.WindowSize = 50
 	}
@@ -58,7 +67,7 @@ func (o Options) withDefaults() Options {
 		o.MinSamples = min(10, o.WindowSize)
 	}
 	if o.ZThreshold <= 0 {
-		o.ZThreshold = 3
+		o.ZThreshold = DefaultThreshold
 	}
 	if o.MinStddev <= 0 {
 		o.MinStddev = 1e-9
@@ -77,7 +86,7 @@ func (o Options) Validate() error { return o.withDefaults().validate() }
 
 func (o Options) validate() error {
 	p := Params{Kind: o.Detector, Window: o.WindowSize, MinSamples: o.MinSamples,
-		Threshold: o.ZThreshold, MinStddev: o.MinStddev, Cooldown: o.Cooldown}
+		Threshold: o.ZThreshold, MinStddev: o.MinStddev, Cooldown: o.Cooldown, StepFloor: o.StepFloor}
 	if err := p.Validate(); err != nil {
 		return err
 	}
@@ -147,7 +156,7 @@ func New(opts Options) *Set {
 	s := &Set{
 		opts: opts,
 		params: Params{Kind: opts.Detector, Window: opts.WindowSize, MinSamples: opts.MinSamples,
-			Threshold: opts.ZThreshold, MinStddev: opts.MinStddev, Cooldown: opts.Cooldown},
+			Threshold: opts.ZThreshold, MinStddev: opts.MinStddev, Cooldown: opts.Cooldown, StepFloor: opts.StepFloor},
 		seed:   maphash.MakeSeed(),
 		shards: make([]*shard, opts.Shards),
 	}

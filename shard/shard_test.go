@@ -29,7 +29,7 @@ func batchOf(devices []string, metric string, vals []float64) *Batch {
 }
 
 func TestIngestAnomaliesInSampleOrder(t *testing.T) {
-	s := MustNewSet(t, Options{Shards: 7, MinSamples: 3, Detector: ZScore, Cooldown: -1})
+	s := MustNewSet(t, Options{Shards: 7, MinSamples: 3, Detector: ZScore, ZThreshold: 3, Cooldown: -1})
 	devs := []string{"a", "b", "c", "d", "e", "f", "g", "h", "i"}
 	for range 5 {
 		b := batchOf(devs, "m", make([]float64, len(devs)))
@@ -123,7 +123,7 @@ func TestStop(t *testing.T) {
 }
 
 func TestDeviceStateAndHistory(t *testing.T) {
-	s := MustNewSet(t, Options{Shards: 2, WindowSize: 4, MinSamples: 2, HistoryLen: 3})
+	s := MustNewSet(t, Options{Shards: 2, Detector: ZScore, ZThreshold: 3, Cooldown: -1, WindowSize: 4, MinSamples: 2, HistoryLen: 3})
 	for i := range 30 {
 		v := 0.0
 		if i%5 == 4 {
