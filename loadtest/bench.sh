@@ -61,8 +61,8 @@ LUA
 lua 1 >"$work/single.lua"
 lua 100 >"$work/batch.lua"
 
-start() { # $1 = binary; waits until it answers
-	GOMAXPROCS=1 ADDR=127.0.0.1:$PORT LOG_LEVEL=warn taskset -c 0 "$1" -addr 127.0.0.1:$PORT >"$work/server.log" 2>&1 &
+start() { # $1 = binary, $2 = extra environment (optional); waits until it answers
+	env $2 GOMAXPROCS=1 LOG_LEVEL=warn taskset -c 0 "$1" -addr 127.0.0.1:$PORT >"$work/server.log" 2>&1 &
 	pid=$!
 	for _ in $(seq 100); do
 		curl -fsS -o /dev/null "http://127.0.0.1:$PORT/health" 2>/dev/null && return 0
@@ -75,8 +75,8 @@ start() { # $1 = binary; waits until it answers
 }
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
 
-run() { # $1 = binary, $2 = script; prints "rps p50us p99us errors"
-	start "$1"
+run() { # $1 = binary, $2 = script, $3 = extra environment; prints "rps p50us p99us errors"
+	start "$1" "${3:-}"
 	taskset -c 1 wrk -t1 -c"$CONNS" -d1s -s "$work/$2" "http://127.0.0.1:$PORT/" >/dev/null
 	taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" -s "$work/$2" "http://127.0.0.1:$PORT/" |
 		awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
@@ -119,6 +119,19 @@ for mode in $MODES; do
 		if (e > 0) printf "service errors (non-2xx or socket): %d\n", e
 	}'
 done
+
+echo
+echo "Default detector against the core's plain z-score (DETECTOR=zscore Z_THRESHOLD=3 ALERT_COOLDOWN=0), batch bodies:"
+core="DETECTOR=zscore Z_THRESHOLD=3 ALERT_COOLDOWN=0"
+: >"$work/detector.pairs"
+for p in $(seq "$PAIRS"); do
+	read -r zrps _ _ zerr < <(run "$work/svc" batch.lua "$core")
+	read -r drps _ _ derr < <(run "$work/svc" batch.lua)
+	echo "$zrps $drps" >>"$work/detector.pairs"
+	printf '  pair %d: zscore %9.0f req/s | default %9.0f req/s | ratio %.3f\n' "$p" "$zrps" "$drps" "$(echo "$drps $zrps" | awk '{ print $1 / $2 }')"
+done
+ratio=$(awk '{ print $2 / $1 }' "$work/detector.pairs" | median)
+awk -v r="$ratio" 'BEGIN { printf "  median ratio default/zscore %.3f (target >= 0.9 %s)\n", r, (r >= 0.9 ? "ok" : "MISSED") }'
 
 echo
 echo "Go benchmarks (ns/op and allocs/op; detector target <= 50 ns, 0 allocs; decode 0 allocs):"
