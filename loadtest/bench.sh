@@ -62,7 +62,7 @@ lua 1 >"$work/single.lua"
 lua 100 >"$work/batch.lua"
 
 start() { # $1 = binary, $2 = extra environment (optional); waits until it answers
-	env $2 GOMAXPROCS=1 LOG_LEVEL=warn taskset -c 0 "$1" -addr 127.0.0.1:$PORT >"$work/server.log" 2>&1 &
+	env ${2:-} GOMAXPROCS=1 LOG_LEVEL=warn taskset -c 0 "$1" -addr 127.0.0.1:$PORT >"$work/server.log" 2>&1 &
 	pid=$!
 	for _ in $(seq 100); do
 		curl -fsS -o /dev/null "http://127.0.0.1:$PORT/health" 2>/dev/null && return 0

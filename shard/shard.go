@@ -659,6 +659,12 @@ func (d *device) stream(name []byte, s *Set) *namedStream {
 	p := s.paramsFor(name)
 	ns := namedStream{nameLen: uint8(len(name)), name: string(name), p: p, Stream: NewStream(p.Window)}
 	copy(ns.head[:], name)
+	if len(d.streams) < indexAt && len(d.streams) == cap(d.streams) {
+		// Most devices have a few metrics: grow one at a time rather than
+		// doubling, which would leave up to half the slots (and their
+		// ~230 bytes each) unused for the device's lifetime.
+		d.streams = append(make([]namedStream, 0, len(d.streams)+1), d.streams...)
+	}
 	d.streams = append(d.streams, ns)
 	s.streams.Add(1)
 	if len(d.streams) > indexAt {
