@@ -29,6 +29,12 @@ type Options struct {
 	// Rules override the detector for matching metric names; the first
 	// match wins, other metrics use the settings above.
 	Rules      []Rule
+	// Store, when set, makes the Set durable: unknown devices are loaded
+	// from it on first use, and Collect hands changed state to the caller.
+	Store Store
+	// IdleEvict is how long a device may go untouched before Collect with
+	// evict drops it from memory; zero: 15 minutes.
+	IdleEvict  time.Duration
 	QueueLen   int // requests waiting per shard before Ingest fails fast; zero: 1024
 	HistoryLen int // anomalies remembered per device; zero: 100
 }
@@ -71,6 +77,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MinStddev <= 0 {
 		o.MinStddev = 1e-9
+	}
+	if o.IdleEvict <= 0 {
+		o.IdleEvict = 15 * time.Minute
 	}
 	if o.QueueLen <= 0 {
 		o.QueueLen = 1024
@@ -140,6 +149,10 @@ type Set struct {
 	devices atomic.Int64 // devices held, across shards
 	streams atomic.Int64 // streams held, across shards
 
+	clock      atomic.Int64 // unix ns, advanced by Collect: the idle-eviction clock
+	unrestored atomic.Int64
+	evicted    atomic.Uint64
+
 	// inflight counts callers between the stopping check and their send,
 	// so Stop can close the inboxes only after the last send.
 	inflight atomic.Int64
@@ -166,6 +179,7 @@ func New(opts Options) *Set {
 			inbox:   make(chan *op, opts.QueueLen),
 			limit:   int32(opts.QueueLen),
 			devices: make(map[uint64]*device),
+			loaded:  make(chan loadResult, 64),
 		}
 		s.shards[i] = sh
 		s.wg.Add(1)
@@ -429,6 +443,7 @@ const (
 	opDevice
 	opAnomalies
 	opSummary
+	opCollect
 )
 
 // op is one message to a shard. The sender owns it again once wg is done.
@@ -441,6 +456,7 @@ type op struct {
 	out []Anomaly
 	// anomalous counts opIngest's anomalous samples, alerted or not
 	anomalous int
+	parked    int // samples waiting for their device to load
 
 	id      string // opDevice, opAnomalies
 	hash    uint64 // of id
@@ -448,6 +464,8 @@ type op struct {
 	metrics []MetricState
 	sum     Summary
 	mom     moments
+	snaps   []*Snapshot // opCollect
+	evict   bool        // opCollect: also drop idle devices
 }
 
 type shard struct {
@@ -461,6 +479,13 @@ type shard struct {
 	devices map[uint64]*device // owned by run alone
 	ndev    int
 	devs    []*device // ingest scratch
+
+	// Durable mode (Options.Store); all owned by run alone but loaded,
+	// which the store's goroutines send on.
+	loaded  chan loadResult
+	loading int      // devices waiting for a load
+	dirty   []*device // devices changed since the last collect
+	now     int64     // Set.clock when the current op started, unix ns
 }
 
 func (sh *shard) acquire() bool {
@@ -473,62 +498,91 @@ func (sh *shard) acquire() bool {
 
 func (sh *shard) run(wg *sync.WaitGroup) {
 	defer wg.Done()
-	for o := range sh.inbox {
-		sh.pending.Add(-1)
-		switch o.kind {
-		case opIngest:
-			sh.ingest(o)
-		case opDevice:
-			sh.device(o)
-		case opAnomalies:
-			sh.anomalies(o)
-		case opSummary:
-			sh.summarize(o)
+	inbox := sh.inbox
+	for inbox != nil || sh.loading > 0 {
+		select {
+		case o, ok := <-inbox:
+			if !ok {
+				inbox = nil // stopped: finish the loads in flight, then return
+				continue
+			}
+			sh.pending.Add(-1)
+			sh.now = sh.set.clock.Load()
+			if sh.handle(o) {
+				o.wg.Done()
+			}
+		case l := <-sh.loaded:
+			sh.onLoaded(l)
 		}
-		o.wg.Done()
 	}
 }
 
-func (sh *shard) ingest(o *op) {
-	b, s := o.b, sh.set
+// handle runs o and reports whether it is finished; an op that waits for a
+// device being loaded finishes later, from onLoaded.
+func (sh *shard) handle(o *op) bool {
+	switch o.kind {
+	case opIngest:
+		return sh.ingest(o)
+	case opDevice, opAnomalies:
+		return sh.read(o)
+	case opSummary:
+		sh.summarize(o)
+	case opCollect:
+		sh.collect(o)
+	}
+	return true
+}
+
+func (sh *shard) ingest(o *op) bool {
+	b := o.b
 	// Resolve every device first: the lookups are independent, so the CPU
 	// overlaps their cache misses instead of taking them one by one.
 	devs := sh.devs[:0]
 	for _, i := range o.idx {
 		smp := &b.samples[i]
-		id := b.bytes(smp.dev)
-		d := sh.lookup(smp.hash, id)
-		if d == nil {
-			d = newDevice(string(id), sh.devices[smp.hash])
-			sh.devices[smp.hash] = d
-			sh.ndev++
-			s.devices.Add(1)
-		}
-		devs = append(devs, d)
+		devs = append(devs, sh.getDevice(smp.hash, b.bytes(smp.dev)))
 	}
+	o.parked = 0
 	for k, i := range o.idx {
-		smp, d := &b.samples[i], devs[k]
-		for j := smp.ms.lo; j < smp.ms.hi; j++ {
-			m := &b.metrics[j]
-			st := d.stream(b.bytes(m.name), s)
-			sc := st.Observe(m.v, smp.ts, st.p)
-			if i == 0 && j == smp.ms.lo {
-				mean, _ := st.Win.Stats()
-				b.Head = StreamHead{Window: st.Win.Len(), Mean: mean}
-			}
-			if sc.Anomalous {
-				o.anomalous++
-			}
-			if sc.Alert {
-				a := Anomaly{Device: d.id, Metric: st.name, TS: smp.ts, Value: m.v,
-					Mean: sc.Mean, Stddev: sc.Stddev, Z: sc.Z, sample: i}
-				o.out = append(o.out, a)
-				d.remember(a, s.opts.HistoryLen)
-			}
+		d := devs[k]
+		if d.loading {
+			d.waiting = append(d.waiting, parked{o: o, sample: i})
+			o.parked++
+			continue
 		}
+		sh.apply(d, o, i)
 	}
 	clear(devs)
 	sh.devs = devs[:0]
+	return o.parked == 0
+}
+
+// apply runs sample i of o's batch through d's streams.
+func (sh *shard) apply(d *device, o *op, i int32) {
+	b, s := o.b, sh.set
+	smp := &b.samples[i]
+	sh.touch(d)
+	for j := smp.ms.lo; j < smp.ms.hi; j++ {
+		m := &b.metrics[j]
+		st := d.stream(b.bytes(m.name), s)
+		sc := st.Observe(m.v, smp.ts, st.p)
+		if d.unrestored {
+			d.keep(st.name, m.v, smp.ts, s.opts.WindowSize)
+		}
+		if i == 0 && j == smp.ms.lo {
+			mean, _ := st.Win.Stats()
+			b.Head = StreamHead{Window: st.Win.Len(), Mean: mean}
+		}
+		if sc.Anomalous {
+			o.anomalous++
+		}
+		if sc.Alert {
+			a := Anomaly{Device: d.id, Metric: st.name, TS: smp.ts, Value: m.v,
+				Mean: sc.Mean, Stddev: sc.Stddev, Z: sc.Z, sample: i}
+			o.out = append(o.out, a)
+			d.remember(a, s.opts.HistoryLen)
+		}
+	}
 }
 
 // lookup finds the device with ID id and hash h, or nil.
@@ -540,12 +594,30 @@ func (sh *shard) lookup(h uint64, id []byte) *device {
 	return d
 }
 
-func (sh *shard) device(o *op) {
+// read answers opDevice and opAnomalies; an unknown device is loaded from
+// the store first when there is one.
+func (sh *shard) read(o *op) bool {
 	d := sh.lookup(o.hash, []byte(o.id))
-	if d == nil {
-		return
+	if d == nil && sh.set.opts.Store != nil {
+		d = sh.getDevice(o.hash, []byte(o.id))
+	}
+	if d != nil && d.loading {
+		d.waiting = append(d.waiting, parked{o: o})
+		return false
+	}
+	sh.answer(d, o)
+	return true
+}
+
+func (sh *shard) answer(d *device, o *op) {
+	if d == nil || len(d.streams) == 0 {
+		return // unknown, or loaded from a store that had nothing
 	}
 	o.found = true
+	if o.kind == opAnomalies {
+		o.out = d.recent()
+		return
+	}
 	o.metrics = make([]MetricState, len(d.streams))
 	for i := range d.streams {
 		st := &d.streams[i]
@@ -554,15 +626,6 @@ func (sh *shard) device(o *op) {
 			Mean: mean, Stddev: sd, Last: st.Last, LastZ: st.LastZ,
 			Anomalies: st.Anomalies, Anomalous: st.Anomalous, UpdatedTS: st.UpdatedTS, Detector: st.p.Kind}
 	}
-}
-
-func (sh *shard) anomalies(o *op) {
-	d := sh.lookup(o.hash, []byte(o.id))
-	if d == nil {
-		return
-	}
-	o.found = true
-	o.out = d.recent()
 }
 
 func (sh *shard) summarize(o *op) {
@@ -610,6 +673,13 @@ type device struct {
 	index   map[string]int32 // name → streams index, once there are many
 	history []Anomaly        // ring of the latest anomalies
 	hnext   int              // next slot to overwrite once history is full
+
+	touched    int64    // Set.clock at the last sample, for idle eviction
+	dirty      bool     // changed since the last collect
+	loading    bool     // a load from the store is in flight
+	unrestored bool     // the load failed: serving fresh state, never persisted
+	waiting    []parked // ops waiting for the load, in arrival order
+	replay     []kept   // samples taken while unrestored, to replay on the stored state
 }
 
 const headLen = 32

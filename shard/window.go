@@ -142,3 +142,30 @@ func (w *Window) MinMax() (lo, hi float64) {
 	}
 	return lo, hi
 }
+
+// sums returns w's running sums, for snapshots.
+func (w *Window) sums() WindowSums {
+	return WindowSums{Ref: w.ref, S1: w.s1, S2: w.s2, Mag1: w.mag1, Mag2: w.mag2, Age: w.age}
+}
+
+// load refills an empty w with vals (oldest first) and, when they all fit
+// and ws is finite, the sums they were saved with; otherwise it recomputes.
+func (w *Window) load(vals []float64, ws WindowSums) {
+	if len(vals) > cap(w.vals) {
+		vals = vals[len(vals)-cap(w.vals):]
+		ws.Age = -1
+	}
+	w.vals, w.head = append(w.vals[:0], vals...), 0
+	if len(vals) == 0 {
+		return
+	}
+	ok := ws.Age >= 0 && int(ws.Age) < cap(w.vals)
+	for _, f := range [...]float64{ws.Ref, ws.S1, ws.S2, ws.Mag1, ws.Mag2} {
+		ok = ok && !math.IsNaN(f) && !math.IsInf(f, 0)
+	}
+	if !ok {
+		w.recompute()
+		return
+	}
+	w.ref, w.s1, w.s2, w.mag1, w.mag2, w.age = ws.Ref, ws.S1, ws.S2, ws.Mag1, ws.Mag2, ws.Age
+}

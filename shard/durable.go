@@ -1,0 +1,273 @@
+package shard
+
+import (
+	"sync"
+	"time"
+)
+
+// Store is what a durable Set loads devices from (package persist
+// implements it over Redis). Shards never wait on it: Load must return at
+// once and call done later, from another goroutine, exactly once.
+type Store interface {
+	// Load fetches device id's snapshot: (nil, nil) when none is stored,
+	// an error when the store could not answer.
+	Load(id string, done func(*Snapshot, error))
+}
+
+type loadResult struct {
+	hash uint64
+	id   string
+	snap *Snapshot
+	err  error
+}
+
+// parked is an op waiting for its device to load: sample i of an ingest
+// op, or a read.
+type parked struct {
+	o      *op
+	sample int32
+}
+
+// kept is a sample taken while the device is unrestored.
+type kept struct {
+	metric string
+	v      float64
+	ts     int64
+}
+
+// getDevice returns the device with hash h and ID id, creating it when
+// unknown; with a Store, a new device starts loading and its ops wait.
+func (sh *shard) getDevice(h uint64, id []byte) *device {
+	if d := sh.lookup(h, id); d != nil {
+		return d
+	}
+	s := sh.set
+	d := newDevice(string(id), sh.devices[h])
+	sh.devices[h] = d
+	sh.ndev++
+	s.devices.Add(1)
+	d.touched = sh.now
+	if s.opts.Store != nil {
+		sh.startLoad(d, h)
+	}
+	return d
+}
+
+func (sh *shard) startLoad(d *device, h uint64) {
+	d.loading = true
+	sh.loading++
+	id, ch := d.id, sh.loaded
+	sh.set.opts.Store.Load(id, func(snap *Snapshot, err error) {
+		ch <- loadResult{hash: h, id: id, snap: snap, err: err}
+	})
+}
+
+// touch marks d as changed now.
+func (sh *shard) touch(d *device) {
+	d.touched = sh.now
+	if !d.dirty && !d.unrestored && sh.set.opts.Store != nil {
+		d.dirty = true
+		sh.dirty = append(sh.dirty, d)
+	}
+}
+
+// keep remembers a sample of an unrestored device, at most window per
+// metric, to replay once the stored state can be loaded.
+func (d *device) keep(metric string, v float64, ts int64, window int) {
+	n := 0
+	for i := range d.replay {
+		if d.replay[i].metric == metric {
+			n++
+		}
+	}
+	if n >= window {
+		for i := range d.replay { // drop this metric's oldest
+			if d.replay[i].metric == metric {
+				d.replay = append(d.replay[:i], d.replay[i+1:]...)
+				break
+			}
+		}
+	}
+	d.replay = append(d.replay, kept{metric, v, ts})
+}
+
+// onLoaded applies a finished load and runs the ops that waited for it.
+func (sh *shard) onLoaded(l loadResult) {
+	d := sh.lookup(l.hash, []byte(l.id))
+	if d == nil || !d.loading {
+		return
+	}
+	d.loading = false
+	sh.loading--
+	s := sh.set
+	switch {
+	case l.err != nil && !d.unrestored && len(d.streams) == 0:
+		// First load failed: serve fresh state, remember samples, retry
+		// at the next collect, and never persist this state meanwhile.
+		d.unrestored = true
+		s.unrestored.Add(1)
+	case l.err != nil:
+		// A retry failed: stay unrestored.
+	default:
+		if d.unrestored {
+			d.unrestored = false
+			s.unrestored.Add(-1)
+		}
+		if l.snap != nil {
+			replay := d.replay
+			s.streams.Add(-int64(len(d.streams)))
+			d.streams, d.index, d.history, d.hnext = nil, nil, nil, 0
+			sh.restore(d, l.snap)
+			for _, k := range replay {
+				st := d.stream([]byte(k.metric), s)
+				if sc := st.Observe(k.v, k.ts, st.p); sc.Alert {
+					d.remember(Anomaly{Device: d.id, Metric: st.name, TS: k.ts, Value: k.v,
+						Mean: sc.Mean, Stddev: sc.Stddev, Z: sc.Z}, s.opts.HistoryLen)
+				}
+			}
+			if len(replay) > 0 {
+				sh.touch(d)
+			}
+		} else if len(d.streams) > 0 {
+			sh.touch(d) // nothing stored: the fresh state is the state
+		}
+		d.replay = nil
+	}
+	waiting := d.waiting
+	d.waiting = nil
+	for _, p := range waiting {
+		if p.o.kind != opIngest {
+			sh.answer(d, p.o)
+			p.o.wg.Done()
+			continue
+		}
+		sh.apply(d, p.o, p.sample)
+		if p.o.parked--; p.o.parked == 0 {
+			p.o.wg.Done()
+		}
+	}
+	if len(d.streams) == 0 && !d.unrestored {
+		sh.drop(l.hash, d, false) // only read, and the store has nothing
+	}
+}
+
+// restore fills an empty device from a snapshot, with the detector
+// settings the configuration gives each metric now.
+func (sh *shard) restore(d *device, snap *Snapshot) {
+	s := sh.set
+	for i := range snap.Streams {
+		ss := &snap.Streams[i]
+		st := d.stream([]byte(ss.Name), s)
+		st.Win.load(ss.Values, ss.Sums)
+		st.Count, st.Anomalies, st.Anomalous = ss.Count, ss.Anomalies, ss.Anomalous
+		st.Last, st.LastZ, st.UpdatedTS = ss.Last, ss.LastZ, ss.UpdatedTS
+		st.ewMean, st.ewVar, st.step, st.quiet, st.alertZ = ss.EWMean, ss.EWVar, ss.Step, ss.Quiet, ss.AlertZ
+	}
+	for _, a := range snap.History {
+		d.remember(a, s.opts.HistoryLen)
+	}
+}
+
+// snapshot copies d's state.
+func (d *device) snapshot() *Snapshot {
+	snap := &Snapshot{Device: d.id, Streams: make([]StreamSnapshot, len(d.streams))}
+	for i := range d.streams {
+		st := &d.streams[i]
+		snap.Streams[i] = StreamSnapshot{
+			Name: st.name, Values: st.Win.Values(nil), Count: st.Count, Anomalies: st.Anomalies,
+			Anomalous: st.Anomalous, Last: st.Last, LastZ: st.LastZ, UpdatedTS: st.UpdatedTS,
+			EWMean: st.ewMean, EWVar: st.ewVar, Step: st.step, Quiet: st.quiet, AlertZ: st.alertZ,
+			Sums: st.Win.sums(),
+		}
+	}
+	h := d.recent()
+	for i, j := 0, len(h)-1; i < j; i, j = i+1, j-1 {
+		h[i], h[j] = h[j], h[i]
+	}
+	snap.History = h
+	return snap
+}
+
+// collect hands over copies of the devices changed since the last collect,
+// drops idle devices when asked (after copying them if changed), and
+// retries the loads of unrestored devices.
+func (sh *shard) collect(o *op) {
+	for _, d := range sh.dirty {
+		if d.dirty && !d.unrestored && !d.loading {
+			o.snaps = append(o.snaps, d.snapshot())
+		}
+		d.dirty = false
+	}
+	clear(sh.dirty)
+	sh.dirty = sh.dirty[:0]
+	idle := sh.now - int64(sh.set.opts.IdleEvict)
+	for h, first := range sh.devices {
+		for d := first; d != nil; d = d.next {
+			switch {
+			case d.loading:
+			case d.unrestored && len(d.streams) == 0:
+				sh.drop(h, d, false) // nothing to protect
+			case d.unrestored:
+				sh.startLoad(d, h)
+			case o.evict && d.touched < idle:
+				sh.drop(h, d, true)
+			}
+		}
+	}
+}
+
+// drop removes d, whose state the store already has or is being given.
+func (sh *shard) drop(h uint64, d *device, idle bool) {
+	p := sh.devices[h]
+	if p == d {
+		if d.next == nil {
+			delete(sh.devices, h)
+		} else {
+			sh.devices[h] = d.next
+		}
+	} else {
+		for p.next != d {
+			p = p.next
+		}
+		p.next = d.next
+	}
+	sh.ndev--
+	sh.set.devices.Add(-1)
+	sh.set.streams.Add(-int64(len(d.streams)))
+	if idle {
+		sh.set.evicted.Add(1)
+	}
+}
+
+// Collect returns copies of every device changed since the last call, for
+// the persister to write. With evict, devices untouched for
+// Options.IdleEvict are dropped from memory too (their last changes are in
+// the returned copies). It also retries loads that failed.
+func (s *Set) Collect(evict bool) ([]*Snapshot, error) {
+	s.clock.Store(time.Now().UnixNano())
+	if !s.enter() {
+		return nil, ErrStopped
+	}
+	var wg sync.WaitGroup
+	ops := make([]op, len(s.shards))
+	for i, sh := range s.shards {
+		ops[i] = op{kind: opCollect, wg: &wg, evict: evict}
+		wg.Add(1)
+		sh.pending.Add(1)
+		sh.inbox <- &ops[i]
+	}
+	s.leave()
+	wg.Wait()
+	var out []*Snapshot
+	for i := range ops {
+		out = append(out, ops[i].snaps...)
+	}
+	return out, nil
+}
+
+// Unrestored returns how many devices run on fresh state because their
+// load failed.
+func (s *Set) Unrestored() int { return int(s.unrestored.Load()) }
+
+// Evicted returns how many idle devices were dropped from memory.
+func (s *Set) Evicted() uint64 { return s.evicted.Load() }

@@ -1,0 +1,213 @@
+package shard
+
+import (
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// memStore is a Store over a map, answering from its own goroutine like
+// persist does over Redis; down makes it fail like an unreachable Redis.
+type memStore struct {
+	mu   sync.Mutex
+	data map[string][]byte // guarded by mu
+	down bool              // guarded by mu
+}
+
+func newMemStore() *memStore { return &memStore{data: map[string][]byte{}} }
+
+func (m *memStore) Load(id string, done func(*Snapshot, error)) {
+	go func() {
+		m.mu.Lock()
+		b, ok, down := m.data[id], m.data[id] != nil, m.down
+		m.mu.Unlock()
+		switch {
+		case down:
+			done(nil, errors.New("store down"))
+		case !ok:
+			done(nil, nil)
+		default:
+			s, err := DecodeSnapshot(b)
+			done(s, err)
+		}
+	}()
+}
+
+func (m *memStore) save(snaps []*Snapshot) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, s := range snaps {
+		m.data[s.Device] = s.AppendBinary(nil)
+	}
+}
+
+func (m *memStore) setDown(v bool) {
+	m.mu.Lock()
+	m.down = v
+	m.mu.Unlock()
+}
+
+func ingestOne(tb testing.TB, s *Set, dev string, ts int64, vals map[string]float64) *Batch {
+	tb.Helper()
+	b := new(Batch)
+	b.Add([]byte(dev), ts)
+	for _, k := range slices.Sorted(func(yield func(string) bool) {
+		for k := range vals {
+			if !yield(k) {
+				return
+			}
+		}
+	}) {
+		b.AddMetric([]byte(k), vals[k])
+	}
+	if err := s.Ingest(b); err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
+func mustCollect(tb testing.TB, s *Set, st *memStore, evict bool) int {
+	tb.Helper()
+	snaps, err := s.Collect(evict)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	st.save(snaps)
+	return len(snaps)
+}
+
+func TestRestoreAfterRestart(t *testing.T) {
+	st := newMemStore()
+	o := Options{Shards: 3, WindowSize: 8, MinSamples: 3, Store: st}
+	a := New(o)
+	for i := range 30 {
+		v := float64(i % 3)
+		if i == 20 {
+			v = 100
+		}
+		ingestOne(t, a, "dev-1", int64(i), map[string]float64{"temp": v, "hum": 5})
+	}
+	if n := mustCollect(t, a, st, false); n != 1 {
+		t.Fatalf("unexpected snapshot count %d", n)
+	}
+	if n := mustCollect(t, a, st, false); n != 0 {
+		t.Fatalf("clean devices were snapshotted again: %d", n)
+	}
+	want, _, _ := a.Device("dev-1")
+	wantHist, _, _ := a.Anomalies("dev-1")
+	a.Stop()
+
+	b := MustNewSet(t, o)
+	got, ok, err := b.Device("dev-1")
+	if err != nil || !ok {
+		t.Fatalf("device not restored: %v", err)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("restored state differs:\ngot  %+v\nwant %+v", got, want)
+	}
+	if h, _, _ := b.Anomalies("dev-1"); !slices.Equal(h, wantHist) || len(h) == 0 {
+		t.Fatalf("restored history differs: %v vs %v", h, wantHist)
+	}
+	// The restored detector goes on exactly as the original would.
+	ingestOne(t, b, "dev-1", 30, map[string]float64{"temp": 1, "hum": 5})
+	if ms, _, _ := b.Device("dev-1"); ms[0].Count != 31 {
+		t.Fatalf("unexpected count after restore %d", ms[0].Count)
+	}
+	if _, ok, _ := b.Device("nobody"); ok {
+		t.Fatal("unknown device found")
+	}
+	if b.Devices() != 1 {
+		t.Fatalf("a read miss left a device behind: %d", b.Devices())
+	}
+}
+
+func TestUnrestoredReplaysOntoStoredState(t *testing.T) {
+	st := newMemStore()
+	o := Options{Shards: 2, WindowSize: 10, Store: st}
+	a := New(o)
+	for i := range 5 {
+		ingestOne(t, a, "d", int64(i), map[string]float64{"m": float64(i)})
+	}
+	mustCollect(t, a, st, false)
+	a.Stop()
+
+	st.setDown(true)
+	b := MustNewSet(t, o)
+	for i := 5; i < 8; i++ {
+		ingestOne(t, b, "d", int64(i), map[string]float64{"m": float64(i)})
+	}
+	if ms, _, _ := b.Device("d"); ms[0].Count != 3 || b.Unrestored() != 1 {
+		t.Fatalf("want fresh unrestored state; got %+v, unrestored=%d", ms, b.Unrestored())
+	}
+	if n := mustCollect(t, b, st, false); n != 0 {
+		t.Fatalf("unrestored state was handed out for writing (%d)", n)
+	}
+	st.setDown(false)
+	mustCollect(t, b, st, false) // retries the load
+	deadline := time.Now().Add(5 * time.Second)
+	for b.Unrestored() != 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	ms, _, _ := b.Device("d")
+	if ms[0].Count != 8 || ms[0].Window != 8 || ms[0].Last != 7 || ms[0].Mean != 3.5 {
+		t.Fatalf("replay onto stored state failed: %+v", ms[0])
+	}
+	if n := mustCollect(t, b, st, false); n != 1 {
+		t.Fatalf("merged state not handed out for writing (%d)", n)
+	}
+}
+
+func TestIdleEviction(t *testing.T) {
+	st := newMemStore()
+	s := MustNewSet(t, Options{Shards: 2, Store: st, IdleEvict: time.Nanosecond})
+	ingestOne(t, s, "idle", 1, map[string]float64{"m": 4})
+	mustCollect(t, s, st, false)
+	time.Sleep(time.Millisecond)
+	mustCollect(t, s, st, true)
+	if s.Devices() != 0 || s.Evicted() != 1 || s.Streams() != 0 {
+		t.Fatalf("not evicted: devices=%d evicted=%d streams=%d", s.Devices(), s.Evicted(), s.Streams())
+	}
+	ingestOne(t, s, "idle", 2, map[string]float64{"m": 6})
+	if ms, _, _ := s.Device("idle"); ms[0].Count != 2 || ms[0].Mean != 5 {
+		t.Fatalf("not reloaded: %+v", ms)
+	}
+}
+
+func TestSnapshotRoundTrip(t *testing.T) {
+	s := &Snapshot{Device: "dev:1", Streams: []StreamSnapshot{{Name: "t", Values: []float64{1, -2.5, 1e9}, Count: 9,
+		Anomalies: 2, Anomalous: 3, Last: 1e9, LastZ: 4.5, UpdatedTS: -5, EWMean: 1, EWVar: 2, Step: 3, Quiet: 7, AlertZ: 8}},
+		History: []Anomaly{{Device: "dev:1", Metric: "t", TS: 3, Value: 1, Mean: 2, Stddev: 3, Z: 4}}}
+	b := s.AppendBinary(nil)
+	got, err := DecodeSnapshot(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again := got.AppendBinary(nil); string(again) != string(b) {
+		t.Fatalf("round trip changed the encoding")
+	}
+	for _, bad := range [][]byte{nil, {2}, b[:len(b)-1], append(slices.Clone(b), 0), {1, 200, 200, 200, 200, 200, 200}} {
+		if _, err := DecodeSnapshot(bad); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("%v: got %v; want ErrCorrupt", bad, err)
+		}
+	}
+}
+
+func FuzzDecodeSnapshot(f *testing.F) {
+	s := &Snapshot{Device: "d", Streams: []StreamSnapshot{{Name: "t", Values: []float64{1, 2}}}}
+	f.Add(s.AppendBinary(nil))
+	f.Add([]byte{1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, err := DecodeSnapshot(b)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error does not wrap ErrCorrupt: %v", err)
+			}
+			return
+		}
+		if again := got.AppendBinary(nil); string(again) != string(b) {
+			t.Fatalf("accepted %x but re-encodes as %x", b, again)
+		}
+	})
+}

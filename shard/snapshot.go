@@ -1,0 +1,225 @@
+package shard
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+)
+
+// Snapshot is a copy of one device's state, taken by its shard goroutine
+// and handed to the persister: everything the device route shows and the
+// detectors need. Detector settings are not in it: they come from the
+// configuration when the snapshot is restored.
+type Snapshot struct {
+	Device  string
+	Streams []StreamSnapshot
+	History []Anomaly // oldest first
+}
+
+// StreamSnapshot is one metric's state.
+type StreamSnapshot struct {
+	Name      string
+	Values    []float64 // the window, oldest first
+	Count     uint64
+	Anomalies uint64
+	Anomalous uint64
+	Last      float64
+	LastZ     float64
+	UpdatedTS int64
+	EWMean    float64
+	EWVar     float64
+	Step      float64
+	Quiet     int32
+	AlertZ    float64
+	// The window's running sums, so a restored stream computes exactly
+	// what the original would have, bit for bit.
+	Sums WindowSums
+}
+
+// WindowSums is a Window's internal state besides its values.
+type WindowSums struct {
+	Ref, S1, S2, Mag1, Mag2 float64
+	Age                     int32
+}
+
+// snapshotVersion is the first byte of every encoded snapshot.
+const snapshotVersion = 1
+
+// Limits a decoder enforces, so a corrupt value cannot ask for huge memory.
+const (
+	maxSnapStreams = 1 << 16
+	maxSnapValues  = 100000
+	maxSnapHistory = 1 << 16
+	maxSnapString  = 1024
+)
+
+// AppendBinary appends the versioned binary encoding of s to dst.
+func (s *Snapshot) AppendBinary(dst []byte) []byte {
+	dst = append(dst, snapshotVersion)
+	dst = appendString(dst, s.Device)
+	dst = binary.AppendUvarint(dst, uint64(len(s.Streams)))
+	for i := range s.Streams {
+		st := &s.Streams[i]
+		dst = appendString(dst, st.Name)
+		dst = binary.AppendUvarint(dst, st.Count)
+		dst = binary.AppendUvarint(dst, st.Anomalies)
+		dst = binary.AppendUvarint(dst, st.Anomalous)
+		dst = binary.AppendVarint(dst, st.UpdatedTS)
+		dst = binary.AppendUvarint(dst, uint64(st.Quiet))
+		dst = binary.AppendUvarint(dst, uint64(st.Sums.Age))
+		w := &st.Sums
+		for _, f := range [...]float64{st.Last, st.LastZ, st.EWMean, st.EWVar, st.Step, st.AlertZ, w.Ref, w.S1, w.S2, w.Mag1, w.Mag2} {
+			dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(f))
+		}
+		dst = binary.AppendUvarint(dst, uint64(len(st.Values)))
+		for _, v := range st.Values {
+			dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(v))
+		}
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(s.History)))
+	for i := range s.History {
+		a := &s.History[i]
+		dst = appendString(dst, a.Metric)
+		dst = binary.AppendVarint(dst, a.TS)
+		for _, f := range [...]float64{a.Value, a.Mean, a.Stddev, a.Z} {
+			dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(f))
+		}
+	}
+	return dst
+}
+
+func appendString(dst []byte, s string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(s)))
+	return append(dst, s...)
+}
+
+// ErrCorrupt wraps every error of DecodeSnapshot.
+var ErrCorrupt = errors.New("corrupt snapshot")
+
+// DecodeSnapshot parses an encoding made by AppendBinary. It rejects a
+// wrong version, truncation, trailing bytes, absurd lengths and non-finite
+// window values with an error wrapping ErrCorrupt.
+func DecodeSnapshot(b []byte) (*Snapshot, error) {
+	d := decoder{b: b}
+	if v := d.byte(); d.err == nil && v != snapshotVersion {
+		return nil, fmt.Errorf("%w: version %d, want %d", ErrCorrupt, v, snapshotVersion)
+	}
+	s := &Snapshot{Device: d.string()}
+	n := d.count(maxSnapStreams)
+	if d.err == nil {
+		s.Streams = make([]StreamSnapshot, n)
+	}
+	for i := 0; i < n && d.err == nil; i++ {
+		st := &s.Streams[i]
+		st.Name = d.string()
+		st.Count, st.Anomalies, st.Anomalous = d.uvarint(), d.uvarint(), d.uvarint()
+		st.UpdatedTS = d.varint()
+		st.Quiet = int32(d.count(math.MaxInt32))
+		st.Sums.Age = int32(d.count(math.MaxInt32))
+		st.Last, st.LastZ, st.EWMean, st.EWVar, st.Step, st.AlertZ = d.float(), d.float(), d.float(), d.float(), d.float(), d.float()
+		w := &st.Sums
+		w.Ref, w.S1, w.S2, w.Mag1, w.Mag2 = d.float(), d.float(), d.float(), d.float(), d.float()
+		nv := d.count(maxSnapValues)
+		if d.err == nil {
+			st.Values = make([]float64, nv)
+		}
+		for j := 0; j < nv && d.err == nil; j++ {
+			st.Values[j] = d.float()
+			if math.IsNaN(st.Values[j]) || math.IsInf(st.Values[j], 0) {
+				d.fail("non-finite window value")
+			}
+		}
+	}
+	nh := d.count(maxSnapHistory)
+	if d.err == nil {
+		s.History = make([]Anomaly, nh)
+	}
+	for i := 0; i < nh && d.err == nil; i++ {
+		a := &s.History[i]
+		a.Device = s.Device
+		a.Metric = d.string()
+		a.TS = d.varint()
+		a.Value, a.Mean, a.Stddev, a.Z = d.float(), d.float(), d.float(), d.float()
+	}
+	if d.err == nil && len(d.b) != 0 {
+		d.fail(fmt.Sprintf("%d trailing bytes", len(d.b)))
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	return s, nil
+}
+
+// decoder reads fields in order and keeps the first error.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail(what string) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: %s", ErrCorrupt, what)
+	}
+	d.b = nil
+}
+
+func (d *decoder) byte() byte {
+	if len(d.b) < 1 {
+		d.fail("truncated")
+		return 0
+	}
+	c := d.b[0]
+	d.b = d.b[1:]
+	return c
+}
+
+func (d *decoder) uvarint() uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail("bad varint")
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.fail("bad varint")
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) count(limit int) int {
+	v := d.uvarint()
+	if v > uint64(limit) {
+		d.fail(fmt.Sprintf("length %d over %d", v, limit))
+		return 0
+	}
+	return int(v)
+}
+
+func (d *decoder) string() string {
+	n := d.count(maxSnapString)
+	if len(d.b) < n {
+		d.fail("truncated")
+		return ""
+	}
+	s := string(d.b[:n])
+	d.b = d.b[n:]
+	return s
+}
+
+func (d *decoder) float() float64 {
+	if len(d.b) < 8 {
+		d.fail("truncated")
+		return 0
+	}
+	f := math.Float64frombits(binary.LittleEndian.Uint64(d.b))
+	d.b = d.b[8:]
+	return f
+}
