@@ -28,7 +28,7 @@ type Options struct {
 	StepFloor  float64 // see Params.StepFloor; zero: DefaultStepFloor; negative: none
 	// Rules override the detector for matching metric names; the first
 	// match wins, other metrics use the settings above.
-	Rules      []Rule
+	Rules []Rule
 	// Store, when set, makes the Set durable: unknown devices are loaded
 	// from it on first use, and Collect hands changed state to the caller.
 	Store Store
@@ -483,7 +483,7 @@ type shard struct {
 	// Durable mode (Options.Store); all owned by run alone but loaded,
 	// which the store's goroutines send on.
 	loaded  chan loadResult
-	loading int      // devices waiting for a load
+	loading int       // devices waiting for a load
 	dirty   []*device // devices changed since the last collect
 	now     int64     // Set.clock when the current op started, unix ns
 }
