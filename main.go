@@ -15,12 +15,15 @@ import (
 	"os/signal"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
+	"ai-load-service/persist"
 	"ai-load-service/server"
 	"ai-load-service/shard"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 )
@@ -45,6 +48,13 @@ type config struct {
 	StepFloor    float64
 	RulesFile    string
 	Rules        []shard.Rule
+
+	RedisAddr        string
+	RedisPassword    string
+	RedisDB          int
+	SnapshotInterval time.Duration
+	SnapshotTTL      time.Duration
+	IdleEvict        time.Duration
 }
 
 // parseConfig reads env (via getenv) and then args. An invalid value is an
@@ -60,10 +70,14 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		QueueLen:     1024,
 		MaxBodyBytes: 1 << 20,
 		LogLevel:     "info",
-		StopTimeout:  8 * time.Second,
+		StopTimeout:  5 * time.Second,
 		Detector:     shard.DefaultKind.String(),
 		Cooldown:     shard.DefaultCooldown,
 		StepFloor:    shard.DefaultStepFloor,
+
+		SnapshotInterval: time.Second,
+		SnapshotTTL:      7 * 24 * time.Hour,
+		IdleEvict:        15 * time.Minute,
 	}
 	fs := flag.NewFlagSet("ai-load-service", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -91,6 +105,12 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	v((*kindValue)(&c.Detector), "detector", "DETECTOR", "default detector: zscore, winsor or ewma")
 	v(intIn(&c.Cooldown, 0, 1000000), "alert-cooldown", "ALERT_COOLDOWN", "samples after an alert during which a stream raises no new alert unless |z| doubles")
 	v(floatIn(&c.StepFloor, 0, 100), "step-floor", "STEP_FLOOR", "floor under the stddev, in long-run mean steps (winsor, ewma; 0: none)")
+	v((*strValue)(&c.RedisAddr), "redis-addr", "REDIS_ADDR", "comma-separated Redis seeds (a cluster is detected); empty: in-memory only")
+	v((*strValue)(&c.RedisPassword), "redis-password", "REDIS_PASSWORD", "Redis password")
+	v(intIn(&c.RedisDB, 0, 1<<20), "redis-db", "REDIS_DB", "Redis database number")
+	v(durIn(&c.SnapshotInterval, 10*time.Millisecond, time.Hour), "snapshot-interval", "SNAPSHOT_INTERVAL", "how often changed devices are written to Redis")
+	v(durIn(&c.SnapshotTTL, time.Second, 10*365*24*time.Hour), "snapshot-ttl", "SNAPSHOT_TTL", "expiry of each device's Redis key")
+	v(durIn(&c.IdleEvict, time.Second, 365*24*time.Hour), "idle-evict", "IDLE_EVICT", "devices untouched this long are dropped from memory (Redis mode)")
 	v((*strValue)(&c.RulesFile), "detector-config", "DETECTOR_CONFIG", "JSON file of per-metric detector rules")
 	if envErr != nil {
 		return c, envErr
@@ -269,8 +289,22 @@ func main() {
 // run serves until SIGTERM or SIGINT, then stops in reverse order of start.
 func run(c config, log zerolog.Logger) error {
 	start := time.Now()
-	set := shard.New(c.shardOptions())
-	h := server.New(server.Options{Shards: set, MaxBodyBytes: c.MaxBodyBytes, Log: log, Pprof: c.Pprof})
+	opts := c.shardOptions()
+	var store *persist.Writer
+	var extra []*metrics.Set
+	state := "in-memory only (set REDIS_ADDR to persist)"
+	if addrs := c.redisAddrs(); len(addrs) > 0 {
+		store = persist.New(persist.Options{Addrs: addrs, Password: c.RedisPassword, DB: c.RedisDB,
+			Interval: c.SnapshotInterval, TTL: c.SnapshotTTL, Log: log})
+		opts.Store, opts.IdleEvict = store, c.IdleEvict
+		extra = append(extra, store.Metrics())
+		state = "redis " + c.RedisAddr
+	}
+	set := shard.New(opts)
+	if store != nil {
+		store.Start(set)
+	}
+	h := server.New(server.Options{Shards: set, MaxBodyBytes: c.MaxBodyBytes, Log: log, Pprof: c.Pprof, Metrics: extra})
 	srv := &fasthttp.Server{
 		Handler:            h.Handler(),
 		ErrorHandler:       h.ErrorHandler,
@@ -285,7 +319,7 @@ func run(c config, log zerolog.Logger) error {
 	}
 	ln, err := net.Listen("tcp", c.Addr)
 	if err != nil {
-		set.Stop()
+		stopState(store, set, log)
 		return fmt.Errorf("cannot listen on ADDR=%q: %w", c.Addr, err)
 	}
 	served := make(chan error, 1)
@@ -293,7 +327,7 @@ func run(c config, log zerolog.Logger) error {
 	h.SetReady()
 	log.Info().Str("addr", ln.Addr().String()).Int("shards", set.Len()).Int("window", c.WindowSize).
 		Float64("z_threshold", c.ZThreshold).Str("detector", c.Detector).Int("alert_cooldown", c.Cooldown).
-		Int("detector_rules", len(c.Rules)).Str("state", "in-memory only").
+		Int("detector_rules", len(c.Rules)).Str("state", state).
 		Dur("startup", time.Since(start)).Msg("serving")
 
 	sig := make(chan os.Signal, 1)
@@ -302,7 +336,7 @@ func run(c config, log zerolog.Logger) error {
 	case s := <-sig:
 		log.Info().Str("signal", s.String()).Msg("stopping")
 	case err := <-served:
-		set.Stop()
+		stopState(store, set, log)
 		return fmt.Errorf("server failed: %w", err)
 	}
 	signal.Stop(sig)
@@ -319,8 +353,39 @@ func run(c config, log zerolog.Logger) error {
 		log.Warn().Err(err).Msg("in-flight requests did not finish in STOP_TIMEOUT")
 	}
 	log.Info().Dur("took", time.Since(t)).Msg("http server stopped")
-	t = time.Now()
+	stopState(store, set, log)
+	return nil
+}
+
+// flushTimeout bounds the final snapshot, so SIGTERM still exits promptly
+// when Redis is unreachable.
+const flushTimeout = 4 * time.Second
+
+// stopState writes the last snapshot (when persisting), then stops the shards.
+func stopState(store *persist.Writer, set *shard.Set, log zerolog.Logger) {
+	if store != nil {
+		t := time.Now()
+		n := store.Pending()
+		ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
+		err := store.Stop(ctx)
+		cancel()
+		if err != nil {
+			log.Error().Err(err).Int("pending", store.Pending()).Msg("final snapshot incomplete: these devices lose their changes since the last snapshot")
+		} else {
+			log.Info().Dur("took", time.Since(t)).Int("was_pending", n).Msg("final snapshot written")
+		}
+	}
+	t := time.Now()
 	set.Stop()
 	log.Info().Dur("took", time.Since(t)).Msg("shards stopped")
-	return nil
+}
+
+func (c config) redisAddrs() []string {
+	var out []string
+	for _, a := range strings.Split(c.RedisAddr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
 }

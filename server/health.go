@@ -57,6 +57,9 @@ func (h *Handler) metrics(ctx *fasthttp.RequestCtx) error {
 	ctx.SetContentType("text/plain; version=0.0.4; charset=utf-8")
 	w := ctx.Response.BodyWriter()
 	h.ms.WritePrometheus(w)
+	for _, m := range h.opts.Metrics {
+		m.WritePrometheus(w)
+	}
 	metrics.WriteProcessMetrics(w)
 	s, err := h.set.Summarize()
 	if err != nil {

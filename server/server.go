@@ -25,6 +25,8 @@ type Options struct {
 	Shards       *shard.Set     // required
 	MaxBodyBytes int            // for the 413 message; the fasthttp.Server enforces it; zero: 1 MiB
 	Log          zerolog.Logger // zero: logs nothing
+	// Metrics are more sets to expose on /metrics, such as the persister's.
+	Metrics []*metrics.Set
 	// Pprof serves Go's profiler under /debug/pprof/ when true; off by
 	// default since profiles expose internals.
 	Pprof bool
@@ -84,6 +86,8 @@ func New(opts Options) *Handler {
 	h.ms.NewGauge("active_devices", func() float64 { return float64(h.set.Devices()) })
 	h.ms.NewGauge("active_streams", func() float64 { return float64(h.set.Streams()) })
 	h.ms.NewGauge("shards", func() float64 { return float64(h.set.Len()) })
+	h.ms.NewGauge("devices_unrestored", func() float64 { return float64(h.set.Unrestored()) })
+	h.ms.NewGauge("devices_evicted_total", func() float64 { return float64(h.set.Evicted()) })
 	for i := range h.set.Len() {
 		h.ms.NewGauge(fmt.Sprintf(`shard_queue_depth{shard="%d"}`, i), func() float64 { return float64(h.set.QueueDepth(i)) })
 	}

@@ -1,0 +1,381 @@
+// Package persist keeps device state durable in Redis: one loop copies the
+// shards' changed devices every interval and writes them with pipelined
+// commands (rueidis), and a few workers load devices back on first use.
+// Nothing here runs on a shard goroutine or in a request handler.
+package persist
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"ai-load-service/shard"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/redis/rueidis"
+	"github.com/rs/zerolog"
+)
+
+// Options configure a Writer. A zero field means the default in its comment.
+type Options struct {
+	Addrs    []string      // Redis seeds (a Redis Cluster is detected); required
+	Password string        // zero: none
+	DB       int           // zero: 0
+	Interval time.Duration // between snapshots; zero: 1s
+	TTL      time.Duration // of each device key; zero: 7 days
+	Timeout  time.Duration // per Redis call; zero: 2s
+	Prefix   string        // of keys, before the device ID; zero: "aiload:dev:"
+	Loaders  int           // concurrent loads; zero: 8
+	Log      zerolog.Logger
+}
+
+// Writer writes snapshots and loads them back. It implements shard.Store.
+type Writer struct {
+	opts   Options
+	client atomic.Pointer[rueidis.Client] // nil until the first connection
+	set    *shard.Set
+	loads  chan load
+
+	mu sync.Mutex
+	// pending holds the latest encoded snapshot of every device not yet
+	// written (newer ones replace older), so a Redis outage costs memory
+	// per device, not per snapshot, and loads see unwritten state.
+	pending map[string][]byte // guarded by mu
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	logAt  atomic.Int64 // unix ns of the last rate-limited log line
+
+	ms                                  *metrics.Set
+	duration                            *metrics.PrometheusHistogram
+	written, failures, redisErrors      *metrics.Counter
+	hits, misses, corrupt, loadFailures *metrics.Counter
+	bytesWritten                        *metrics.Counter
+}
+
+type load struct {
+	id   string
+	done func(*shard.Snapshot, error)
+}
+
+var _ shard.Store = (*Writer)(nil)
+
+// ErrNotConnected is returned while Redis has never answered.
+var ErrNotConnected = errors.New("redis not connected yet")
+
+// New returns a Writer that starts connecting to Redis in the background;
+// pass it as shard.Options.Store and call Start with the Set.
+func New(opts Options) *Writer {
+	if opts.Interval <= 0 {
+		opts.Interval = time.Second
+	}
+	if opts.TTL <= 0 {
+		opts.TTL = 7 * 24 * time.Hour
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 2 * time.Second
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = "aiload:dev:"
+	}
+	if opts.Loaders <= 0 {
+		opts.Loaders = 8
+	}
+	w := &Writer{opts: opts, loads: make(chan load, 4096), pending: map[string][]byte{}, ms: metrics.NewSet()}
+	w.ctx, w.cancel = context.WithCancel(context.Background())
+	w.duration = w.ms.NewPrometheusHistogram("snapshot_duration_seconds")
+	w.written = w.ms.NewCounter("snapshots_written_total")
+	w.bytesWritten = w.ms.NewCounter("snapshot_bytes_written_total")
+	w.failures = w.ms.NewCounter("snapshot_failures_total")
+	w.redisErrors = w.ms.NewCounter("redis_errors_total")
+	w.hits = w.ms.NewCounter("restore_hits_total")
+	w.misses = w.ms.NewCounter("restore_misses_total")
+	w.corrupt = w.ms.NewCounter("restore_corrupt_total")
+	w.loadFailures = w.ms.NewCounter("restore_failures_total")
+	w.ms.NewGauge("snapshot_pending_devices", func() float64 {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return float64(len(w.pending))
+	})
+	w.ms.NewGauge("redis_connected", func() float64 {
+		if w.client.Load() != nil {
+			return 1
+		}
+		return 0
+	})
+	w.wg.Add(1 + opts.Loaders)
+	go w.connect()
+	for range opts.Loaders {
+		go w.loader()
+	}
+	return w
+}
+
+// Metrics returns the Writer's metrics for /metrics.
+func (w *Writer) Metrics() *metrics.Set { return w.ms }
+
+// Key returns the Redis key of a device.
+func (w *Writer) Key(id string) string { return w.opts.Prefix + id }
+
+// Start begins snapshotting set every Interval. Call Stop to end it.
+func (w *Writer) Start(set *shard.Set) {
+	w.set = set
+	w.wg.Add(1)
+	go w.loop()
+}
+
+// connect dials Redis until it answers: the service starts without it.
+func (w *Writer) connect() {
+	defer w.wg.Done()
+	backoff := 100 * time.Millisecond
+	for {
+		c, err := rueidis.NewClient(rueidis.ClientOption{
+			InitAddress:      w.opts.Addrs,
+			Password:         w.opts.Password,
+			SelectDB:         w.opts.DB,
+			DisableCache:     true,
+			ConnWriteTimeout: w.opts.Timeout,
+			Dialer:           net.Dialer{Timeout: w.opts.Timeout, KeepAlive: 30 * time.Second},
+		})
+		if err == nil {
+			w.client.Store(&c)
+			w.opts.Log.Info().Strs("redis", w.opts.Addrs).Msg("redis connected")
+			return
+		}
+		w.redisErrors.Inc()
+		w.logf(err, "cannot connect to redis; retrying (ingest goes on, snapshots wait)")
+		select {
+		case <-w.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (w *Writer) clientOrNil() rueidis.Client {
+	if p := w.client.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Load implements shard.Store: the latest unwritten snapshot if there is
+// one, else a GET by a loader worker. done is never called on the caller's
+// goroutine.
+func (w *Writer) Load(id string, done func(*shard.Snapshot, error)) {
+	w.mu.Lock()
+	b, ok := w.pending[id]
+	w.mu.Unlock()
+	if ok {
+		go func() { done(w.decode(id, b)) }()
+		return
+	}
+	select {
+	case w.loads <- load{id, done}:
+	default:
+		w.loadFailures.Inc()
+		go done(nil, errors.New("too many loads in flight"))
+	}
+}
+
+func (w *Writer) loader() {
+	defer w.wg.Done()
+	for {
+		select {
+		case <-w.ctx.Done():
+			// Answer what is queued so no shard waits forever.
+			for {
+				select {
+				case l := <-w.loads:
+					l.done(nil, context.Canceled)
+				default:
+					return
+				}
+			}
+		case l := <-w.loads:
+			l.done(w.get(l.id))
+		}
+	}
+}
+
+func (w *Writer) get(id string) (*shard.Snapshot, error) {
+	c := w.clientOrNil()
+	if c == nil {
+		w.loadFailures.Inc()
+		return nil, ErrNotConnected
+	}
+	ctx, cancel := context.WithTimeout(w.ctx, w.opts.Timeout)
+	defer cancel()
+	b, err := c.Do(ctx, c.B().Get().Key(w.Key(id)).Build()).AsBytes()
+	if rueidis.IsRedisNil(err) {
+		w.misses.Inc()
+		return nil, nil
+	}
+	if err != nil {
+		w.loadFailures.Inc()
+		w.redisErrors.Inc()
+		w.logf(err, "cannot load device from redis; serving it unrestored until redis answers")
+		return nil, fmt.Errorf("cannot load %q: %w", id, err)
+	}
+	return w.decode(id, b)
+}
+
+// decode treats a corrupt value as no value: the device starts fresh and
+// its next snapshot replaces the garbage.
+func (w *Writer) decode(id string, b []byte) (*shard.Snapshot, error) {
+	s, err := shard.DecodeSnapshot(b)
+	if err == nil && s.Device != id {
+		err = fmt.Errorf("%w: holds device %q", shard.ErrCorrupt, s.Device)
+	}
+	if err != nil {
+		w.corrupt.Inc()
+		w.logf(err, "corrupt snapshot in redis for device "+id+"; starting it fresh")
+		return nil, nil
+	}
+	w.hits.Inc()
+	return s, nil
+}
+
+// loop snapshots every Interval until Stop.
+func (w *Writer) loop() {
+	defer w.wg.Done()
+	t := time.NewTicker(w.opts.Interval)
+	defer t.Stop()
+	var retryAt time.Time
+	backoff := w.opts.Interval
+	for {
+		select {
+		case <-w.ctx.Done():
+			return
+		case <-t.C:
+		}
+		w.collect(true)
+		if time.Now().Before(retryAt) {
+			continue
+		}
+		if err := w.flush(w.ctx); err != nil {
+			retryAt = time.Now().Add(backoff)
+			backoff = min(2*backoff, 30*time.Second)
+			continue
+		}
+		backoff = w.opts.Interval
+	}
+}
+
+// collect takes the shards' changed devices into pending.
+func (w *Writer) collect(evict bool) {
+	snaps, err := w.set.Collect(evict)
+	if err != nil {
+		return // stopped
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, s := range snaps {
+		w.pending[s.Device] = s.AppendBinary(nil)
+	}
+}
+
+// flush writes everything pending in one pipeline; what fails stays.
+func (w *Writer) flush(ctx context.Context) error {
+	w.mu.Lock()
+	ids := make([]string, 0, len(w.pending))
+	vals := make([][]byte, 0, len(w.pending))
+	for id, b := range w.pending {
+		ids, vals = append(ids, id), append(vals, b)
+	}
+	w.mu.Unlock()
+	if len(ids) == 0 {
+		return nil
+	}
+	c := w.clientOrNil()
+	if c == nil {
+		w.failures.Add(len(ids))
+		return ErrNotConnected
+	}
+	start := time.Now()
+	cmds := make(rueidis.Commands, len(ids))
+	for i, id := range ids {
+		cmds[i] = c.B().Set().Key(w.Key(id)).Value(rueidis.BinaryString(vals[i])).Px(w.opts.TTL).Build()
+	}
+	cctx, cancel := context.WithTimeout(ctx, w.opts.Timeout)
+	defer cancel()
+	res := c.DoMulti(cctx, cmds...)
+	var firstErr error
+	failed := 0
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for i, r := range res {
+		if err := r.Error(); err != nil {
+			failed++
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		w.written.Inc()
+		w.bytesWritten.Add(len(vals[i]))
+		// Remove it unless a newer snapshot arrived meanwhile.
+		if b, ok := w.pending[ids[i]]; ok && &b[0] == &vals[i][0] {
+			delete(w.pending, ids[i])
+		}
+	}
+	w.duration.UpdateDuration(start)
+	if failed > 0 {
+		w.failures.Add(failed)
+		w.redisErrors.Inc()
+		w.logf(firstErr, fmt.Sprintf("%d of %d snapshots not written; kept for retry", failed, len(ids)))
+		return firstErr
+	}
+	return nil
+}
+
+// Stop takes a last snapshot of every changed device and writes it,
+// retrying until ctx ends, then closes Redis. Call it after the HTTP
+// server has stopped and before shard.Set.Stop.
+func (w *Writer) Stop(ctx context.Context) error {
+	w.cancel()
+	w.wg.Wait()
+	var err error
+	if w.set != nil {
+		w.collect(false)
+		for {
+			if err = w.flush(ctx); err == nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				err = fmt.Errorf("final snapshot incomplete: %w", err)
+			case <-time.After(200 * time.Millisecond):
+				continue
+			}
+			break
+		}
+	}
+	if c := w.clientOrNil(); c != nil {
+		c.Close()
+	}
+	return err
+}
+
+// Pending returns how many devices have snapshots not yet written.
+func (w *Writer) Pending() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.pending)
+}
+
+// logf logs at most one line a second, so an outage does not flood logs.
+func (w *Writer) logf(err error, msg string) {
+	now := time.Now().UnixNano()
+	last := w.logAt.Load()
+	if now-last < int64(time.Second) || !w.logAt.CompareAndSwap(last, now) {
+		return
+	}
+	w.opts.Log.Warn().Err(err).Msg(msg)
+}
