@@ -36,7 +36,8 @@ type Options struct {
 // Writer writes snapshots and loads them back. It implements shard.Store.
 type Writer struct {
 	opts   Options
-	client atomic.Pointer[rueidis.Client] // nil until the first connection
+	client    atomic.Pointer[rueidis.Client] // nil until the first connection
+	connected chan struct{}                  // closed at the first connection
 	set    *shard.Set
 	loads  chan load
 
@@ -45,6 +46,7 @@ type Writer struct {
 	// written (newer ones replace older), so a Redis outage costs memory
 	// per device, not per snapshot, and loads see unwritten state.
 	pending map[string][]byte // guarded by mu
+	closed  bool              // guarded by mu: Stop began, loads are refused
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -86,7 +88,8 @@ func New(opts Options) *Writer {
 	if opts.Loaders <= 0 {
 		opts.Loaders = 8
 	}
-	w := &Writer{opts: opts, loads: make(chan load, 4096), pending: map[string][]byte{}, ms: metrics.NewSet()}
+	w := &Writer{opts: opts, loads: make(chan load, 4096), pending: map[string][]byte{}, ms: metrics.NewSet(),
+		connected: make(chan struct{})}
 	w.ctx, w.cancel = context.WithCancel(context.Background())
 	w.duration = w.ms.NewPrometheusHistogram("snapshot_duration_seconds")
 	w.written = w.ms.NewCounter("snapshots_written_total")
@@ -144,6 +147,7 @@ func (w *Writer) connect() {
 		})
 		if err == nil {
 			w.client.Store(&c)
+			close(w.connected)
 			w.opts.Log.Info().Strs("redis", w.opts.Addrs).Msg("redis connected")
 			return
 		}
@@ -170,9 +174,12 @@ func (w *Writer) clientOrNil() rueidis.Client {
 // goroutine.
 func (w *Writer) Load(id string, done func(*shard.Snapshot, error)) {
 	w.mu.Lock()
-	b, ok := w.pending[id]
-	w.mu.Unlock()
-	if ok {
+	defer w.mu.Unlock()
+	if w.closed {
+		go done(nil, errStopped)
+		return
+	}
+	if b, ok := w.pending[id]; ok {
 		go func() { done(w.decode(id, b)) }()
 		return
 	}
@@ -184,6 +191,8 @@ func (w *Writer) Load(id string, done func(*shard.Snapshot, error)) {
 	}
 }
 
+var errStopped = errors.New("persister stopped")
+
 func (w *Writer) loader() {
 	defer w.wg.Done()
 	for {
@@ -193,7 +202,7 @@ func (w *Writer) loader() {
 			for {
 				select {
 				case l := <-w.loads:
-					l.done(nil, context.Canceled)
+					l.done(nil, errStopped)
 				default:
 					return
 				}
@@ -205,13 +214,15 @@ func (w *Writer) loader() {
 }
 
 func (w *Writer) get(id string) (*shard.Snapshot, error) {
-	c := w.clientOrNil()
-	if c == nil {
+	ctx, cancel := context.WithTimeout(w.ctx, w.opts.Timeout)
+	defer cancel()
+	select { // at start, give the first connection the call's timeout
+	case <-w.connected:
+	case <-ctx.Done():
 		w.loadFailures.Inc()
 		return nil, ErrNotConnected
 	}
-	ctx, cancel := context.WithTimeout(w.ctx, w.opts.Timeout)
-	defer cancel()
+	c := w.clientOrNil()
 	b, err := c.Do(ctx, c.B().Get().Key(w.Key(id)).Build()).AsBytes()
 	if rueidis.IsRedisNil(err) {
 		w.misses.Inc()
@@ -339,6 +350,9 @@ func (w *Writer) flush(ctx context.Context) error {
 // retrying until ctx ends, then closes Redis. Call it after the HTTP
 // server has stopped and before shard.Set.Stop.
 func (w *Writer) Stop(ctx context.Context) error {
+	w.mu.Lock()
+	w.closed = true // from now on Load answers at once; loaders drain the rest
+	w.mu.Unlock()
 	w.cancel()
 	w.wg.Wait()
 	var err error

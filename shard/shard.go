@@ -173,6 +173,7 @@ func New(opts Options) *Set {
 		seed:   maphash.MakeSeed(),
 		shards: make([]*shard, opts.Shards),
 	}
+	s.clock.Store(time.Now().UnixNano())
 	for i := range s.shards {
 		sh := &shard{
 			set:     s,

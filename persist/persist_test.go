@@ -1,0 +1,293 @@
+package persist
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"ai-load-service/shard"
+
+	"github.com/redis/rueidis"
+)
+
+// redisServer is a real redis-server on a free loopback port, started by
+// the test; Stop and Start keep its port and its data directory.
+type redisServer struct {
+	tb   testing.TB
+	addr string
+	dir  string
+	cmd  *exec.Cmd
+}
+
+func MustStartRedis(tb testing.TB) *redisServer {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		tb.Fatal("redis-server not found: install it (apt-get install -y redis-server); .ci/run does")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	r := &redisServer{tb: tb, addr: addr, dir: tb.TempDir()}
+	r.Start()
+	tb.Cleanup(r.Stop)
+	return r
+}
+
+// Start runs redis-server with an append-only file, so a restart keeps
+// what was written, like a production Redis would.
+func (r *redisServer) Start() {
+	r.tb.Helper()
+	_, port, _ := net.SplitHostPort(r.addr)
+	r.cmd = exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+		"--appendonly", "yes", "--appendfsync", "always", "--dir", r.dir, "--logfile", filepath.Join(r.dir, "log"))
+	if err := r.cmd.Start(); err != nil {
+		r.tb.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", r.addr, 100*time.Millisecond); err == nil {
+			fmt.Fprintf(c, "PING\r\n")
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			c.Close()
+			if strings.HasPrefix(line, "+PONG") {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.tb.Fatalf("redis-server on %s did not answer", r.addr)
+}
+
+// Stop kills redis-server (an outage, not a clean shutdown).
+func (r *redisServer) Stop() {
+	if r.cmd != nil && r.cmd.Process != nil {
+		r.cmd.Process.Kill() //nolint:errcheck
+		r.cmd.Wait()         //nolint:errcheck
+		r.cmd = nil
+	}
+}
+
+func (r *redisServer) client(tb testing.TB) rueidis.Client {
+	tb.Helper()
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.addr}, DisableCache: true})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(c.Close)
+	return c
+}
+
+// stack is a Writer and a Set wired as main.go wires them.
+type stack struct {
+	w   *Writer
+	set *shard.Set
+}
+
+func MustOpenStack(tb testing.TB, addr string, o shard.Options) *stack {
+	tb.Helper()
+	w := New(Options{Addrs: []string{addr}, Interval: 50 * time.Millisecond, Timeout: 500 * time.Millisecond})
+	o.Store = w
+	set := shard.New(o)
+	w.Start(set)
+	s := &stack{w: w, set: set}
+	tb.Cleanup(func() { s.close(tb) })
+	return s
+}
+
+func (s *stack) close(tb testing.TB) {
+	if s.w == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := s.w.Stop(ctx); err != nil {
+		tb.Logf("stop: %v", err)
+	}
+	s.set.Stop()
+	s.w = nil
+}
+
+func (s *stack) ingest(tb testing.TB, dev string, vals ...float64) {
+	tb.Helper()
+	for _, v := range vals {
+		var b shard.Batch
+		b.Add([]byte(dev), 1)
+		b.AddMetric([]byte("m"), v)
+		if err := s.set.Ingest(&b); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+func (s *stack) state(tb testing.TB, dev string) (shard.MetricState, bool) {
+	tb.Helper()
+	ms, ok, err := s.set.Device(dev)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if !ok || len(ms) == 0 {
+		return shard.MetricState{}, false
+	}
+	return ms[0], true
+}
+
+func stored(tb testing.TB, c rueidis.Client, dev string) *shard.Snapshot {
+	tb.Helper()
+	b, err := c.Do(context.Background(), c.B().Get().Key("aiload:dev:"+dev).Build()).AsBytes()
+	if rueidis.IsRedisNil(err) {
+		return nil
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s, err := shard.DecodeSnapshot(b)
+	if err != nil {
+		return nil // not (yet) a valid snapshot
+	}
+	return s
+}
+
+func waitFor(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestSnapshotsReachRedisAndRestore(t *testing.T) {
+	r := MustStartRedis(t)
+	c := r.client(t)
+	a := MustOpenStack(t, r.addr, shard.Options{Shards: 4})
+	for i := range 20 {
+		a.ingest(t, fmt.Sprint("dev-", i), 1, 2, 3, float64(i))
+	}
+	waitFor(t, "snapshots in redis", func() bool {
+		s := stored(t, c, "dev-19")
+		return s != nil && s.Streams[0].Count == 4
+	})
+	want, _ := a.state(t, "dev-7")
+	a.ingest(t, "dev-7", 9) // not yet snapshotted: the final flush must carry it
+	want.Count, want.Last = 5, 9
+	a.close(t)
+	if ttl, err := c.Do(context.Background(), c.B().Pttl().Key("aiload:dev:dev-7").Build()).AsInt64(); err != nil || ttl < int64(6*24*time.Hour/time.Millisecond) {
+		t.Fatalf("unexpected TTL %d ms, %v; want about 7 days", ttl, err)
+	}
+
+	b := MustOpenStack(t, r.addr, shard.Options{Shards: 2}) // a new process, other shard count
+	got, ok := b.state(t, "dev-7")
+	if !ok || got.Count != want.Count || got.Last != want.Last || got.Window != 5 {
+		t.Fatalf("restored %+v; want count %d last %v window 5", got, want.Count, want.Last)
+	}
+	if n := b.w.hits.Get(); n != 1 {
+		t.Fatalf("unexpected restore hits %d", n)
+	}
+}
+
+func TestCorruptSnapshotStartsFresh(t *testing.T) {
+	r := MustStartRedis(t)
+	c := r.client(t)
+	if err := c.Do(context.Background(), c.B().Set().Key("aiload:dev:bad").Value("garbage").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	s := MustOpenStack(t, r.addr, shard.Options{Shards: 2})
+	s.ingest(t, "bad", 5)
+	if st, ok := s.state(t, "bad"); !ok || st.Count != 1 {
+		t.Fatalf("want a fresh device; got %+v %v", st, ok)
+	}
+	if n := s.w.corrupt.Get(); n != 1 {
+		t.Fatalf("corrupt snapshot not counted: %d", n)
+	}
+	waitFor(t, "the garbage replaced", func() bool { return stored(t, c, "bad") != nil })
+}
+
+func TestRedisOutage(t *testing.T) {
+	r := MustStartRedis(t)
+	c := r.client(t)
+	s := MustOpenStack(t, r.addr, shard.Options{Shards: 2})
+	s.ingest(t, "old", 1, 2, 3)
+	waitFor(t, "old persisted", func() bool { return stored(t, c, "old") != nil })
+
+	r.Stop()
+	s.ingest(t, "old", 4, 5)   // known device: goes on
+	s.ingest(t, "new", 10)     // unknown device: load fails, served fresh
+	s.ingest(t, "new", 11, 12) // and kept for replay
+	if st, ok := s.state(t, "new"); !ok || st.Count != 3 {
+		t.Fatalf("ingest during the outage failed: %+v", st)
+	}
+	waitFor(t, "failed snapshots", func() bool { return s.w.failures.Get() > 0 && s.set.Unrestored() == 1 })
+	if s.w.Pending() != 1 { // old is pending; new is unrestored and must not be written
+		t.Fatalf("unexpected pending %d; want 1", s.w.Pending())
+	}
+
+	r.Start()
+	waitFor(t, "recovery", func() bool {
+		o, n := stored(t, c, "old"), stored(t, c, "new")
+		return o != nil && o.Streams[0].Count == 5 && n != nil && n.Streams[0].Count == 3
+	})
+	if s.set.Unrestored() != 0 || s.w.Pending() != 0 {
+		t.Fatalf("after recovery: unrestored=%d pending=%d", s.set.Unrestored(), s.w.Pending())
+	}
+}
+
+func TestOutageKeepsStoredStateForUnrestoredDevice(t *testing.T) {
+	r := MustStartRedis(t)
+	c := r.client(t)
+	a := MustOpenStack(t, r.addr, shard.Options{Shards: 2})
+	a.ingest(t, "d", 1, 2, 3, 4)
+	a.close(t)
+
+	r.Stop()
+	b := MustOpenStack(t, r.addr, shard.Options{Shards: 2})
+	b.ingest(t, "d", 5, 6) // load fails: fresh state, must not overwrite
+	if st, _ := b.state(t, "d"); st.Count != 2 {
+		t.Fatalf("unexpected fresh state %+v", st)
+	}
+	time.Sleep(200 * time.Millisecond)
+	r.Start()
+	waitFor(t, "stored state merged with the outage's samples", func() bool {
+		st, _ := b.state(t, "d")
+		return st.Count == 6 && st.Last == 6 && st.Window == 6
+	})
+	waitFor(t, "merged state persisted", func() bool {
+		s := stored(t, c, "d")
+		return s != nil && s.Streams[0].Count == 6
+	})
+}
+
+func TestRedisDownAtStart(t *testing.T) {
+	r := MustStartRedis(t)
+	c := r.client(t)
+	r.Stop()
+	s := MustOpenStack(t, r.addr, shard.Options{Shards: 2})
+	s.ingest(t, "early", 1, 2)
+	time.Sleep(150 * time.Millisecond)
+	r.Start()
+	waitFor(t, "early persisted", func() bool {
+		st := stored(t, c, "early")
+		return st != nil && st.Streams[0].Count == 2
+	})
+}
+
+func TestIdleEvictionReloads(t *testing.T) {
+	r := MustStartRedis(t)
+	s := MustOpenStack(t, r.addr, shard.Options{Shards: 2, IdleEvict: 100 * time.Millisecond})
+	s.ingest(t, "sleepy", 1, 2, 3)
+	waitFor(t, "eviction", func() bool { return s.set.Evicted() == 1 && s.set.Devices() == 0 })
+	s.ingest(t, "sleepy", 4)
+	if st, _ := s.state(t, "sleepy"); st.Count != 4 || st.Window != 4 {
+		t.Fatalf("not reloaded after eviction: %+v", st)
+	}
+}
