@@ -35,11 +35,11 @@ type Options struct {
 
 // Writer writes snapshots and loads them back. It implements shard.Store.
 type Writer struct {
-	opts   Options
+	opts      Options
 	client    atomic.Pointer[rueidis.Client] // nil until the first connection
 	connected chan struct{}                  // closed at the first connection
-	set    *shard.Set
-	loads  chan load
+	set       *shard.Set
+	loads     chan load
 
 	mu sync.Mutex
 	// pending holds the latest encoded snapshot of every device not yet
