@@ -194,3 +194,206 @@ func TestGracefulStop(t *testing.T) {
 	}
 	t.Log(fmt.Sprintf("exit %v after SIGTERM", took))
 }
+
+// startRedis runs a real redis-server on a free loopback port for the test.
+func startRedis(t *testing.T) string {
+	t.Helper()
+	addr := freeAddr(t)
+	runRedis(t, addr, t.TempDir())
+	return addr
+}
+
+// runRedis starts redis-server on addr with an append-only file in dir (so
+// a restart keeps its data) and returns its command; it is killed at the
+// end of the test.
+func runRedis(t *testing.T, addr, dir string) *exec.Cmd {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Fatal("redis-server not found: install it (apt-get install -y redis-server); .ci/run does")
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+		"--appendonly", "yes", "--appendfsync", "always", "--dir", dir)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() }) //nolint:errcheck
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return cmd
+		}
+	}
+	t.Fatalf("redis-server on %s did not start", addr)
+	return nil
+}
+
+// service is a running copy of the binary.
+type service struct {
+	cmd  *exec.Cmd
+	base string
+	logs *bytes.Buffer
+}
+
+func startService(t *testing.T, bin string, env ...string) *service {
+	t.Helper()
+	addr := freeAddr(t)
+	s := &service{base: "http://" + addr, logs: new(bytes.Buffer)}
+	s.cmd = exec.Command(bin, "-addr", addr)
+	s.cmd.Env = append(os.Environ(), env...)
+	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.cmd.Process.Kill() }) //nolint:errcheck
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if resp, err := http.Get(s.base + "/ready"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return s
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("service never became ready:\n%s", s.logs)
+		}
+	}
+}
+
+func (s *service) post(t *testing.T, body string) {
+	t.Helper()
+	resp, err := http.Post(s.base+"/api/v1/ingest", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("ingest: %d %s", resp.StatusCode, b)
+	}
+}
+
+func (s *service) get(t *testing.T, path string) string {
+	t.Helper()
+	resp, err := http.Get(s.base + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return fmt.Sprintf("%d %s", resp.StatusCode, b)
+}
+
+func (s *service) stop(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := s.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	err := s.cmd.Wait()
+	if sig == syscall.SIGTERM && err != nil {
+		t.Fatalf("unexpected exit after SIGTERM: %v\n%s", err, s.logs)
+	}
+}
+
+// fleetBatch is one sample for each of n devices; round varies the values.
+func fleetBatch(n, round int) string {
+	var parts []string
+	for d := range n {
+		v := float64((d*7+round*3)%11) + float64(d)/10
+		if round == 15 && d%5 == 0 {
+			v += 100 // spikes, so histories are not empty
+		}
+		parts = append(parts, fmt.Sprintf(`{"device":"dev-%d","ts":%d,"metrics":{"temp":%g,"hum":%d}}`, d, 1000+round, v, 40+round%3))
+	}
+	return "[" + strings.Join(parts, ",") + "]"
+}
+
+// devicesState reads every device route and anomaly history.
+func devicesState(t *testing.T, s *service, n int) []string {
+	var out []string
+	for d := range n {
+		out = append(out, s.get(t, fmt.Sprintf("/api/v1/devices/dev-%d", d)), s.get(t, fmt.Sprintf("/api/v1/devices/dev-%d/anomalies", d)))
+	}
+	return out
+}
+
+// TestRestartsKeepState runs the binary against a real Redis: after a
+// graceful stop every device reads back identical; after SIGKILL, what was
+// snapshotted more than one interval before the kill is all there.
+func TestRestartsKeepState(t *testing.T) {
+	bin := buildService(t)
+	redis := "REDIS_ADDR=" + startRedis(t)
+	// An hour between snapshots: only the final one on SIGTERM can save it.
+	env := []string{redis, "SNAPSHOT_INTERVAL=1h", "LOG_LEVEL=warn"}
+	const devices = 40
+
+	a := startService(t, bin, env...)
+	for round := range 30 {
+		a.post(t, fleetBatch(devices, round))
+	}
+	want := devicesState(t, a, devices)
+	a.stop(t, syscall.SIGTERM)
+	env = []string{redis, "SNAPSHOT_INTERVAL=100ms", "LOG_LEVEL=warn"}
+	b := startService(t, bin, env...)
+	got := devicesState(t, b, devices)
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("state differs after a graceful restart:\ngot  %s\nwant %s", got[i], want[i])
+		}
+	}
+	if !strings.Contains(want[0], `"count":30`) || !strings.Contains(strings.Join(want, ""), `"value":1`) {
+		t.Fatalf("test data too thin: %s", want[0])
+	}
+
+	for round := 30; round < 40; round++ {
+		b.post(t, fleetBatch(devices, round))
+	}
+	want = devicesState(t, b, devices)
+	time.Sleep(400 * time.Millisecond) // several snapshot intervals
+	b.stop(t, syscall.SIGKILL)
+	c := startService(t, bin, env...)
+	got = devicesState(t, c, devices)
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("state lost after SIGKILL:\ngot  %s\nwant %s", got[i], want[i])
+		}
+	}
+	c.stop(t, syscall.SIGTERM)
+}
+
+// TestRedisOutageUnderLoad kills Redis while clients post and starts it
+// again: every request still gets 200, and afterwards a restarted service
+// reads every device back as it was.
+func TestRedisOutageUnderLoad(t *testing.T) {
+	bin := buildService(t)
+	addr, dir := freeAddr(t), t.TempDir()
+	redis := runRedis(t, addr, dir)
+	env := []string{"REDIS_ADDR=" + addr, "SNAPSHOT_INTERVAL=100ms", "LOG_LEVEL=error"}
+	const devices = 30
+	s := startService(t, bin, env...)
+	round := 0
+	post := func(n int) {
+		for range n {
+			s.post(t, fleetBatch(devices, round)) // fails the test on any non-200
+			round++
+		}
+	}
+	post(5)
+	redis.Process.Kill() //nolint:errcheck
+	redis.Wait()         //nolint:errcheck
+	post(20)
+	runRedis(t, addr, dir)
+	post(5)
+	want := devicesState(t, s, devices)
+	time.Sleep(time.Second) // reconnect and write what the outage held back
+	s.stop(t, syscall.SIGKILL)
+	again := startService(t, bin, env...)
+	got := devicesState(t, again, devices)
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("state lost across the outage:\ngot  %s\nwant %s", got[i], want[i])
+		}
+	}
+	if !strings.Contains(want[0], `"count":30`) {
+		t.Fatalf("unexpected state %s", want[0])
+	}
+}
