@@ -381,6 +381,14 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 	redis.Process.Kill() //nolint:errcheck
 	redis.Wait()         //nolint:errcheck
 	post(20)
+	for _, path := range []string{"/ready", "/health"} {
+		if got := s.get(t, path); !strings.HasPrefix(got, "200 ") {
+			t.Fatalf("%s during the Redis outage: %s", path, got)
+		}
+	}
+	if m := s.get(t, "/metrics"); !strings.Contains(m, "snapshot_failures_total") || strings.Contains(m, "snapshot_failures_total 0\n") {
+		t.Fatalf("outage not visible in /metrics")
+	}
 	runRedis(t, addr, dir)
 	post(5)
 	want := devicesState(t, s, devices)

@@ -291,3 +291,65 @@ func TestIdleEvictionReloads(t *testing.T) {
 		t.Fatalf("not reloaded after eviction: %+v", st)
 	}
 }
+
+// TestRedisCluster runs the same Writer against a real three-node Redis
+// Cluster: REDIS_ADDR takes any seeds, rueidis finds the slots, and
+// DoMulti splits each pipeline by node.
+func TestRedisCluster(t *testing.T) {
+	if _, err := exec.LookPath("redis-cli"); err != nil {
+		t.Fatal("redis-cli not found: it comes with the redis-server package")
+	}
+	var addrs []string
+	for range 3 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, ln.Addr().String())
+		ln.Close()
+	}
+	for _, a := range addrs {
+		_, port, _ := net.SplitHostPort(a)
+		dir := t.TempDir()
+		cmd := exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+			"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"), "--dir", dir)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() }) //nolint:errcheck
+	}
+	waitFor(t, "cluster nodes", func() bool {
+		for _, a := range addrs {
+			c, err := net.Dial("tcp", a)
+			if err != nil {
+				return false
+			}
+			c.Close()
+		}
+		return true
+	})
+	args := append([]string{"--cluster", "create"}, addrs...)
+	if out, err := exec.Command("redis-cli", append(args, "--cluster-replicas", "0", "--cluster-yes")...).CombinedOutput(); err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	waitFor(t, "cluster state ok", func() bool {
+		out, _ := exec.Command("redis-cli", "-h", "127.0.0.1", "-p", strings.Split(addrs[0], ":")[1], "cluster", "info").Output()
+		return strings.Contains(string(out), "cluster_state:ok")
+	})
+
+	a := MustOpenStack(t, addrs[0], shard.Options{Shards: 2})
+	for i := range 50 {
+		a.ingest(t, fmt.Sprint("node-", i), float64(i), 1)
+	}
+	w := a.w
+	a.close(t)
+	if w.written.Get() != 50 || w.failures.Get() != 0 {
+		t.Fatalf("unexpected snapshots written %d, failed %d; want 50 and 0", w.written.Get(), w.failures.Get())
+	}
+	b := MustOpenStack(t, addrs[2], shard.Options{Shards: 2}) // another seed
+	for i := range 50 {
+		if st, ok := b.state(t, fmt.Sprint("node-", i)); !ok || st.Count != 2 || st.Mean != (float64(i)+1)/2 {
+			t.Fatalf("node-%d not restored from the cluster: %+v", i, st)
+		}
+	}
+}
