@@ -386,8 +386,14 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 			t.Fatalf("%s during the Redis outage: %s", path, got)
 		}
 	}
-	if m := s.get(t, "/metrics"); !strings.Contains(m, "snapshot_failures_total") || strings.Contains(m, "snapshot_failures_total 0\n") {
-		t.Fatalf("outage not visible in /metrics")
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		m := s.get(t, "/metrics")
+		if strings.Contains(m, "snapshot_failures_total") && !strings.Contains(m, "snapshot_failures_total 0\n") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("outage not visible in /metrics")
+		}
 	}
 	runRedis(t, addr, dir)
 	post(5)
