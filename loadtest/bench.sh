@@ -62,6 +62,10 @@ lua 1 >"$work/single.lua"
 lua 100 >"$work/batch.lua"
 
 start() { # $1 = binary, $2 = extra environment (optional); waits until it answers
+	for _ in $(seq 50); do # the previous server must be gone from the port
+		curl -s -o /dev/null "http://127.0.0.1:$PORT/" 2>/dev/null || break
+		sleep 0.1
+	done
 	env ${2:-} GOMAXPROCS=1 LOG_LEVEL=warn taskset -c 0 "$1" -addr 127.0.0.1:$PORT >"$work/server.log" 2>&1 &
 	pid=$!
 	for _ in $(seq 100); do
@@ -81,6 +85,7 @@ run() { # $1 = binary, $2 = script, $3 = extra environment; prints "rps p50us p9
 	taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" -s "$work/$2" "http://127.0.0.1:$PORT/" |
 		awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
 			print v["rps"], v["p50us"], v["p99us"], v["errors"] }'
+	curl -fsS "http://127.0.0.1:$PORT/metrics" >"$work/last.metrics" 2>/dev/null || : >"$work/last.metrics"
 	stop
 }
 
@@ -132,6 +137,32 @@ for p in $(seq "$PAIRS"); do
 done
 ratio=$(awk '{ print $2 / $1 }' "$work/detector.pairs" | median)
 awk -v r="$ratio" 'BEGIN { printf "  median ratio default/zscore %.3f (target >= 0.9 %s)\n", r, (r >= 0.9 ? "ok" : "MISSED") }'
+
+if command -v redis-server >/dev/null; then
+	echo
+	echo "Redis persistence (SNAPSHOT_INTERVAL=1s) against in-memory mode, batch bodies; redis-server on CPU 1 beside wrk:"
+	rport=$((PORT + 1))
+	taskset -c 1 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+	rpid=$!
+	trap 'kill $rpid 2>/dev/null; cleanup' EXIT
+	sleep 0.5
+	: >"$work/redis.pairs"
+	for p in $(seq "$PAIRS"); do
+		read -r mrps _ _ _ < <(run "$work/svc" batch.lua)
+		c0=$(redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed/ { print $2 + 0 }')
+		read -r rrps _ _ rerr < <(run "$work/svc" batch.lua "REDIS_ADDR=127.0.0.1:$rport SNAPSHOT_INTERVAL=1s")
+		c1=$(redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed/ { print $2 + 0 }')
+		echo "$mrps $rrps" >>"$work/redis.pairs"
+		printf '  pair %d: in-memory %9.0f req/s | redis %9.0f req/s errors %d | ratio %.3f | redis commands %d in ~%ds\n' \
+			"$p" "$mrps" "$rrps" "$rerr" "$(echo "$rrps $mrps" | awk '{ print $1 / $2 }')" "$((c1 - c0))" "$((DUR + 1))"
+	done
+	ratio=$(awk '{ print $2 / $1 }' "$work/redis.pairs" | median)
+	awk -v r="$ratio" 'BEGIN { printf "  median ratio redis/in-memory %.3f (target >= 0.9 %s)\n", r, (r >= 0.9 ? "ok" : "MISSED") }'
+	awk -v c="$((c1 - c0))" -v d="$((DUR + 1))" '
+		/^snapshots_written_total / { n = $2 } /^snapshot_bytes_written_total / { b = $2 }
+		END { if (n > 0) printf "  last run: %d snapshots written, %.0f bytes per device snapshot, ~%.0f redis commands/s\n", n, b / n, c / d }' "$work/last.metrics"
+	kill "$rpid"
+fi
 
 echo
 echo "Go benchmarks (ns/op and allocs/op; detector target <= 50 ns, 0 allocs; decode 0 allocs):"
