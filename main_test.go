@@ -192,7 +192,7 @@ func TestGracefulStop(t *testing.T) {
 	if strings.Count(logs.String(), "\n") > 10 {
 		t.Fatalf("too many log lines at info level (per-request logging?):\n%s", logs.String())
 	}
-	t.Log(fmt.Sprintf("exit %v after SIGTERM", took))
+	t.Logf("exit %v after SIGTERM", took)
 }
 
 // startRedis runs a real redis-server on a free loopback port for the test.

@@ -769,4 +769,3 @@ func (d *device) recent() []Anomaly {
 	}
 	return out
 }
-func (s *Set) seedHash(b []byte) uint64 { return maphash.Bytes(s.seed, b) }
