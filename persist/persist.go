@@ -52,6 +52,11 @@ type Writer struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	logAt  atomic.Int64 // unix ns of the last rate-limited log line
+	born   time.Time
+	// downUntil (unix ns) makes loads fail at once after a Redis error, so
+	// an outage costs new devices one fast failure each, not a Timeout
+	// each in a queue behind a few loaders.
+	downUntil atomic.Int64
 
 	ms                                  *metrics.Set
 	duration                            *metrics.PrometheusHistogram
@@ -91,6 +96,7 @@ func New(opts Options) *Writer {
 	w := &Writer{opts: opts, loads: make(chan load, 4096), pending: map[string][]byte{}, ms: metrics.NewSet(),
 		connected: make(chan struct{})}
 	w.ctx, w.cancel = context.WithCancel(context.Background())
+	w.born = time.Now()
 	w.duration = w.ms.NewPrometheusHistogram("snapshot_duration_seconds")
 	w.written = w.ms.NewCounter("snapshots_written_total")
 	w.bytesWritten = w.ms.NewCounter("snapshot_bytes_written_total")
@@ -191,7 +197,13 @@ func (w *Writer) Load(id string, done func(*shard.Snapshot, error)) {
 	}
 }
 
-var errStopped = errors.New("persister stopped")
+var (
+	errStopped   = errors.New("persister stopped")
+	errRedisDown = errors.New("redis failed just now; not asking again for a second")
+)
+
+// markDown makes loads fail fast for the next second.
+func (w *Writer) markDown() { w.downUntil.Store(time.Now().Add(time.Second).UnixNano()) }
 
 func (w *Writer) loader() {
 	defer w.wg.Done()
@@ -214,15 +226,27 @@ func (w *Writer) loader() {
 }
 
 func (w *Writer) get(id string) (*shard.Snapshot, error) {
+	if time.Now().UnixNano() < w.downUntil.Load() {
+		w.loadFailures.Inc()
+		return nil, errRedisDown
+	}
 	ctx, cancel := context.WithTimeout(w.ctx, w.opts.Timeout)
 	defer cancel()
-	select { // at start, give the first connection the call's timeout
-	case <-w.connected:
-	case <-ctx.Done():
-		w.loadFailures.Inc()
-		return nil, ErrNotConnected
-	}
 	c := w.clientOrNil()
+	if c == nil {
+		// Just after start the first connection may be milliseconds away:
+		// wait for it then, and fail at once later.
+		grace := time.Until(w.born.Add(w.opts.Timeout))
+		select {
+		case <-w.connected:
+		case <-time.After(max(grace, 0)):
+		case <-ctx.Done():
+		}
+		if c = w.clientOrNil(); c == nil {
+			w.loadFailures.Inc()
+			return nil, ErrNotConnected
+		}
+	}
 	b, err := c.Do(ctx, c.B().Get().Key(w.Key(id)).Build()).AsBytes()
 	if rueidis.IsRedisNil(err) {
 		w.misses.Inc()
@@ -231,6 +255,7 @@ func (w *Writer) get(id string) (*shard.Snapshot, error) {
 	if err != nil {
 		w.loadFailures.Inc()
 		w.redisErrors.Inc()
+		w.markDown()
 		w.logf(err, "cannot load device from redis; serving it unrestored until redis answers")
 		return nil, fmt.Errorf("cannot load %q: %w", id, err)
 	}
@@ -340,6 +365,7 @@ func (w *Writer) flush(ctx context.Context) error {
 	if failed > 0 {
 		w.failures.Add(failed)
 		w.redisErrors.Inc()
+		w.markDown()
 		w.logf(firstErr, fmt.Sprintf("%d of %d snapshots not written; kept for retry", failed, len(ids)))
 		return firstErr
 	}

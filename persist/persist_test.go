@@ -353,3 +353,30 @@ func TestRedisCluster(t *testing.T) {
 		}
 	}
 }
+
+// TestOutageDoesNotStallNewDevices: with Redis gone, thousands of new
+// devices must each fail their load fast (the breaker), not queue behind a
+// few loaders for a call timeout each (which would take minutes here).
+func TestOutageDoesNotStallNewDevices(t *testing.T) {
+	r := MustStartRedis(t)
+	s := MustOpenStack(t, r.addr, shard.Options{Shards: 2})
+	s.ingest(t, "warm", 1) // connected
+	r.Stop()
+	start := time.Now()
+	for i := range 20 {
+		var b shard.Batch
+		for d := range 100 {
+			b.Add([]byte(fmt.Sprint("new-", i, "-", d)), 1)
+			b.AddMetric([]byte("m"), 1)
+		}
+		if err := s.set.Ingest(&b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("2000 new devices took %s during the outage", took)
+	}
+	if n := s.set.Unrestored(); n != 2000 {
+		t.Fatalf("unexpected unrestored count %d; want 2000", n)
+	}
+}

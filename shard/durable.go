@@ -48,13 +48,19 @@ func (sh *shard) getDevice(h uint64, id []byte) *device {
 	s.devices.Add(1)
 	d.touched = sh.now
 	if s.opts.Store != nil {
-		sh.startLoad(d, h)
+		sh.startLoad(d, h, false)
 	}
 	return d
 }
 
-func (sh *shard) startLoad(d *device, h uint64) {
-	d.loading = true
+// startLoad asks the store for d. A first load parks d's ops until it
+// answers; a retry (d unrestored, already serving) parks nothing.
+func (sh *shard) startLoad(d *device, h uint64, retry bool) {
+	if retry {
+		d.retrying = true
+	} else {
+		d.loading = true
+	}
 	sh.loading++
 	id, ch := d.id, sh.loaded
 	sh.set.opts.Store.Load(id, func(snap *Snapshot, err error) {
@@ -71,34 +77,36 @@ func (sh *shard) touch(d *device) {
 	}
 }
 
-// keep remembers a sample of an unrestored device, at most window per
-// metric, to replay once the stored state can be loaded.
+// keep remembers a sample of an unrestored device to replay once the
+// stored state can be loaded: a ring of window × streams samples, so about
+// the last window of each metric survives, in O(1) per sample.
 func (d *device) keep(metric string, v float64, ts int64, window int) {
-	n := 0
-	for i := range d.replay {
-		if d.replay[i].metric == metric {
-			n++
-		}
+	limit := window * max(len(d.streams), 1)
+	if len(d.replay) < limit {
+		d.replay = append(d.replay, kept{metric, v, ts})
+		return
 	}
-	if n >= window {
-		for i := range d.replay { // drop this metric's oldest
-			if d.replay[i].metric == metric {
-				d.replay = append(d.replay[:i], d.replay[i+1:]...)
-				break
-			}
-		}
+	d.replay[d.rnext%len(d.replay)] = kept{metric, v, ts}
+	d.rnext++
+}
+
+// replayed returns the kept samples, oldest first.
+func (d *device) replayed() []kept {
+	if len(d.replay) == 0 {
+		return nil
 	}
-	d.replay = append(d.replay, kept{metric, v, ts})
+	i := d.rnext % len(d.replay)
+	return append(d.replay[i:len(d.replay):len(d.replay)], d.replay[:i]...)
 }
 
 // onLoaded applies a finished load and runs the ops that waited for it.
 func (sh *shard) onLoaded(l loadResult) {
+	sh.loading--
 	d := sh.lookup(l.hash, []byte(l.id))
-	if d == nil || !d.loading {
+	if d == nil || !d.loading && !d.retrying {
 		return
 	}
-	d.loading = false
-	sh.loading--
+	d.loading, d.retrying = false, false
 	s := sh.set
 	switch {
 	case l.err != nil && !d.unrestored && len(d.streams) == 0:
@@ -114,7 +122,7 @@ func (sh *shard) onLoaded(l loadResult) {
 			s.unrestored.Add(-1)
 		}
 		if l.snap != nil {
-			replay := d.replay
+			replay := d.replayed()
 			s.streams.Add(-int64(len(d.streams)))
 			d.streams, d.index, d.history, d.hnext = nil, nil, nil, 0
 			sh.restore(d, l.snap)
@@ -131,7 +139,7 @@ func (sh *shard) onLoaded(l loadResult) {
 		} else if len(d.streams) > 0 {
 			sh.touch(d) // nothing stored: the fresh state is the state
 		}
-		d.replay = nil
+		d.replay, d.rnext = nil, 0
 	}
 	waiting := d.waiting
 	d.waiting = nil
@@ -201,20 +209,27 @@ func (sh *shard) collect(o *op) {
 	clear(sh.dirty)
 	sh.dirty = sh.dirty[:0]
 	idle := sh.now - int64(sh.set.opts.IdleEvict)
+	retries := 0
 	for h, first := range sh.devices {
 		for d := first; d != nil; d = d.next {
 			switch {
-			case d.loading:
+			case d.loading || d.retrying:
 			case d.unrestored && len(d.streams) == 0:
 				sh.drop(h, d, false) // nothing to protect
-			case d.unrestored:
-				sh.startLoad(d, h)
+			case d.unrestored && retries < maxRetriesPerCollect:
+				retries++
+				sh.startLoad(d, h, true)
 			case o.evict && d.touched < idle:
 				sh.drop(h, d, true)
 			}
 		}
 	}
 }
+
+// maxRetriesPerCollect bounds the loads a shard retries per Collect, so an
+// outage with many unrestored devices costs a trickle of probes, and their
+// recovery is spread over a few intervals.
+const maxRetriesPerCollect = 256
 
 // drop removes d, whose state the store already has or is being given.
 func (sh *shard) drop(h uint64, d *device, idle bool) {

@@ -677,10 +677,12 @@ type device struct {
 
 	touched    int64    // Set.clock at the last sample, for idle eviction
 	dirty      bool     // changed since the last collect
-	loading    bool     // a load from the store is in flight
+	loading    bool     // a first load from the store is in flight; ops wait
+	retrying   bool     // a retry of a failed load is in flight; ops go on
 	unrestored bool     // the load failed: serving fresh state, never persisted
 	waiting    []parked // ops waiting for the load, in arrival order
 	replay     []kept   // samples taken while unrestored, to replay on the stored state
+	rnext      int      // next replay slot to overwrite once full
 }
 
 const headLen = 32
