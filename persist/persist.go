@@ -313,7 +313,7 @@ func (w *Writer) collect(evict bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, s := range snaps {
-		w.pending[s.Device] = s.AppendBinary(nil)
+		w.pending[s.Device] = s.Data
 	}
 }
 

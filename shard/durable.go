@@ -176,24 +176,42 @@ func (sh *shard) restore(d *device, snap *Snapshot) {
 	}
 }
 
-// snapshot copies d's state.
-func (d *device) snapshot() *Snapshot {
-	snap := &Snapshot{Device: d.id, Streams: make([]StreamSnapshot, len(d.streams))}
+// state copies st's scalars (not its window) for encoding.
+func (st *namedStream) state() StreamSnapshot {
+	return StreamSnapshot{
+		Name: st.name, Count: st.Count, Anomalies: st.Anomalies,
+		Anomalous: st.Anomalous, Last: st.Last, LastZ: st.LastZ, UpdatedTS: st.UpdatedTS,
+		EWMean: st.ewMean, EWVar: st.ewVar, Step: st.step, Quiet: st.quiet, AlertZ: st.alertZ,
+		Sums: st.Win.sums(),
+	}
+}
+
+// encode writes d's snapshot straight from its state, without the copy
+// snapshot makes: this runs on the shard goroutine for every changed device
+// every interval. TestEncodeMatchesSnapshot checks it against encoding a
+// copied Snapshot.
+func (d *device) encode() []byte {
+	n := 16 + len(d.id) + len(d.history)*48
+	for i := range d.streams {
+		n += 120 + len(d.streams[i].name) + 8*d.streams[i].Win.Len()
+	}
+	dst := appendHeader(make([]byte, 0, n), d.id, len(d.streams))
 	for i := range d.streams {
 		st := &d.streams[i]
-		snap.Streams[i] = StreamSnapshot{
-			Name: st.name, Values: st.Win.Values(nil), Count: st.Count, Anomalies: st.Anomalies,
-			Anomalous: st.Anomalous, Last: st.Last, LastZ: st.LastZ, UpdatedTS: st.UpdatedTS,
-			EWMean: st.ewMean, EWVar: st.ewVar, Step: st.step, Quiet: st.quiet, AlertZ: st.alertZ,
-			Sums: st.Win.sums(),
-		}
+		ss := st.state()
+		h := st.Win.oldest()
+		dst = appendStream(dst, &ss, st.Win.vals[h:], st.Win.vals[:h])
 	}
+	return appendHistory(dst, d.oldestFirst())
+}
+
+// oldestFirst returns a copy of the history, oldest first.
+func (d *device) oldestFirst() []Anomaly {
 	h := d.recent()
 	for i, j := 0, len(h)-1; i < j; i, j = i+1, j-1 {
 		h[i], h[j] = h[j], h[i]
 	}
-	snap.History = h
-	return snap
+	return h
 }
 
 // collect hands over copies of the devices changed since the last collect,
@@ -202,7 +220,7 @@ func (d *device) snapshot() *Snapshot {
 func (sh *shard) collect(o *op) {
 	for _, d := range sh.dirty {
 		if d.dirty && !d.unrestored && !d.loading {
-			o.snaps = append(o.snaps, d.snapshot())
+			o.snaps = append(o.snaps, Encoded{Device: d.id, Data: d.encode()})
 		}
 		d.dirty = false
 	}
@@ -254,11 +272,17 @@ func (sh *shard) drop(h uint64, d *device, idle bool) {
 	}
 }
 
+// Encoded is one device's snapshot in the AppendBinary encoding.
+type Encoded struct {
+	Device string
+	Data   []byte
+}
+
 // Collect returns copies of every device changed since the last call, for
 // the persister to write. With evict, devices untouched for
 // Options.IdleEvict are dropped from memory too (their last changes are in
 // the returned copies). It also retries loads that failed.
-func (s *Set) Collect(evict bool) ([]*Snapshot, error) {
+func (s *Set) Collect(evict bool) ([]Encoded, error) {
 	s.clock.Store(time.Now().UnixNano())
 	if !s.enter() {
 		return nil, ErrStopped
@@ -273,7 +297,7 @@ func (s *Set) Collect(evict bool) ([]*Snapshot, error) {
 	}
 	s.leave()
 	wg.Wait()
-	var out []*Snapshot
+	var out []Encoded
 	for i := range ops {
 		out = append(out, ops[i].snaps...)
 	}

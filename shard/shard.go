@@ -465,8 +465,8 @@ type op struct {
 	metrics []MetricState
 	sum     Summary
 	mom     moments
-	snaps   []*Snapshot // opCollect
-	evict   bool        // opCollect: also drop idle devices
+	snaps   []Encoded // opCollect
+	evict   bool      // opCollect: also drop idle devices
 }
 
 type shard struct {

@@ -56,30 +56,48 @@ const (
 
 // AppendBinary appends the versioned binary encoding of s to dst.
 func (s *Snapshot) AppendBinary(dst []byte) []byte {
-	dst = append(dst, snapshotVersion)
-	dst = appendString(dst, s.Device)
-	dst = binary.AppendUvarint(dst, uint64(len(s.Streams)))
+	dst = appendHeader(dst, s.Device, len(s.Streams))
 	for i := range s.Streams {
-		st := &s.Streams[i]
-		dst = appendString(dst, st.Name)
-		dst = binary.AppendUvarint(dst, st.Count)
-		dst = binary.AppendUvarint(dst, st.Anomalies)
-		dst = binary.AppendUvarint(dst, st.Anomalous)
-		dst = binary.AppendVarint(dst, st.UpdatedTS)
-		dst = binary.AppendUvarint(dst, uint64(st.Quiet))
-		dst = binary.AppendUvarint(dst, uint64(st.Sums.Age))
-		w := &st.Sums
-		for _, f := range [...]float64{st.Last, st.LastZ, st.EWMean, st.EWVar, st.Step, st.AlertZ, w.Ref, w.S1, w.S2, w.Mag1, w.Mag2} {
-			dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(f))
-		}
-		dst = binary.AppendUvarint(dst, uint64(len(st.Values)))
-		for _, v := range st.Values {
-			dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(v))
-		}
+		dst = appendStream(dst, &s.Streams[i], s.Streams[i].Values, nil)
 	}
-	dst = binary.AppendUvarint(dst, uint64(len(s.History)))
-	for i := range s.History {
-		a := &s.History[i]
+	return appendHistory(dst, s.History)
+}
+
+func appendHeader(dst []byte, device string, streams int) []byte {
+	dst = append(dst, snapshotVersion)
+	dst = appendString(dst, device)
+	return binary.AppendUvarint(dst, uint64(streams))
+}
+
+// appendStream encodes st with its window given as v1 then v2, so a ring
+// can be written in order without copying it first (st.Values is ignored).
+func appendStream(dst []byte, st *StreamSnapshot, v1, v2 []float64) []byte {
+	dst = appendString(dst, st.Name)
+	dst = binary.AppendUvarint(dst, st.Count)
+	dst = binary.AppendUvarint(dst, st.Anomalies)
+	dst = binary.AppendUvarint(dst, st.Anomalous)
+	dst = binary.AppendVarint(dst, st.UpdatedTS)
+	dst = binary.AppendUvarint(dst, uint64(st.Quiet))
+	dst = binary.AppendUvarint(dst, uint64(st.Sums.Age))
+	w := &st.Sums
+	for _, f := range [...]float64{st.Last, st.LastZ, st.EWMean, st.EWVar, st.Step, st.AlertZ, w.Ref, w.S1, w.S2, w.Mag1, w.Mag2} {
+		dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(f))
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(v1)+len(v2)))
+	for _, v := range v1 {
+		dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(v))
+	}
+	for _, v := range v2 {
+		dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(v))
+	}
+	return dst
+}
+
+// appendHistory encodes anomalies, oldest first.
+func appendHistory(dst []byte, h []Anomaly) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(h)))
+	for i := range h {
+		a := &h[i]
 		dst = appendString(dst, a.Metric)
 		dst = binary.AppendVarint(dst, a.TS)
 		for _, f := range [...]float64{a.Value, a.Mean, a.Stddev, a.Z} {
