@@ -1,7 +1,6 @@
 package shard
 
 import (
-	"sync"
 	"time"
 )
 
@@ -284,19 +283,10 @@ type Encoded struct {
 // the returned copies). It also retries loads that failed.
 func (s *Set) Collect(evict bool) ([]Encoded, error) {
 	s.clock.Store(time.Now().UnixNano())
-	if !s.enter() {
-		return nil, ErrStopped
+	ops, err := s.broadcast(op{kind: opCollect, evict: evict})
+	if err != nil {
+		return nil, err
 	}
-	var wg sync.WaitGroup
-	ops := make([]op, len(s.shards))
-	for i, sh := range s.shards {
-		ops[i] = op{kind: opCollect, wg: &wg, evict: evict}
-		wg.Add(1)
-		sh.pending.Add(1)
-		sh.inbox <- &ops[i]
-	}
-	s.leave()
-	wg.Wait()
 	var out []Encoded
 	for i := range ops {
 		out = append(out, ops[i].snaps...)

@@ -374,19 +374,10 @@ type MetricSummary struct {
 // Summarize asks every shard for its part and merges them. It costs one
 // pass over all window values, so call it per scrape, not per request.
 func (s *Set) Summarize() (Summary, error) {
-	if !s.enter() {
-		return Summary{}, ErrStopped
+	ops, err := s.broadcast(op{kind: opSummary})
+	if err != nil {
+		return Summary{}, err
 	}
-	var wg sync.WaitGroup
-	ops := make([]op, len(s.shards))
-	for i, sh := range s.shards {
-		ops[i] = op{kind: opSummary, wg: &wg}
-		wg.Add(1)
-		sh.pending.Add(1)
-		sh.inbox <- &ops[i]
-	}
-	s.leave()
-	wg.Wait()
 	var sum Summary
 	var m moments
 	sum.ByMetric = make(map[string]MetricSummary)
@@ -414,6 +405,26 @@ func (s *Set) Summarize() (Summary, error) {
 	sum.Values = int(m.n)
 	sum.Mean, sum.Stddev = m.mean, m.stddev()
 	return sum, nil
+}
+
+// broadcast sends a copy of o to every shard and waits for all of them.
+// Like reads, it waits for a queue place rather than failing.
+func (s *Set) broadcast(o op) ([]op, error) {
+	if !s.enter() {
+		return nil, ErrStopped
+	}
+	var wg sync.WaitGroup
+	ops := make([]op, len(s.shards))
+	for i, sh := range s.shards {
+		ops[i] = o
+		ops[i].wg = &wg
+		wg.Add(1)
+		sh.pending.Add(1)
+		sh.inbox <- &ops[i]
+	}
+	s.leave()
+	wg.Wait()
+	return ops, nil
 }
 
 // moments merges counts, means and squared deviations stably (Chan et al.).
