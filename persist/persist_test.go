@@ -237,9 +237,7 @@ func TestRedisOutage(t *testing.T) {
 		o, n := stored(t, c, "old"), stored(t, c, "new")
 		return o != nil && o.Streams[0].Count == 5 && n != nil && n.Streams[0].Count == 3
 	})
-	if s.set.Unrestored() != 0 || s.w.Pending() != 0 {
-		t.Fatalf("after recovery: unrestored=%d pending=%d", s.set.Unrestored(), s.w.Pending())
-	}
+	waitFor(t, "nothing unrestored or pending", func() bool { return s.set.Unrestored() == 0 && s.w.Pending() == 0 })
 }
 
 func TestOutageKeepsStoredStateForUnrestoredDevice(t *testing.T) {
