@@ -96,3 +96,47 @@ func ExampleSet_Summarize() {
 	// Output:
 	// devices=2 streams=3 mean=26.67 min=10 max=50 temp=15
 }
+
+func ExampleParseRules() {
+	def := shard.Params{Kind: shard.Winsor, Window: 50, MinSamples: 10, Threshold: 4, MinStddev: 1e-9, Cooldown: 50}
+	rules, err := shard.ParseRules([]byte(`{"rules": [{"match": "temp*", "detector": "ewma", "window": 100}]}`), def)
+	fmt.Println(rules[0].Match, rules[0].Params.Kind, rules[0].Params.Window, rules[0].Params.Threshold, err)
+	_, err = shard.ParseRules([]byte(`{"rules": [{"match": "hum", "window": 1}]}`), def)
+	fmt.Println(err)
+	// Output:
+	// temp* ewma 100 4 <nil>
+	// detector config rule 1 (match "hum"): window=1: want 2 to 100000
+}
+
+func ExampleDecodeSnapshot() {
+	s := shard.Snapshot{Device: "pump-3", Streams: []shard.StreamSnapshot{{Name: "pressure", Values: []float64{1.5, 2}, Count: 2}}}
+	b := s.AppendBinary(nil)
+	got, err := shard.DecodeSnapshot(b)
+	fmt.Println(len(b), got.Device, got.Streams[0].Name, got.Streams[0].Values, err)
+	_, err = shard.DecodeSnapshot(b[:len(b)-1])
+	fmt.Println(err)
+	// Output:
+	// 130 pump-3 pressure [1.5 2] <nil>
+	// corrupt snapshot: bad varint
+}
+
+func ExampleSet_Collect() {
+	// Any Store will do for the example: one that has nothing stored.
+	s := shard.New(shard.Options{Shards: 1, Store: emptyStore{}})
+	defer s.Stop()
+	var b shard.Batch
+	b.Add([]byte("sensor-1"), 0)
+	b.AddMetric([]byte("temp"), 21)
+	if err := s.Ingest(&b); err != nil {
+		panic(err)
+	}
+	snaps, _ := s.Collect(false)
+	again, _ := s.Collect(false)
+	fmt.Println(len(snaps), snaps[0].Device, len(again))
+	// Output:
+	// 1 sensor-1 0
+}
+
+type emptyStore struct{}
+
+func (emptyStore) Load(id string, done func(*shard.Snapshot, error)) { go done(nil, nil) }
