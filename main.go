@@ -290,6 +290,9 @@ func main() {
 func run(c config, log zerolog.Logger) error {
 	start := time.Now()
 	opts := c.shardOptions()
+	if err := opts.Validate(); err != nil {
+		return fmt.Errorf("invalid detector settings: %w", err)
+	}
 	var store *persist.Writer
 	var extra []*metrics.Set
 	state := "in-memory only (set REDIS_ADDR to persist)"

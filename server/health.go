@@ -24,9 +24,6 @@ GET  /metrics                           Prometheus metrics
 `
 
 func (h *Handler) index(ctx *fasthttp.RequestCtx) error {
-	if len(ctx.Path()) != 1 {
-		return h.other.fn(ctx)
-	}
 	ctx.SetContentType("text/plain; charset=utf-8")
 	ctx.SetBodyString(index)
 	return nil

@@ -579,7 +579,7 @@ func (sh *shard) apply(d *device, o *op, i int32) {
 		st := d.stream(b.bytes(m.name), s)
 		sc := st.Observe(m.v, smp.ts, st.p)
 		if d.unrestored {
-			d.keep(st.name, m.v, smp.ts, s.opts.WindowSize)
+			d.keep(st.name, m.v, smp.ts, st.Win.Cap())
 		}
 		if i == 0 && j == smp.ms.lo {
 			mean, _ := st.Win.Stats()
@@ -711,10 +711,9 @@ func (d *device) is(id []byte) bool {
 
 type namedStream struct {
 	// head is the name's first bytes, compared before the name itself.
-	head    [nameHeadLen]byte
-	nameLen uint8
-	name    string
-	p       *Params // the detector settings for this metric name
+	head [nameHeadLen]byte
+	name string
+	p    *Params // the detector settings for this metric name
 	Stream
 }
 
@@ -722,7 +721,7 @@ const nameHeadLen = 15
 
 func (ns *namedStream) is(name []byte) bool {
 	n := min(len(name), nameHeadLen)
-	return int(ns.nameLen) == len(name) && string(ns.head[:n]) == string(name[:n]) && (n == len(name) || ns.name[n:] == string(name[n:]))
+	return len(ns.name) == len(name) && string(ns.head[:n]) == string(name[:n]) && (n == len(name) || ns.name[n:] == string(name[n:]))
 }
 
 // indexAt is the stream count past which a map beats a linear scan.
@@ -741,7 +740,7 @@ func (d *device) stream(name []byte, s *Set) *namedStream {
 		}
 	}
 	p := s.paramsFor(name)
-	ns := namedStream{nameLen: uint8(len(name)), name: string(name), p: p, Stream: NewStream(p.Window)}
+	ns := namedStream{name: string(name), p: p, Stream: NewStream(p.Window)}
 	copy(ns.head[:], name)
 	if len(d.streams) < indexAt && len(d.streams) == cap(d.streams) {
 		// Most devices have a few metrics: grow one at a time rather than

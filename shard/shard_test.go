@@ -276,7 +276,7 @@ func TestHashCollisionChain(t *testing.T) {
 			t.Fatalf("lookup(%q): got %p; want %p", c.id, got, c.want)
 		}
 	}
-	ns := namedStream{nameLen: 20, name: "temperature-celsius1"}
+	ns := namedStream{name: "temperature-celsius1"}
 	copy(ns.head[:], ns.name)
 	for name, want := range map[string]bool{"temperature-celsius1": true, "temperature-celsius2": false, "temperature": false} {
 		if got := ns.is([]byte(name)); got != want {
