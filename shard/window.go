@@ -98,20 +98,29 @@ func (w *Window) illConditioned() bool {
 }
 
 // recompute resets the sums from the ring with a corrected two-pass mean.
+// The passes run oldest first, not in ring order, so the rounding depends
+// only on the values: a window restored from a snapshot (stored oldest
+// first) recomputes bit for bit what the original does.
 func (w *Window) recompute() {
 	n := float64(len(w.vals))
-	ref := w.vals[w.oldest()]
+	h := w.oldest()
+	older, newer := w.vals[h:], w.vals[:h]
+	ref := w.vals[h]
 	var s float64
-	for _, x := range w.vals {
-		s += x - ref
+	for _, part := range [2][]float64{older, newer} {
+		for _, x := range part {
+			s += x - ref
+		}
 	}
 	mean := ref + s/n
 	var s1, s2, a float64
-	for _, x := range w.vals {
-		d := x - mean
-		s1 += d
-		s2 += d * d
-		a += math.Abs(d)
+	for _, part := range [2][]float64{older, newer} {
+		for _, x := range part {
+			d := x - mean
+			s1 += d
+			s2 += d * d
+			a += math.Abs(d)
+		}
 	}
 	w.ref, w.s1, w.s2, w.mag1, w.mag2, w.age = mean, s1, s2, a, s2, 0
 }
