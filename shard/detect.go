@@ -98,18 +98,21 @@ type Score struct {
 
 // Stream is the state of one (device, metric) series.
 type Stream struct {
+	// Fields every sample touches come first, so that a stream's hot state
+	// spans as few cache lines as possible; a shard's streams are mostly
+	// cache misses under a large fleet.
 	Win       Window
 	Count     uint64  // samples seen since the stream was created
-	Anomalies uint64  // alerts raised since the stream was created
-	Anomalous uint64  // anomalous samples, alerted or not
 	Last      float64 // last value
 	LastZ     float64 // z of the last value
 	UpdatedTS int64   // ts of the last value, unix ms
+	step      float64 // long-run mean |x - previous x|
+	quiet     int32   // samples left in the cooldown
 
-	ewMean, ewVar float64 // EWMA state
-	step          float64 // long-run mean |x - previous x|
-	quiet         int32   // samples left in the cooldown
+	Anomalies     uint64  // alerts raised since the stream was created
+	Anomalous     uint64  // anomalous samples, alerted or not
 	alertZ        float64 // |z| of the last alert
+	ewMean, ewVar float64 // EWMA state
 }
 
 // NewStream returns an empty stream with a window of size values.

@@ -123,10 +123,11 @@ func (sh *shard) onLoaded(l loadResult) {
 		if l.snap != nil {
 			replay := d.replayed()
 			s.streams.Add(-int64(len(d.streams)))
+			sh.rings.release(d)
 			d.streams, d.index, d.history, d.hnext = nil, nil, nil, 0
 			sh.restore(d, l.snap)
 			for _, k := range replay {
-				st := d.stream([]byte(k.metric), s)
+				st := d.stream([]byte(k.metric), sh)
 				if sc := st.Observe(k.v, k.ts, st.p); sc.Alert {
 					d.remember(Anomaly{Device: d.id, Metric: st.name, TS: k.ts, Value: k.v,
 						Mean: sc.Mean, Stddev: sc.Stddev, Z: sc.Z}, s.opts.HistoryLen)
@@ -164,7 +165,7 @@ func (sh *shard) restore(d *device, snap *Snapshot) {
 	s := sh.set
 	for i := range snap.Streams {
 		ss := &snap.Streams[i]
-		st := d.stream([]byte(ss.Name), s)
+		st := d.stream([]byte(ss.Name), sh)
 		st.Win.load(ss.Values, ss.Sums)
 		st.Count, st.Anomalies, st.Anomalous = ss.Count, ss.Anomalies, ss.Anomalous
 		st.Last, st.LastZ, st.UpdatedTS = ss.Last, ss.LastZ, ss.UpdatedTS
@@ -266,6 +267,7 @@ func (sh *shard) drop(h uint64, d *device, idle bool) {
 	sh.ndev--
 	sh.set.devices.Add(-1)
 	sh.set.streams.Add(-int64(len(d.streams)))
+	sh.rings.release(d)
 	if idle {
 		sh.set.evicted.Add(1)
 	}

@@ -491,6 +491,7 @@ type shard struct {
 	devices map[uint64]*device // owned by run alone
 	ndev    int
 	devs    []*device // ingest scratch
+	rings   rings     // window rings of devices' streams
 
 	// Durable mode (Options.Store); all owned by run alone but loaded,
 	// which the store's goroutines send on.
@@ -576,7 +577,7 @@ func (sh *shard) apply(d *device, o *op, i int32) {
 	sh.touch(d)
 	for j := smp.ms.lo; j < smp.ms.hi; j++ {
 		m := &b.metrics[j]
-		st := d.stream(b.bytes(m.name), s)
+		st := d.stream(b.bytes(m.name), sh)
 		sc := st.Observe(m.v, smp.ts, st.p)
 		if d.unrestored {
 			d.keep(st.name, m.v, smp.ts, st.Win.Cap())
@@ -712,22 +713,32 @@ func (d *device) is(id []byte) bool {
 type namedStream struct {
 	// head is the name's first bytes, compared before the name itself.
 	head [nameHeadLen]byte
-	name string
+	nlen uint8   // len(name), 255 for 255 and longer
 	p    *Params // the detector settings for this metric name
 	Stream
+	name string // after the hot state: only alerts and reads need it whole
 }
 
 const nameHeadLen = 15
 
+func (ns *namedStream) setName(name string) {
+	ns.name = name
+	copy(ns.head[:], name)
+	ns.nlen = uint8(min(len(name), 255))
+}
+
 func (ns *namedStream) is(name []byte) bool {
 	n := min(len(name), nameHeadLen)
-	return len(ns.name) == len(name) && string(ns.head[:n]) == string(name[:n]) && (n == len(name) || ns.name[n:] == string(name[n:]))
+	if int(ns.nlen) != min(len(name), 255) || string(ns.head[:n]) != string(name[:n]) {
+		return false
+	}
+	return n == len(name) || ns.name == string(name)
 }
 
 // indexAt is the stream count past which a map beats a linear scan.
 const indexAt = 16
 
-func (d *device) stream(name []byte, s *Set) *namedStream {
+func (d *device) stream(name []byte, sh *shard) *namedStream {
 	if d.index != nil {
 		if i, ok := d.index[string(name)]; ok {
 			return &d.streams[i]
@@ -739,9 +750,10 @@ func (d *device) stream(name []byte, s *Set) *namedStream {
 			}
 		}
 	}
+	s := sh.set
 	p := s.paramsFor(name)
-	ns := namedStream{name: string(name), p: p, Stream: NewStream(p.Window)}
-	copy(ns.head[:], name)
+	ns := namedStream{p: p, Stream: Stream{Win: Window{vals: sh.rings.get(p.Window)}}}
+	ns.setName(string(name))
 	if len(d.streams) < indexAt && len(d.streams) == cap(d.streams) {
 		// Most devices have a few metrics: grow one at a time rather than
 		// doubling, which would leave up to half the slots (and their

@@ -276,9 +276,10 @@ func TestHashCollisionChain(t *testing.T) {
 			t.Fatalf("lookup(%q): got %p; want %p", c.id, got, c.want)
 		}
 	}
-	ns := namedStream{name: "temperature-celsius1"}
-	copy(ns.head[:], ns.name)
-	for name, want := range map[string]bool{"temperature-celsius1": true, "temperature-celsius2": false, "temperature": false} {
+	var ns namedStream
+	ns.setName("temperature-celsius1")
+	for name, want := range map[string]bool{"temperature-celsius1": true, "temperature-celsius2": false, "temperature": false,
+		"temperature-celsius10": false, "temperature-celsius": false} {
 		if got := ns.is([]byte(name)); got != want {
 			t.Fatalf("is(%q): got %v; want %v", name, got, want)
 		}

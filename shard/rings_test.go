@@ -1,0 +1,107 @@
+package shard
+
+import (
+	"fmt"
+	"math"
+	"testing"
+	"time"
+	"unsafe"
+)
+
+func TestRingsDisjointAndReused(t *testing.T) {
+	var r rings
+	// Enough rings of mixed sizes to pass the small slabs into big ones.
+	var got [][]float64
+	for i := range 3 * smallMax / 50 {
+		n := 50 + i%3
+		v := r.get(n)
+		if len(v) != 0 || cap(v) != n {
+			t.Fatalf("ring %d: len %d cap %d; want 0, %d", i, len(v), cap(v), n)
+		}
+		got = append(got, v[:n])
+	}
+	if r.small != smallMax {
+		t.Fatalf("small slabs hold %d floats; want %d before big slabs", r.small, smallMax)
+	}
+	for i, v := range got {
+		for j := range v {
+			v[j] = float64(i)
+		}
+	}
+	for i, v := range got {
+		for j := range v {
+			if v[j] != float64(i) {
+				t.Fatalf("ring %d overlaps another: [%d] = %v", i, j, v[j])
+			}
+		}
+	}
+	// A returned ring comes back for the same capacity only.
+	r.put(got[1][:0])
+	if v := r.get(50); cap(v) != 50 || &v[:1][0] == &got[1][0] {
+		t.Fatalf("capacity 51 ring reused for 50")
+	}
+	if v := r.get(51); &v[:1][0] != &got[1][0] {
+		t.Fatalf("returned ring not reused")
+	}
+	if v := r.get(hugeFloats); cap(v) != hugeFloats {
+		t.Fatalf("big ring: cap %d", cap(v))
+	}
+}
+
+func TestRingsBigSlabAligned(t *testing.T) {
+	var r rings
+	r.small = smallMax
+	r.grow()
+	if p := uintptr(unsafe.Pointer(&r.slab[0])); p%hugePage != 0 || len(r.slab) < bigSlab {
+		t.Fatalf("big slab at %#x, %d floats; want %d-aligned, >= %d", p, len(r.slab), hugePage, bigSlab)
+	}
+	// The part before the boundary is used once the aligned part is gone.
+	if len(r.spare) > 0 {
+		first := &r.spare[0]
+		r.slab = r.slab[:0]
+		if v := r.get(1); &v[:1][0] != first {
+			t.Fatalf("the slab's part before the boundary was not used next")
+		}
+	}
+}
+
+// TestRingsReusedAcrossEviction: devices evicted and new ones created reuse
+// rings; every device's window must hold its own values only. Each stream
+// sees three windows' worth of varying values, so its sums are recomputed
+// from the ring and a ring shared with another stream would show.
+func TestRingsReusedAcrossEviction(t *testing.T) {
+	st := newMemStore()
+	s := MustNewSet(t, Options{Shards: 2, Store: st, IdleEvict: time.Nanosecond, WindowSize: 8})
+	fill := func(prefix string, base float64) {
+		for d := range 200 {
+			for k := range 24 {
+				v := base + float64(d+k%4)
+				ingestOne(t, s, fmt.Sprint(prefix, d), int64(k), map[string]float64{"a": v, "b": -v})
+			}
+		}
+	}
+	check := func(prefix string, base float64) {
+		t.Helper()
+		for d := range 200 {
+			ms, ok, err := s.Device(fmt.Sprint(prefix, d))
+			if err != nil || !ok || len(ms) != 2 {
+				t.Fatalf("%s%d: %v %v %+v", prefix, d, ok, err, ms)
+			}
+			want := base + float64(d) + 1.5 // the last 8 values cycle 0..3 twice
+			if ms[0].Mean != want || ms[1].Mean != -want || math.Abs(ms[0].Stddev-math.Sqrt(1.25)) > 1e-12 || ms[0].Window != 8 {
+				t.Fatalf("%s%d holds values not its own: %+v", prefix, d, ms)
+			}
+		}
+	}
+	fill("old-", 1000)
+	mustCollect(t, s, st, false)
+	time.Sleep(time.Millisecond)
+	mustCollect(t, s, st, true)
+	if s.Devices() != 0 {
+		t.Fatalf("%d devices not evicted", s.Devices())
+	}
+	fill("new-", 5000) // takes the evicted devices' rings
+	check("new-", 5000)
+	check("old-", 1000) // reloaded from the store into rings of their own
+	check("new-", 5000)
+}
