@@ -41,7 +41,7 @@ func (sh *shard) getDevice(h uint64, id []byte) *device {
 		return d
 	}
 	s := sh.set
-	d := newDevice(string(id), sh.devices[h])
+	d := sh.newDevice(string(id), sh.devices[h])
 	sh.devices[h] = d
 	sh.ndev++
 	s.devices.Add(1)
@@ -123,8 +123,8 @@ func (sh *shard) onLoaded(l loadResult) {
 		if l.snap != nil {
 			replay := d.replayed()
 			s.streams.Add(-int64(len(d.streams)))
-			sh.rings.release(d)
-			d.streams, d.index, d.history, d.hnext = nil, nil, nil, 0
+			sh.release(d)
+			d.index, d.history, d.hnext = nil, nil, 0
 			sh.restore(d, l.snap)
 			for _, k := range replay {
 				st := d.stream([]byte(k.metric), sh)
@@ -229,7 +229,8 @@ func (sh *shard) collect(o *op) {
 	idle := sh.now - int64(sh.set.opts.IdleEvict)
 	retries := 0
 	for h, first := range sh.devices {
-		for d := first; d != nil; d = d.next {
+		for d, next := first, (*device)(nil); d != nil; d = next {
+			next = d.next // drop below gives d back for reuse
 			switch {
 			case d.loading || d.retrying:
 			case d.unrestored && len(d.streams) == 0:
@@ -249,7 +250,8 @@ func (sh *shard) collect(o *op) {
 // recovery is spread over a few intervals.
 const maxRetriesPerCollect = 256
 
-// drop removes d, whose state the store already has or is being given.
+// drop removes d, whose state the store already has or is being given, and
+// gives it back to the shard's slabs: d must not be used after.
 func (sh *shard) drop(h uint64, d *device, idle bool) {
 	p := sh.devices[h]
 	if p == d {
@@ -267,10 +269,10 @@ func (sh *shard) drop(h uint64, d *device, idle bool) {
 	sh.ndev--
 	sh.set.devices.Add(-1)
 	sh.set.streams.Add(-int64(len(d.streams)))
-	sh.rings.release(d)
 	if idle {
 		sh.set.evicted.Add(1)
 	}
+	sh.freeDevice(d)
 }
 
 // Encoded is one device's snapshot in the AppendBinary encoding.

@@ -491,7 +491,10 @@ type shard struct {
 	devices map[uint64]*device // owned by run alone
 	ndev    int
 	devs    []*device // ingest scratch
-	rings   rings     // window rings of devices' streams
+	// What devices are made of, dense and reused (see slabs).
+	deviceSlab   slabs[device]
+	streamArrays slabs[namedStream]
+	rings        slabs[float64]
 
 	// Durable mode (Options.Store); all owned by run alone but loaded,
 	// which the store's goroutines send on.
@@ -699,12 +702,6 @@ type device struct {
 
 const headLen = 32
 
-func newDevice(id string, next *device) *device {
-	d := &device{id: id, next: next}
-	copy(d.head[:], id)
-	return d
-}
-
 func (d *device) is(id []byte) bool {
 	n := min(len(id), headLen)
 	return len(d.id) == len(id) && string(d.head[:n]) == string(id[:n]) && (n == len(id) || d.id[n:] == string(id[n:]))
@@ -758,7 +755,9 @@ func (d *device) stream(name []byte, sh *shard) *namedStream {
 		// Most devices have a few metrics: grow one at a time rather than
 		// doubling, which would leave up to half the slots (and their
 		// ~230 bytes each) unused for the device's lifetime.
-		d.streams = append(make([]namedStream, 0, len(d.streams)+1), d.streams...)
+		grown := append(sh.streamArrays.get(len(d.streams)+1), d.streams...)
+		sh.streamArrays.put(d.streams)
+		d.streams = grown
 	}
 	d.streams = append(d.streams, ns)
 	s.streams.Add(1)

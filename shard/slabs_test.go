@@ -8,11 +8,11 @@ import (
 	"unsafe"
 )
 
-func TestRingsDisjointAndReused(t *testing.T) {
-	var r rings
+func TestSlabsDisjointAndReused(t *testing.T) {
+	var r slabs[float64]
 	// Enough rings of mixed sizes to pass the small slabs into big ones.
 	var got [][]float64
-	for i := range 3 * smallMax / 50 {
+	for i := range 3 * smallMax / 400 {
 		n := 50 + i%3
 		v := r.get(n)
 		if len(v) != 0 || cap(v) != n {
@@ -20,8 +20,8 @@ func TestRingsDisjointAndReused(t *testing.T) {
 		}
 		got = append(got, v[:n])
 	}
-	if r.small != smallMax {
-		t.Fatalf("small slabs hold %d floats; want %d before big slabs", r.small, smallMax)
+	if r.small < smallMax {
+		t.Fatalf("small slabs hold %d bytes; want %d before big slabs", r.small, smallMax)
 	}
 	for i, v := range got {
 		for j := range v {
@@ -35,41 +35,44 @@ func TestRingsDisjointAndReused(t *testing.T) {
 			}
 		}
 	}
-	// A returned ring comes back for the same capacity only.
+	// A returned array comes back cleared, for the same capacity only.
 	r.put(got[1][:0])
 	if v := r.get(50); cap(v) != 50 || &v[:1][0] == &got[1][0] {
 		t.Fatalf("capacity 51 ring reused for 50")
 	}
-	if v := r.get(51); &v[:1][0] != &got[1][0] {
-		t.Fatalf("returned ring not reused")
+	if v := r.get(51); &v[:1][0] != &got[1][0] || v[:51][50] != 0 {
+		t.Fatalf("returned ring not reused, or not cleared")
 	}
-	if v := r.get(hugeFloats); cap(v) != hugeFloats {
+	if v := r.get(maxShared/8 + 1); cap(v) != maxShared/8+1 {
 		t.Fatalf("big ring: cap %d", cap(v))
 	}
 }
 
-func TestRingsBigSlabAligned(t *testing.T) {
-	var r rings
-	r.small = smallMax
-	r.grow()
-	if p := uintptr(unsafe.Pointer(&r.slab[0])); p%hugePage != 0 || len(r.slab) < bigSlab {
-		t.Fatalf("big slab at %#x, %d floats; want %d-aligned, >= %d", p, len(r.slab), hugePage, bigSlab)
+func TestSlabsBigSlabAligned(t *testing.T) {
+	var s slabs[device] // an element size that does not divide a huge page
+	s.small = smallMax
+	s.grow(int(unsafe.Sizeof(device{})))
+	// The slab starts with the first element at or after a huge-page boundary.
+	size := unsafe.Sizeof(device{})
+	if p := uintptr(unsafe.Pointer(&s.slab[0])); p%hugePage >= size || len(s.slab)*int(size) < bigSlab {
+		t.Fatalf("big slab at %#x (element size %d), %d elements; want it within one element past a %d boundary, >= %d bytes",
+			p, size, len(s.slab), hugePage, bigSlab)
 	}
 	// The part before the boundary is used once the aligned part is gone.
-	if len(r.spare) > 0 {
-		first := &r.spare[0]
-		r.slab = r.slab[:0]
-		if v := r.get(1); &v[:1][0] != first {
+	if len(s.spare) > 0 {
+		first := &s.spare[0]
+		s.slab = s.slab[:0]
+		if v := s.get(1); &v[:1][0] != first {
 			t.Fatalf("the slab's part before the boundary was not used next")
 		}
 	}
 }
 
-// TestRingsReusedAcrossEviction: devices evicted and new ones created reuse
-// rings; every device's window must hold its own values only. Each stream
+// TestSlabsReusedAcrossEviction: devices evicted and new ones created reuse
+// device structs, stream arrays and rings; every device's window must hold its own values only. Each stream
 // sees three windows' worth of varying values, so its sums are recomputed
 // from the ring and a ring shared with another stream would show.
-func TestRingsReusedAcrossEviction(t *testing.T) {
+func TestSlabsReusedAcrossEviction(t *testing.T) {
 	st := newMemStore()
 	s := MustNewSet(t, Options{Shards: 2, Store: st, IdleEvict: time.Nanosecond, WindowSize: 8})
 	fill := func(prefix string, base float64) {
