@@ -185,7 +185,7 @@ if command -v redis-server >/dev/null; then
 	rport=$((PORT + 1))
 	taskset -c 1 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
 	rpid=$!
-	trap 'kill $rpid 2>/dev/null; cleanup' EXIT
+	trap 'kill $rpid 2>/dev/null || true; cleanup' EXIT
 	sleep 0.5
 	: >"$work/redis.pairs"
 	for p in $(seq "$PAIRS"); do

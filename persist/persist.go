@@ -93,7 +93,7 @@ func New(opts Options) *Writer {
 	if opts.Loaders <= 0 {
 		opts.Loaders = 8
 	}
-	w := &Writer{opts: opts, loads: make(chan load, 4096), pending: map[string][]byte{}, ms: metrics.NewSet(),
+	w := &Writer{opts: opts, loads: make(chan load, loadQueue), pending: map[string][]byte{}, ms: metrics.NewSet(),
 		connected: make(chan struct{})}
 	w.ctx, w.cancel = context.WithCancel(context.Background())
 	w.born = time.Now()
@@ -193,13 +193,17 @@ func (w *Writer) Load(id string, done func(*shard.Snapshot, error)) {
 	case w.loads <- load{id, done}:
 	default:
 		w.loadFailures.Inc()
-		go done(nil, errors.New("too many loads in flight"))
+		w.logf(errLoadQueueFull, "load queue full; serving the device unrestored until a retry loads it")
+		go done(nil, errLoadQueueFull)
 	}
 }
 
 var (
 	errStopped   = errors.New("persister stopped")
 	errRedisDown = errors.New("redis failed just now; not asking again for a second")
+	// errLoadQueueFull: more devices wait for their first load than
+	// loadQueue holds.
+	errLoadQueueFull = errors.New("too many loads in flight")
 )
 
 // markDown makes loads fail fast for the next second.
@@ -207,6 +211,7 @@ func (w *Writer) markDown() { w.downUntil.Store(time.Now().Add(time.Second).Unix
 
 func (w *Writer) loader() {
 	defer w.wg.Done()
+	batch := make([]load, 0, loadBatch)
 	for {
 		select {
 		case <-w.ctx.Done():
@@ -220,15 +225,44 @@ func (w *Writer) loader() {
 				}
 			}
 		case l := <-w.loads:
-			l.done(w.get(l.id))
+			// Take whatever else is queued too, and ask for it in one
+			// pipeline: a restart under a large fleet queues thousands of
+			// loads at once.
+			batch = append(batch[:0], l)
+		more:
+			for len(batch) < loadBatch {
+				select {
+				case l := <-w.loads:
+					batch = append(batch, l)
+				default:
+					break more
+				}
+			}
+			w.get(batch)
+			clear(batch)
 		}
 	}
 }
 
-func (w *Writer) get(id string) (*shard.Snapshot, error) {
+// loadQueue bounds the devices waiting for a first load (24 bytes each):
+// enough for a restart in front of a large fleet, whose first requests name
+// tens of thousands of devices within milliseconds.
+const loadQueue = 1 << 16
+
+// loadBatch bounds the GETs one loader pipelines at a time.
+const loadBatch = 128
+
+// get loads the batch's devices and answers each load.
+func (w *Writer) get(batch []load) {
+	fail := func(err error) {
+		w.loadFailures.Add(len(batch))
+		for _, l := range batch {
+			l.done(nil, err)
+		}
+	}
 	if time.Now().UnixNano() < w.downUntil.Load() {
-		w.loadFailures.Inc()
-		return nil, errRedisDown
+		fail(errRedisDown)
+		return
 	}
 	ctx, cancel := context.WithTimeout(w.ctx, w.opts.Timeout)
 	defer cancel()
@@ -243,23 +277,37 @@ func (w *Writer) get(id string) (*shard.Snapshot, error) {
 		case <-ctx.Done():
 		}
 		if c = w.clientOrNil(); c == nil {
-			w.loadFailures.Inc()
-			return nil, ErrNotConnected
+			fail(ErrNotConnected)
+			return
 		}
 	}
-	b, err := c.Do(ctx, c.B().Get().Key(w.Key(id)).Build()).AsBytes()
-	if rueidis.IsRedisNil(err) {
-		w.misses.Inc()
-		return nil, nil
+	cmds := make(rueidis.Commands, len(batch))
+	for i, l := range batch {
+		cmds[i] = c.B().Get().Key(w.Key(l.id)).Build()
 	}
-	if err != nil {
-		w.loadFailures.Inc()
+	var firstErr error
+	for i, r := range c.DoMulti(ctx, cmds...) {
+		l := batch[i]
+		b, err := r.AsBytes()
+		switch {
+		case rueidis.IsRedisNil(err):
+			w.misses.Inc()
+			l.done(nil, nil)
+		case err != nil:
+			w.loadFailures.Inc()
+			if firstErr == nil {
+				firstErr = err
+			}
+			l.done(nil, fmt.Errorf("cannot load %q: %w", l.id, err))
+		default:
+			l.done(w.decode(l.id, b))
+		}
+	}
+	if firstErr != nil {
 		w.redisErrors.Inc()
 		w.markDown()
-		w.logf(err, "cannot load device from redis; serving it unrestored until redis answers")
-		return nil, fmt.Errorf("cannot load %q: %w", id, err)
+		w.logf(firstErr, "cannot load devices from redis; serving them unrestored until redis answers")
 	}
-	return w.decode(id, b)
 }
 
 // decode treats a corrupt value as no value: the device starts fresh and

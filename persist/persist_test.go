@@ -196,6 +196,40 @@ func TestSnapshotsReachRedisAndRestore(t *testing.T) {
 	}
 }
 
+// TestRestartBurstRestoresEveryDevice: after a restart the first requests
+// name thousands of devices within milliseconds; every one must be loaded
+// (none served unrestored while Redis is healthy), in pipelined batches.
+func TestRestartBurstRestoresEveryDevice(t *testing.T) {
+	const n = 6000 // more than the old fixed queue of 4096 loads
+	r := MustStartRedis(t)
+	batch := func(s *stack, v float64) {
+		t.Helper()
+		var b shard.Batch
+		for i := range n {
+			b.Add([]byte(fmt.Sprint("dev-", i)), 1)
+			b.AddMetric([]byte("m"), v+float64(i))
+		}
+		if err := s.set.Ingest(&b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := MustOpenStack(t, r.addr, shard.Options{Shards: 4})
+	batch(a, 0)
+	a.close(t)
+
+	b := MustOpenStack(t, r.addr, shard.Options{Shards: 4})
+	batch(b, 1) // one request naming every device: all loads start at once
+	if h, f, u := b.w.hits.Get(), b.w.loadFailures.Get(), b.set.Unrestored(); h != n || f != 0 || u != 0 {
+		t.Fatalf("restore hits %d, failures %d, unrestored %d; want %d, 0, 0", h, f, u, n)
+	}
+	for _, i := range []int{0, 4095, 4096, n - 1} {
+		got, ok := b.state(t, fmt.Sprint("dev-", i))
+		if !ok || got.Count != 2 || got.Mean != float64(i)+0.5 {
+			t.Fatalf("dev-%d: %+v; want count 2, mean %v", i, got, float64(i)+0.5)
+		}
+	}
+}
+
 func TestCorruptSnapshotStartsFresh(t *testing.T) {
 	r := MustStartRedis(t)
 	c := r.client(t)
