@@ -97,8 +97,8 @@ echo "wrk -t1 -c$CONNS, $DEVICES devices, ${DUR}s per run, $PAIRS interleaved pa
 for mode in $MODES; do
 	: >"$work/$mode.pairs"
 	for p in $(seq "$PAIRS"); do
-		read -r brps bp50 bp99 berr < <(run "$work/bare" "$mode.lua")
-		read -r srps sp50 sp99 serr < <(run "$work/svc" "$mode.lua")
+		run "$work/bare" "$mode.lua" >"$work/run.out"; read -r brps bp50 bp99 berr <"$work/run.out"
+		run "$work/svc" "$mode.lua" >"$work/run.out"; read -r srps sp50 sp99 serr <"$work/run.out"
 		echo "$brps $bp50 $bp99 $berr $srps $sp50 $sp99 $serr" >>"$work/$mode.pairs"
 		printf '  %-6s pair %d: bare %9.0f req/s p99 %6d us | service %9.0f req/s p99 %6d us errors %d | ratio %.3f\n' \
 			"$mode" "$p" "$brps" "$bp99" "$srps" "$sp99" "$serr" "$(echo "$srps $brps" | awk '{ print $1 / $2 }')"
@@ -171,8 +171,8 @@ echo "Default detector against the core's plain z-score (DETECTOR=zscore Z_THRES
 core="DETECTOR=zscore Z_THRESHOLD=3 ALERT_COOLDOWN=0"
 : >"$work/detector.pairs"
 for p in $(seq "$PAIRS"); do
-	read -r zrps _ _ zerr < <(run "$work/svc" batch.lua "$core")
-	read -r drps _ _ derr < <(run "$work/svc" batch.lua)
+	run "$work/svc" batch.lua "$core" >"$work/run.out"; read -r zrps _ _ zerr <"$work/run.out"
+	run "$work/svc" batch.lua >"$work/run.out"; read -r drps _ _ derr <"$work/run.out"
 	echo "$zrps $drps" >>"$work/detector.pairs"
 	printf '  pair %d: zscore %9.0f req/s | default %9.0f req/s | ratio %.3f\n' "$p" "$zrps" "$drps" "$(echo "$drps $zrps" | awk '{ print $1 / $2 }')"
 done
@@ -181,7 +181,8 @@ awk -v r="$ratio" 'BEGIN { printf "  median ratio default/zscore %.3f (target >=
 
 if command -v redis-server >/dev/null; then
 	echo
-	echo "Redis persistence (SNAPSHOT_INTERVAL=1s) against in-memory mode, batch bodies; redis-server on CPU 1 beside wrk:"
+	echo "Redis persistence (SNAPSHOT_INTERVAL=1s) against in-memory mode, batch bodies; redis-server on CPU 1 beside wrk;"
+	echo "from the second pair on, every device is restored from the previous pair's snapshots:"
 	rport=$((PORT + 1))
 	taskset -c 1 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
 	rpid=$!
@@ -189,13 +190,13 @@ if command -v redis-server >/dev/null; then
 	sleep 0.5
 	: >"$work/redis.pairs"
 	for p in $(seq "$PAIRS"); do
-		read -r mrps _ _ _ < <(run "$work/svc" batch.lua)
+		run "$work/svc" batch.lua >"$work/run.out"; read -r mrps _ mp99 _ <"$work/run.out"
 		c0=$(redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed/ { print $2 + 0 }')
-		read -r rrps _ _ rerr < <(run "$work/svc" batch.lua "REDIS_ADDR=127.0.0.1:$rport SNAPSHOT_INTERVAL=1s")
+		run "$work/svc" batch.lua "REDIS_ADDR=127.0.0.1:$rport SNAPSHOT_INTERVAL=1s" >"$work/run.out"; read -r rrps _ rp99 rerr <"$work/run.out"
 		c1=$(redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed/ { print $2 + 0 }')
 		echo "$mrps $rrps" >>"$work/redis.pairs"
-		printf '  pair %d: in-memory %9.0f req/s | redis %9.0f req/s errors %d | ratio %.3f | redis commands %d in ~%ds\n' \
-			"$p" "$mrps" "$rrps" "$rerr" "$(echo "$rrps $mrps" | awk '{ print $1 / $2 }')" "$((c1 - c0))" "$((DUR + 1))"
+		printf '  pair %d: in-memory %9.0f req/s p99 %6d us | redis %9.0f req/s p99 %6d us errors %d | ratio %.3f | redis commands %d in ~%ds\n' \
+			"$p" "$mrps" "$mp99" "$rrps" "$rp99" "$rerr" "$(echo "$rrps $mrps" | awk '{ print $1 / $2 }')" "$((c1 - c0))" "$((DUR + 1))"
 	done
 	ratio=$(awk '{ print $2 / $1 }' "$work/redis.pairs" | median)
 	awk -v r="$ratio" 'BEGIN { printf "  median ratio redis/in-memory %.3f (target >= 0.9 %s)\n", r, (r >= 0.9 ? "ok" : "MISSED") }'
