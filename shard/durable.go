@@ -218,14 +218,35 @@ func (d *device) oldestFirst() []Anomaly {
 // drops idle devices when asked (after copying them if changed), and
 // retries the loads of unrestored devices.
 func (sh *shard) collect(o *op) {
-	for _, d := range sh.dirty {
+	if o.start {
+		// Devices changed from now on wait for the next Collect, so a
+		// busy fleet cannot keep this one going.
+		// (Anything left from a Collect cut short by Stop goes too.)
+		sh.collecting = append(sh.collecting, sh.dirty...)
+		clear(sh.dirty)
+		sh.dirty = sh.dirty[:0]
+		sh.scanned = false
+	}
+	// One chunk per op: ingest ops queued meanwhile run between chunks
+	// instead of waiting for every changed device to be encoded.
+	n := min(len(sh.collecting), collectChunk)
+	chunk := sh.collecting[len(sh.collecting)-n:]
+	for _, d := range chunk {
 		if d.dirty && !d.unrestored && !d.loading {
 			o.snaps = append(o.snaps, Encoded{Device: d.id, Data: d.encode()})
 		}
 		d.dirty = false
 	}
-	clear(sh.dirty)
-	sh.dirty = sh.dirty[:0]
+	clear(chunk)
+	sh.collecting = sh.collecting[:len(sh.collecting)-n]
+	if len(sh.collecting) > 0 {
+		o.more = true
+		return
+	}
+	if sh.scanned {
+		return
+	}
+	sh.scanned = true
 	idle := sh.now - int64(sh.set.opts.IdleEvict)
 	retries := 0
 	for h, first := range sh.devices {
@@ -238,12 +259,16 @@ func (sh *shard) collect(o *op) {
 			case d.unrestored && retries < maxRetriesPerCollect:
 				retries++
 				sh.startLoad(d, h, true)
-			case o.evict && d.touched < idle:
+			case o.evict && d.touched < idle && !d.dirty:
 				sh.drop(h, d, true)
 			}
 		}
 	}
 }
+
+// collectChunk bounds the devices a shard encodes per collect op: about
+// 0.1-0.3 ms of work, the most an ingest op waits behind one.
+const collectChunk = 256
 
 // maxRetriesPerCollect bounds the loads a shard retries per Collect, so an
 // outage with many unrestored devices costs a trickle of probes, and their
@@ -285,17 +310,28 @@ type Encoded struct {
 // the persister to write. With evict, devices untouched for
 // Options.IdleEvict are dropped from memory too (their last changes are in
 // the returned copies). It also retries loads that failed.
+//
+// Each shard encodes collectChunk devices per message, so ingest runs
+// between chunks; devices changed after Collect began wait for the next
+// call. When the Set stops midway, what was taken is returned with the
+// error: those devices are no longer marked changed.
 func (s *Set) Collect(evict bool) ([]Encoded, error) {
 	s.clock.Store(time.Now().UnixNano())
-	ops, err := s.broadcast(op{kind: opCollect, evict: evict})
-	if err != nil {
-		return nil, err
-	}
 	var out []Encoded
-	for i := range ops {
-		out = append(out, ops[i].snaps...)
+	for o := (op{kind: opCollect, evict: evict, start: true}); ; o.start = false {
+		ops, err := s.broadcast(o)
+		if err != nil {
+			return out, err // what was taken is no longer dirty: keep it
+		}
+		more := false
+		for i := range ops {
+			out = append(out, ops[i].snaps...)
+			more = more || ops[i].more
+		}
+		if !more {
+			return out, nil
+		}
 	}
-	return out, nil
 }
 
 // Unrestored returns how many devices run on fresh state because their

@@ -2,6 +2,7 @@ package shard
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -210,6 +211,59 @@ func TestIdleEviction(t *testing.T) {
 	ingestOne(t, s, "idle", 2, map[string]float64{"m": 6})
 	if ms, _, _ := s.Device("idle"); ms[0].Count != 2 || ms[0].Mean != 5 {
 		t.Fatalf("not reloaded: %+v", ms)
+	}
+}
+
+// TestCollectInChunksLosesNothing: Collect takes many devices in chunks
+// while ingest goes on; after the last Collect every device's stored
+// snapshot equals its state in memory.
+func TestCollectInChunksLosesNothing(t *testing.T) {
+	st := newMemStore()
+	s := MustNewSet(t, Options{Shards: 2, Store: st})
+	const devices = 5 * collectChunk
+	ingestAll := func(round int) {
+		b := new(Batch)
+		for d := range devices {
+			b.Add([]byte(fmt.Sprint("dev-", d)), int64(round))
+			b.AddMetric([]byte("m"), float64(d+round))
+		}
+		if err := s.Ingest(b); err != nil {
+			t.Error(err)
+		}
+	}
+	ingestAll(0)
+	if n := mustCollect(t, s, st, false); n != devices {
+		t.Fatalf("first collect took %d devices; want %d, each once", n, devices)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for round := 1; round <= 20; round++ {
+			ingestAll(round)
+		}
+	}()
+	for collecting := true; collecting; {
+		select {
+		case <-done:
+			collecting = false
+		default:
+		}
+		mustCollect(t, s, st, false)
+	}
+	mustCollect(t, s, st, false) // what changed during the last one
+	for d := range devices {
+		id := fmt.Sprint("dev-", d)
+		ms, _, err := s.Device(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		snap, err := DecodeSnapshot(st.data[id])
+		if err != nil || snap.Streams[0].Count != ms[0].Count || snap.Streams[0].Last != ms[0].Last {
+			t.Fatalf("%s: stored %+v, %v; in memory count %d last %v", id, snap, err, ms[0].Count, ms[0].Last)
+		}
+	}
+	if n := mustCollect(t, s, st, false); n != 0 {
+		t.Fatalf("%d devices collected twice", n)
 	}
 }
 

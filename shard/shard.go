@@ -478,6 +478,8 @@ type op struct {
 	mom     moments
 	snaps   []Encoded // opCollect
 	evict   bool      // opCollect: also drop idle devices
+	start   bool      // opCollect: the first of a Collect's ops
+	more    bool      // opCollect: devices are left for the next op
 }
 
 type shard struct {
@@ -501,7 +503,11 @@ type shard struct {
 	loaded  chan loadResult
 	loading int       // devices waiting for a load
 	dirty   []*device // devices changed since the last collect
-	now     int64     // Set.clock when the current op started, unix ns
+	// collecting is what was dirty when the current Collect began, taken a
+	// chunk per op; scanned says its eviction and retry pass is done.
+	collecting []*device
+	scanned    bool
+	now        int64 // Set.clock when the current op started, unix ns
 }
 
 func (sh *shard) acquire() bool {
