@@ -16,6 +16,7 @@ type slabs[T any] struct {
 	slab  []T           // unused rest of the current slab
 	spare []T           // a big slab's part before its huge-page boundary, used next
 	small int           // bytes in small slabs so far
+	big   int           // bytes in big slabs so far
 	free  map[int][][]T // returned arrays by capacity, cleared
 }
 
@@ -23,7 +24,7 @@ const (
 	hugePage  = 2 << 20
 	firstSlab = 64 << 10     // bytes, so small fleets pay little
 	smallMax  = 256 << 10    // bytes in small slabs before big ones start
-	bigSlab   = 4 * hugePage // bytes advised as huge pages per big slab
+	maxBig    = 4 * hugePage // bytes advised as huge pages per big slab, at most
 	maxShared = hugePage / 8 // bytes: bigger arrays come from the Go heap
 )
 
@@ -49,8 +50,9 @@ func (s *slabs[T]) get(n int) []T {
 	return v
 }
 
-// grow starts a new slab: small ones at first, then big ones whose
-// huge-page aligned part is used first and advised as huge pages.
+// grow starts a new slab: small ones at first, then big ones (growing from
+// one huge page to maxBig, as the shard's fleet does) whose huge-page
+// aligned part is used first and advised as huge pages.
 func (s *slabs[T]) grow(size int) {
 	if s.small < smallMax {
 		n := max(firstSlab, s.small)
@@ -58,11 +60,13 @@ func (s *slabs[T]) grow(size int) {
 		s.slab = make([]T, n/size)
 		return
 	}
-	big := make([]T, (bigSlab+hugePage)/size+1)
+	n := min(max(hugePage, s.big/hugePage*hugePage), maxBig)
+	s.big += n
+	big := make([]T, (n+hugePage)/size+1)
 	gap := int((hugePage - uintptr(unsafe.Pointer(&big[0]))%hugePage) % hugePage)
 	off := (gap + size - 1) / size
 	s.slab, s.spare = big[off:], big[:off]
-	adviseHuge(unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(&big[0]), gap)), bigSlab))
+	adviseHuge(unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(&big[0]), gap)), n))
 }
 
 // put takes back an array nothing uses any more.

@@ -51,12 +51,15 @@ func TestSlabsDisjointAndReused(t *testing.T) {
 func TestSlabsBigSlabAligned(t *testing.T) {
 	var s slabs[device] // an element size that does not divide a huge page
 	s.small = smallMax
-	s.grow(int(unsafe.Sizeof(device{})))
-	// The slab starts with the first element at or after a huge-page boundary.
 	size := unsafe.Sizeof(device{})
-	if p := uintptr(unsafe.Pointer(&s.slab[0])); p%hugePage >= size || len(s.slab)*int(size) < bigSlab {
-		t.Fatalf("big slab at %#x (element size %d), %d elements; want it within one element past a %d boundary, >= %d bytes",
-			p, size, len(s.slab), hugePage, bigSlab)
+	// Big slabs grow from one huge page to maxBig with the fleet.
+	for _, want := range []int{hugePage, hugePage, 2 * hugePage, maxBig, maxBig} {
+		s.grow(int(size))
+		// The slab starts with the first element at or after a huge-page boundary.
+		if p := uintptr(unsafe.Pointer(&s.slab[0])); p%hugePage >= size || len(s.slab)*int(size) < want {
+			t.Fatalf("big slab at %#x (element size %d), %d elements; want it within one element past a %d boundary, >= %d bytes",
+				p, size, len(s.slab), hugePage, want)
+		}
 	}
 	// The part before the boundary is used once the aligned part is gone.
 	if len(s.spare) > 0 {
