@@ -757,11 +757,16 @@ func (d *device) stream(name []byte, sh *shard) *namedStream {
 	p := s.paramsFor(name)
 	ns := namedStream{p: p, Stream: Stream{Win: Window{vals: sh.rings.get(p.Window)}}}
 	ns.setName(string(name))
-	if len(d.streams) < indexAt && len(d.streams) == cap(d.streams) {
+	if len(d.streams) == cap(d.streams) {
 		// Most devices have a few metrics: grow one at a time rather than
 		// doubling, which would leave up to half the slots (and their
-		// ~230 bytes each) unused for the device's lifetime.
-		grown := append(sh.streamArrays.get(len(d.streams)+1), d.streams...)
+		// ~200 bytes each) unused for the device's lifetime; past indexAt,
+		// double. The old array goes back to the slabs either way.
+		n := len(d.streams) + 1
+		if n > indexAt {
+			n = 2 * len(d.streams)
+		}
+		grown := append(sh.streamArrays.get(n), d.streams...)
 		sh.streamArrays.put(d.streams)
 		d.streams = grown
 	}

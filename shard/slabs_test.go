@@ -111,3 +111,37 @@ func TestSlabsReusedAcrossEviction(t *testing.T) {
 	check("old-", 1000) // reloaded from the store into rings of their own
 	check("new-", 5000)
 }
+
+// TestManyMetricsPerDevice grows one device's stream array one at a time up
+// to indexAt and by doubling past it, all through the slabs; every stream
+// must keep its own state, also after eviction and reload.
+func TestManyMetricsPerDevice(t *testing.T) {
+	st := newMemStore()
+	s := MustNewSet(t, Options{Shards: 1, Store: st, IdleEvict: time.Nanosecond, WindowSize: 4})
+	const metrics = 3*indexAt + 1
+	for round := range 3 {
+		for m := range metrics {
+			ingestOne(t, s, "wide", int64(round), map[string]float64{fmt.Sprint("m", m): float64(100*m + round)})
+		}
+	}
+	check := func(when string) {
+		t.Helper()
+		ms, ok, err := s.Device("wide")
+		if err != nil || !ok || len(ms) != metrics {
+			t.Fatalf("%s: %d streams, %v, %v; want %d", when, len(ms), ok, err, metrics)
+		}
+		for m, got := range ms {
+			if got.Name != fmt.Sprint("m", m) || got.Count != 3 || got.Mean != float64(100*m+1) {
+				t.Fatalf("%s: stream %d is %+v; want m%d, count 3, mean %d", when, m, got, m, 100*m+1)
+			}
+		}
+	}
+	check("in memory")
+	mustCollect(t, s, st, false)
+	time.Sleep(time.Millisecond)
+	mustCollect(t, s, st, true)
+	if s.Devices() != 0 {
+		t.Fatalf("not evicted")
+	}
+	check("reloaded")
+}
