@@ -24,6 +24,15 @@ func errorf(status int, format string, args ...any) *Error {
 	return &Error{Status: status, Msg: fmt.Sprintf(format, args...), Index: -1}
 }
 
+// asError returns e as an error: nil stays nil rather than becoming a
+// non-nil interface holding a nil *Error.
+func asError(e *Error) error {
+	if e == nil {
+		return nil
+	}
+	return e
+}
+
 // at returns e with the batch index i attached, or e itself when i < 0.
 func at(e *Error, i int) *Error {
 	if i >= 0 {

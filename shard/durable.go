@@ -266,8 +266,9 @@ func (sh *shard) collect(o *op) {
 	}
 }
 
-// collectChunk bounds the devices a shard encodes per collect op: about
-// 0.1-0.3 ms of work, the most an ingest op waits behind one.
+// collectChunk bounds the devices a shard encodes per collect op, so an
+// ingest op waits behind at most one chunk: about 0.2 ms at the ~0.9 µs per
+// device (2 metrics, W=50) that CPU profiles showed for encoding.
 const collectChunk = 256
 
 // maxRetriesPerCollect bounds the loads a shard retries per Collect, so an
