@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"math"
 	"strconv"
@@ -98,6 +99,13 @@ func TestCompactMatchesGeneral(t *testing.T) {
 		`{"device":"a","ts":01,"metrics":{"x":1}}`,
 		`{"device":"a","ts":1234567890123456789,"metrics":{"x":1}}`,
 		`{"device":"a","ts":12345678901234567890,"metrics":{"x":1}}`,
+		`{"device":"a","ts":123456789012345678,"metrics":{"x":1}}`,
+		`{"device":"a","ts":99999999,"metrics":{"x":1}}`,
+		`{"device":"a","ts":1234567/,"metrics":{"x":1}}`,
+		`{"device":"a","ts":1234567:,"metrics":{"x":1}}`,
+		`{"device":"a","ts":0000000012345,"metrics":{"x":1}}`,
+		`{"device":"a","ts":17325600001234567,"metrics":{"x":1}}`,
+		`{"device":"a","ts":1732560000123`,
 		`{"device":"a","metrics":{"x":1e3,"y":2}}`,
 		`{"device":"a","metrics":{"x":1234567890123456,"y":0.1234567890123456}}`,
 		`{"device":"a","metrics":{"x":01}}`,
@@ -117,6 +125,33 @@ func TestCompactMatchesGeneral(t *testing.T) {
 		var b shard.Batch
 		err := decodeIngest(&p, []byte(body), &b, 77)
 		sameAsGeneral(t, []byte(body), err, &b)
+	}
+}
+
+// TestEightDigits checks the 8-byte digit test and conversion against a
+// byte-wise reference, with every byte value at every position.
+func TestEightDigits(t *testing.T) {
+	base := []byte("31415926")
+	for pos := range 8 {
+		for c := range 256 {
+			buf := append([]byte(nil), base...)
+			buf[pos] = byte(c)
+			x := binary.LittleEndian.Uint64(buf)
+			want, err := strconv.ParseUint(string(buf), 10, 64)
+			isDigits := err == nil && !strings.ContainsAny(string(buf), "+-")
+			if got := eightDigits(x); got != isDigits {
+				t.Fatalf("eightDigits(%q) = %v; want %v", buf, got, isDigits)
+			}
+			if isDigits && parseEight(x) != want {
+				t.Fatalf("parseEight(%q) = %d; want %d", buf, parseEight(x), want)
+			}
+		}
+	}
+	for _, s := range []string{"00000000", "99999999", "00000001", "10000000", "12345678"} {
+		want, _ := strconv.ParseUint(s, 10, 64)
+		if got := parseEight(binary.LittleEndian.Uint64([]byte(s))); got != want {
+			t.Fatalf("parseEight(%q) = %d; want %d", s, got, want)
+		}
 	}
 }
 

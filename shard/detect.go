@@ -176,7 +176,7 @@ func (s *Stream) Observe(x float64, ts int64, p *Params) Score {
 		if s.step > 0 {
 			d = min(d, stepClip*s.step)
 		}
-		s.step += (d - s.step) / float64(min(s.Count, stepMemory))
+		s.step += (d - s.step) * recip(int(min(s.Count, stepMemory)))
 	}
 	s.Count++
 	s.Last, s.LastZ, s.UpdatedTS = x, z, ts

@@ -47,13 +47,31 @@ func (w *Window) Stats() (mean, stddev float64) {
 	if len(w.vals) == 0 {
 		return 0, 0
 	}
-	n := float64(len(w.vals))
-	m := w.s1 / n
-	v := w.s2/n - m*m
+	r := recip(len(w.vals))
+	m := w.s1 * r
+	v := w.s2*r - m*m
 	if v < 0 {
 		v = 0
 	}
 	return w.ref + m, math.Sqrt(v)
+}
+
+// recips[n] is 1/n. A sample's arithmetic multiplies by it where it would
+// divide by the window's length: a division costs several multiplications'
+// throughput, and every sample needed five. The products round once more
+// than the quotients (a relative 1e-16), far inside the window's 1e-14.
+var recips = func() (t [stepMemory + 1]float64) {
+	for n := 1; n < len(t); n++ {
+		t[n] = 1 / float64(n)
+	}
+	return t
+}()
+
+func recip(n int) float64 {
+	if uint(n) < uint(len(recips)) {
+		return recips[n]
+	}
+	return 1 / float64(n)
 }
 
 // Push adds x to the window, evicting the oldest value when it is full.
@@ -86,13 +104,13 @@ func (w *Window) Push(x float64) {
 // illConditioned reports whether the accumulated rounding error could exceed
 // about 2e-11 of the variance or 1e-13 of max(|mean|, stddev).
 func (w *Window) illConditioned() bool {
-	n := float64(len(w.vals))
-	m := w.s1 / n
-	v := w.s2/n - m*m
-	if w.mag2/n+m*m > 1e5*v {
+	r := recip(len(w.vals))
+	m := w.s1 * r
+	v := w.s2*r - m*m
+	if w.mag2*r+m*m > 1e5*v {
 		return true
 	}
-	a := w.mag1 / n
+	a := w.mag1 * r
 	mean := w.ref + m
 	return a*a > 2e5*(mean*mean+v)
 }
