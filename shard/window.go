@@ -57,9 +57,10 @@ func (w *Window) Stats() (mean, stddev float64) {
 }
 
 // recips[n] is 1/n. A sample's arithmetic multiplies by it where it would
-// divide by the window's length: a division costs several multiplications'
-// throughput, and every sample needed five. The products round once more
-// than the quotients (a relative 1e-16), far inside the window's 1e-14.
+// divide by a count (the window's length, the step's sample count): a
+// division costs several multiplications' throughput, and every sample
+// needed seven. The products round once more than the quotients (a relative
+// 1e-16), far inside the window's 1e-14.
 var recips = func() (t [stepMemory + 1]float64) {
 	for n := 1; n < len(t); n++ {
 		t[n] = 1 / float64(n)
