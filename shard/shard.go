@@ -4,6 +4,7 @@
 package shard
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -731,12 +732,22 @@ func (ns *namedStream) setName(name string) {
 }
 
 func (ns *namedStream) is(name []byte) bool {
+	if len(name) <= 8 && cap(name) >= 8 {
+		// Short names, the usual kind, in one word: the bytes past the
+		// name (within the slice's capacity) are masked off, and head is
+		// zero past the name's end.
+		return int(ns.nlen) == len(name) &&
+			binary.LittleEndian.Uint64(ns.head[:8]) == binary.LittleEndian.Uint64(name[:8])&lowBytes[len(name)]
+	}
 	n := min(len(name), nameHeadLen)
 	if int(ns.nlen) != min(len(name), 255) || string(ns.head[:n]) != string(name[:n]) {
 		return false
 	}
 	return n == len(name) || ns.name == string(name)
 }
+
+// lowBytes[n] keeps the low n bytes of a word.
+var lowBytes = [9]uint64{0, 0xff, 0xffff, 0xffffff, 0xffffffff, 0xffffffffff, 0xffffffffffff, 0xffffffffffffff, ^uint64(0)}
 
 // indexAt is the stream count past which a map beats a linear scan.
 const indexAt = 16

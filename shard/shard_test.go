@@ -286,6 +286,36 @@ func TestHashCollisionChain(t *testing.T) {
 	}
 }
 
+// TestStreamNameMatch checks name matching on the word-compare path, where
+// the bytes after a short name in its buffer are read and must not count.
+func TestStreamNameMatch(t *testing.T) {
+	for _, c := range []struct {
+		stream, buf string
+		n           int // the name is buf[:n]; buf's other bytes are junk
+		want        bool
+	}{
+		{"temp", "temp", 4, true}, // cap 4: the byte-wise path
+		{"temp", "tempXXXX", 4, true},
+		{"temp", "tempXXXX", 5, false},
+		{"temp", "tempXXXX", 3, false},
+		{"tempX", "tempXXXX", 5, true},
+		{"temp", "tamp\x00\x00\x00\x00", 4, false},
+		{"h", "hum.max-", 1, true},
+		{"hum", "hum.max-", 1, false},
+		{"hum.max-", "hum.max-", 8, true},
+		{"hum.max-", "hum.max_", 8, false},
+		{"hum.max-1", "hum.max-1", 9, true},
+		{"a\x00", "a\x00\x00\x00\x00\x00\x00\x00", 1, false},
+	} {
+		var ns namedStream
+		ns.setName(c.stream)
+		name := []byte(c.buf)[:c.n:len(c.buf)]
+		if got := ns.is(name); got != c.want {
+			t.Errorf("stream %q is(%q, cap %d) = %v; want %v", c.stream, name, cap(name), got, c.want)
+		}
+	}
+}
+
 // BenchmarkShardIngestSerial is one shard applying samples of two metrics
 // on the calling goroutine: the cost of the state update without channels
 // or scheduling (ns/op is per sample). With 100 devices all state stays in
