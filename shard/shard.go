@@ -737,7 +737,7 @@ func (ns *namedStream) is(name []byte) bool {
 		// name (within the slice's capacity) are masked off, and head is
 		// zero past the name's end.
 		return int(ns.nlen) == len(name) &&
-			binary.LittleEndian.Uint64(ns.head[:8]) == binary.LittleEndian.Uint64(name[:8])&lowBytes[len(name)]
+			binary.LittleEndian.Uint64(ns.head[:8]) == binary.LittleEndian.Uint64(name[:8])&(^uint64(0)>>(64-8*len(name)))
 	}
 	n := min(len(name), nameHeadLen)
 	if int(ns.nlen) != min(len(name), 255) || string(ns.head[:n]) != string(name[:n]) {
@@ -745,9 +745,6 @@ func (ns *namedStream) is(name []byte) bool {
 	}
 	return n == len(name) || ns.name == string(name)
 }
-
-// lowBytes[n] keeps the low n bytes of a word.
-var lowBytes = [9]uint64{0, 0xff, 0xffff, 0xffffff, 0xffffffff, 0xffffffffff, 0xffffffffffff, 0xffffffffffffff, ^uint64(0)}
 
 // indexAt is the stream count past which a map beats a linear scan.
 const indexAt = 16
