@@ -42,6 +42,9 @@ type config struct {
 	LogLevel     string
 	DrainDelay   time.Duration
 	StopTimeout  time.Duration
+	ReadTimeout  time.Duration
+	WriteTimeout time.Duration
+	IdleTimeout  time.Duration
 	Pprof        bool
 	Detector     string
 	Cooldown     int
@@ -71,6 +74,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		MaxBodyBytes: 1 << 20,
 		LogLevel:     "info",
 		StopTimeout:  5 * time.Second,
+		ReadTimeout:  30 * time.Second,
+		WriteTimeout: 30 * time.Second,
+		IdleTimeout:  60 * time.Second,
 		Detector:     shard.DefaultKind.String(),
 		Cooldown:     shard.DefaultCooldown,
 		StepFloor:    shard.DefaultStepFloor,
@@ -101,6 +107,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	v((*levelValue)(&c.LogLevel), "log-level", "LOG_LEVEL", "trace, debug, info, warn, error or disabled")
 	v(durIn(&c.DrainDelay, 0, time.Minute), "drain-delay", "DRAIN_DELAY", "after SIGTERM, how long /ready answers 503 before the listener closes")
 	v(durIn(&c.StopTimeout, time.Millisecond, 10*time.Minute), "stop-timeout", "STOP_TIMEOUT", "how long in-flight requests may take to finish after SIGTERM")
+	v(durIn(&c.ReadTimeout, 10*time.Millisecond, 24*time.Hour), "read-timeout", "READ_TIMEOUT", "how long a request may take to arrive, from its first byte (408 after)")
+	v(durIn(&c.WriteTimeout, 10*time.Millisecond, 24*time.Hour), "write-timeout", "WRITE_TIMEOUT", "how long a response write may wait on a client that does not read")
+	v(durIn(&c.IdleTimeout, 10*time.Millisecond, 24*time.Hour), "idle-timeout", "IDLE_TIMEOUT", "how long a keep-alive connection may wait for its next request")
 	v((*boolValue)(&c.Pprof), "pprof", "PPROF", "serve Go profiles under /debug/pprof/")
 	v((*kindValue)(&c.Detector), "detector", "DETECTOR", "default detector: zscore, winsor or ewma")
 	v(intIn(&c.Cooldown, 0, 1000000), "alert-cooldown", "ALERT_COOLDOWN", "samples after an alert during which a stream raises no new alert unless |z| doubles")
@@ -307,24 +316,26 @@ func run(c config, log zerolog.Logger) error {
 	if store != nil {
 		store.Start(set)
 	}
-	h := server.New(server.Options{Shards: set, MaxBodyBytes: c.MaxBodyBytes, Log: log, Pprof: c.Pprof, Metrics: extra})
+	h := server.New(server.Options{Shards: set, MaxBodyBytes: c.MaxBodyBytes, Log: log, Pprof: c.Pprof, Metrics: extra,
+		Timeouts: server.Timeouts{Read: c.ReadTimeout, Write: c.WriteTimeout, Idle: c.IdleTimeout}})
+	// No ReadTimeout, WriteTimeout or IdleTimeout: the Listener from
+	// h.Listen enforces them without a timer update per request.
 	srv := &fasthttp.Server{
 		Handler:            h.Handler(),
 		ErrorHandler:       h.ErrorHandler,
 		Logger:             h,
 		Name:               "ai-load-service",
 		MaxRequestBodySize: c.MaxBodyBytes,
-		ReadTimeout:        30 * time.Second,
-		WriteTimeout:       30 * time.Second,
-		IdleTimeout:        60 * time.Second,
 		CloseOnShutdown:    true,
 		NoDefaultDate:      true,
 	}
-	ln, err := net.Listen("tcp", c.Addr)
+	nl, err := net.Listen("tcp", c.Addr)
 	if err != nil {
 		stopState(store, set, log)
 		return fmt.Errorf("cannot listen on ADDR=%q: %w", c.Addr, err)
 	}
+	ln := h.Listen(nl)
+	defer ln.Stop()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	h.SetReady()
@@ -355,6 +366,7 @@ func run(c config, log zerolog.Logger) error {
 	if err := srv.ShutdownWithContext(ctx); err != nil {
 		log.Warn().Err(err).Msg("in-flight requests did not finish in STOP_TIMEOUT")
 	}
+	ln.Stop()
 	log.Info().Dur("took", time.Since(t)).Msg("http server stopped")
 	stopState(store, set, log)
 	return nil

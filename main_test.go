@@ -45,6 +45,12 @@ func TestParseConfig(t *testing.T) {
 	f(map[string]string{"WINDOW_SIZE": "20"}, []string{"-window-size", "30"}, "", func(c config) bool { return c.WindowSize == 30 })
 	f(map[string]string{"ADDR": "127.0.0.1:9"}, nil, "", func(c config) bool { return c.Addr == "127.0.0.1:9" })
 	f(map[string]string{"PPROF": "true"}, nil, "", func(c config) bool { return c.Pprof })
+	f(nil, nil, "", func(c config) bool {
+		return c.ReadTimeout == 30*time.Second && c.WriteTimeout == 30*time.Second && c.IdleTimeout == time.Minute
+	})
+	f(map[string]string{"READ_TIMEOUT": "2s", "IDLE_TIMEOUT": "90s"}, []string{"-write-timeout", "500ms"}, "", func(c config) bool {
+		return c.ReadTimeout == 2*time.Second && c.WriteTimeout == 500*time.Millisecond && c.IdleTimeout == 90*time.Second
+	})
 	for env, val := range map[string]string{
 		"WINDOW_SIZE":    "1",
 		"MIN_SAMPLES":    "x",
@@ -56,6 +62,9 @@ func TestParseConfig(t *testing.T) {
 		"DRAIN_DELAY":    "5",
 		"QUEUE_LEN":      "-3",
 		"PPROF":          "maybe",
+		"READ_TIMEOUT":   "0s",
+		"WRITE_TIMEOUT":  "30",
+		"IDLE_TIMEOUT":   "48h",
 	} {
 		f(map[string]string{env: val}, nil, "invalid "+env+"=", nil)
 	}

@@ -6,6 +6,8 @@ package server
 import (
 	"errors"
 	"fmt"
+	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,6 +32,9 @@ type Options struct {
 	// Pprof serves Go's profiler under /debug/pprof/ when true; off by
 	// default since profiles expose internals.
 	Pprof bool
+	// Timeouts bound the connections of the Listener from Listen, and name
+	// the read bound in the 408 message.
+	Timeouts Timeouts
 	// MaxMetricLabels bounds the metric label values of
 	// rolling_average_current; further names share metric="_other". Zero: 100.
 	MaxMetricLabels int
@@ -131,6 +136,10 @@ func (h *Handler) routes() *router.Router {
 // Handler returns the fasthttp handler for every route.
 func (h *Handler) Handler() fasthttp.RequestHandler { return h.router.Handler }
 
+// Listen wraps ln so its connections are held to Options.Timeouts, counted
+// on /metrics. Stop the Listener after the server stops.
+func (h *Handler) Listen(ln net.Listener) *Listener { return NewListener(ln, h.opts.Timeouts, h.ms) }
+
 // SetReady marks the service ready for traffic (/ready 200).
 func (h *Handler) SetReady() { h.state.Store(stateReady) }
 
@@ -146,6 +155,8 @@ func (h *Handler) ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
 	switch {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		e = errorf(fasthttp.StatusRequestEntityTooLarge, "request body exceeds %d bytes; split the batch", h.opts.MaxBodyBytes)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		e = errorf(fasthttp.StatusRequestTimeout, "request not received within %s (READ_TIMEOUT); send each request whole and promptly", h.opts.Timeouts.Read)
 	case isSmallBuffer(err):
 		e = errorf(fasthttp.StatusRequestHeaderFieldsTooLarge, "request headers too large")
 	}

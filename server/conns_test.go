@@ -1,0 +1,219 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"ai-load-service/shard"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/valyala/fasthttp"
+)
+
+func TestOverdue(t *testing.T) {
+	const ms = int64(time.Millisecond)
+	at := func(since int64, phase int64) int64 { return since<<stateShift | phase }
+	cases := []struct {
+		name       string
+		s          int64
+		now, limit int64
+		want       bool
+	}{
+		{"within bound", at(10*ms, phaseRead), 50 * ms, 100 * ms, false},
+		{"at bound", at(10*ms, phaseRead), 110 * ms, 100 * ms, true},
+		{"past bound", at(10*ms, phaseIdle), 500 * ms, 100 * ms, true},
+		{"unbounded phase", at(0, phaseWrite), 1 << 50, 0, false},
+		{"already cut off", at(0, phaseRead) | firedBit, 500 * ms, 100 * ms, false},
+		{"stamped after now", at(60*ms, phaseNew), 50 * ms, 100 * ms, false},
+	}
+	for _, c := range cases {
+		if got := overdue(c.s, c.now, c.limit); got != c.want {
+			t.Errorf("%s: overdue = %v; want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// timeoutServer serves h (the API when nil) behind a Listener with t.
+func timeoutServer(tb testing.TB, t Timeouts, h fasthttp.RequestHandler) (*Listener, *metrics.Set, *shard.Set) {
+	tb.Helper()
+	set := shard.New(shard.Options{Shards: 2})
+	api := New(Options{Shards: set, Timeouts: t})
+	api.SetReady()
+	if h == nil {
+		h = api.Handler()
+	}
+	nl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ln := api.Listen(nl)
+	srv := &fasthttp.Server{Handler: h, ErrorHandler: api.ErrorHandler, Logger: api}
+	go srv.Serve(ln) //nolint:errcheck
+	tb.Cleanup(func() {
+		srv.Shutdown() //nolint:errcheck
+		ln.Stop()
+		set.Stop()
+	})
+	return ln, api.ms, set
+}
+
+func timeouts(ms *metrics.Set, phase string) uint64 {
+	return ms.GetOrCreateCounter(`http_connection_timeouts_total{phase="` + phase + `"}`).Get()
+}
+
+// A request that does not arrive whole within Read gets a 408 naming the
+// setting, the connection closes, and nothing is stored.
+func TestSlowRequestGets408(t *testing.T) {
+	const read = 150 * time.Millisecond
+	ln, ms, set := timeoutServer(t, Timeouts{Read: read, Write: 5 * time.Second, Idle: 5 * time.Second}, nil)
+	cases := []struct{ name, send string }{
+		{"silent connection", ""},
+		{"headers cut", "POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Le"},
+		{"body cut", "POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\n\r\n" + `{"device":"slow","metrics":{"t":1`},
+	}
+	for i, c := range cases {
+		start := time.Now()
+		resp := rawExchange(t, ln.Addr().String(), c.send, 5*time.Second)
+		took := time.Since(start)
+		if !strings.HasPrefix(resp, "HTTP/1.1 408") || !strings.Contains(resp, "READ_TIMEOUT") {
+			t.Fatalf("%s: want a 408 naming READ_TIMEOUT, then close; got %q", c.name, resp)
+		}
+		if took < read*3/4 {
+			t.Errorf("%s: cut off after %v; the bound is %v", c.name, took, read)
+		}
+		if got := timeouts(ms, "read"); got != uint64(i+1) {
+			t.Errorf("%s: read timeouts counted %d; want %d", c.name, got, i+1)
+		}
+	}
+	if set.Devices() != 0 {
+		t.Fatalf("a cut-off request stored %d devices", set.Devices())
+	}
+}
+
+// rawExchange writes send on a new connection and returns everything the
+// server writes until it closes the connection.
+func rawExchange(tb testing.TB, addr, send string, limit time.Duration) string {
+	tb.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, send); err != nil {
+		tb.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(limit))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		tb.Fatalf("no close within %v: %v (read %q)", limit, err, b)
+	}
+	return string(b)
+}
+
+// A keep-alive connection waiting longer than Idle is closed without a
+// response, while one that keeps sending requests, each within Read, stays.
+func TestIdleAndBusyConnections(t *testing.T) {
+	const bound = 120 * time.Millisecond
+	ln, ms, set := timeoutServer(t, Timeouts{Read: bound, Write: bound, Idle: bound}, nil)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	body := `{"device":"busy","metrics":{"t":1}}`
+	req := "POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 35\r\n\r\n"
+	start, idle := time.Now(), time.Now()
+	for i := 0; time.Since(start) < 4*bound; i++ {
+		time.Sleep(bound / 4)
+		// Half the request, a pause under the bound, then the rest.
+		if _, err := io.WriteString(c, req); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		time.Sleep(bound / 4)
+		if _, err := io.WriteString(c, body); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d after %v: %v", i, time.Since(start), err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: status %d: %s", i, resp.StatusCode, b)
+		}
+		idle = time.Now()
+	}
+	if n := timeouts(ms, "read") + timeouts(ms, "idle"); n != 0 {
+		t.Fatalf("a busy connection within its bounds was cut off %d times", n)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	rest, err := io.ReadAll(br)
+	if err != nil || len(rest) != 0 {
+		t.Fatalf("idle connection: want a quiet close; got %q, %v", rest, err)
+	}
+	if took := time.Since(idle); took < bound*3/4 {
+		t.Errorf("idle connection closed after %v; the bound is %v", took, bound)
+	}
+	if got := timeouts(ms, "idle"); got != 1 {
+		t.Errorf("idle timeouts counted %d; want 1", got)
+	}
+	if got := set.Devices(); got != 1 {
+		t.Errorf("devices = %d; want 1", got)
+	}
+}
+
+// A client that stops reading a large response is cut off after Write.
+func TestWriteTimeout(t *testing.T) {
+	big := bytes.Repeat([]byte("x"), 32<<20)
+	ln, ms, _ := timeoutServer(t, Timeouts{Read: 5 * time.Second, Write: 150 * time.Millisecond, Idle: 5 * time.Second},
+		func(ctx *fasthttp.RequestCtx) { ctx.SetBody(big) })
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for timeouts(ms, "write") == 0 || openConns(ln) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("write timeouts %d, open connections %d: the stalled write was not cut off", timeouts(ms, "write"), openConns(ln))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, _ := io.Copy(io.Discard, c)
+	if n >= int64(len(big)) {
+		t.Fatalf("the client got all %d bytes after the cut-off", n)
+	}
+}
+
+func openConns(l *Listener) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.conns)
+}
+
+// Without bounds no janitor runs, and Stop still returns, also twice.
+func TestListenerWithoutTimeouts(t *testing.T) {
+	nl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	l := NewListener(nl, Timeouts{}, metrics.NewSet())
+	if l.tick != 0 {
+		t.Fatalf("tick = %v; want no janitor", l.tick)
+	}
+	l.Stop()
+	l.Stop()
+}
