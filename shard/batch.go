@@ -1,7 +1,5 @@
 package shard
 
-import "sync"
-
 // Batch holds one request's samples in memory the caller reuses, so decoding
 // and ingesting a batch allocates nothing in steady state. Names are copied
 // into the batch's own buffer: a Batch never points into a request body.
@@ -26,7 +24,7 @@ type Batch struct {
 	counts []int32 // samples per shard
 	order  []int32 // sample indices grouped by shard, batch order inside
 	ops    []op
-	wg     sync.WaitGroup
+	done   latch
 }
 
 // StreamHead is what the prototype's /metric route reports of the window.

@@ -146,12 +146,12 @@ func (sh *shard) onLoaded(l loadResult) {
 	for _, p := range waiting {
 		if p.o.kind != opIngest {
 			sh.answer(d, p.o)
-			p.o.wg.Done()
+			p.o.done.finish()
 			continue
 		}
 		sh.apply(d, p.o, p.sample)
 		if p.o.parked--; p.o.parked == 0 {
-			p.o.wg.Done()
+			p.o.done.finish()
 		}
 	}
 	if len(d.streams) == 0 && !d.unrestored {

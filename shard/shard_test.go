@@ -348,3 +348,28 @@ func benchmarkShardIngestSerial(b *testing.B, devices int) {
 		s.shards[0].ingest(o)
 	}
 }
+
+// A latch wakes its waiter only after the last op, and can be reused.
+func TestLatch(t *testing.T) {
+	var l latch
+	for round := range 3 {
+		n := int32(round + 1)
+		l.add(n)
+		var wg sync.WaitGroup
+		for i := range n {
+			if i == n-1 {
+				wg.Wait()
+				if len(l.ch) != 0 {
+					t.Fatalf("round %d: waiter woken before the last op", round)
+				}
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); l.finish() }()
+		}
+		l.wait()
+		wg.Wait()
+		if l.n.Load() != 0 || len(l.ch) != 0 {
+			t.Fatalf("round %d: latch left at n=%d, %d wakeups", round, l.n.Load(), len(l.ch))
+		}
+	}
+}
