@@ -203,17 +203,30 @@ func openConns(l *Listener) int {
 	return len(l.conns)
 }
 
-// Without bounds no janitor runs, and Stop still returns, also twice.
-func TestListenerWithoutTimeouts(t *testing.T) {
-	nl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+// The janitor sweeps every sixteenth of the shortest bound, within
+// [1 ms, 1 s]; without bounds none runs. Stop returns either way, also twice.
+func TestListenerTick(t *testing.T) {
+	cases := []struct {
+		t    Timeouts
+		tick time.Duration
+	}{
+		{Timeouts{}, 0},
+		{Timeouts{Read: 30 * time.Second, Write: 30 * time.Second, Idle: time.Minute}, time.Second},
+		{Timeouts{Idle: 800 * time.Millisecond}, 50 * time.Millisecond},
+		{Timeouts{Read: time.Hour, Write: 160 * time.Millisecond}, 10 * time.Millisecond},
+		{Timeouts{Read: 10 * time.Millisecond}, time.Millisecond},
 	}
-	defer nl.Close()
-	l := NewListener(nl, Timeouts{}, metrics.NewSet())
-	if l.tick != 0 {
-		t.Fatalf("tick = %v; want no janitor", l.tick)
+	for _, c := range cases {
+		nl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := NewListener(nl, c.t, metrics.NewSet())
+		if l.tick != c.tick {
+			t.Errorf("%+v: tick = %v; want %v", c.t, l.tick, c.tick)
+		}
+		l.Stop()
+		l.Stop()
+		nl.Close()
 	}
-	l.Stop()
-	l.Stop()
 }
