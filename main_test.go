@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -202,6 +203,52 @@ func TestGracefulStop(t *testing.T) {
 		t.Fatalf("too many log lines at info level (per-request logging?):\n%s", logs.String())
 	}
 	t.Logf("exit %v after SIGTERM", took)
+}
+
+// TestConnectionTimeouts runs the binary with short READ_TIMEOUT and
+// IDLE_TIMEOUT: a half-sent request gets a 408 JSON error, an idle
+// keep-alive connection is closed, and /metrics counts both.
+func TestConnectionTimeouts(t *testing.T) {
+	bin := buildService(t)
+	s := startService(t, bin, "READ_TIMEOUT=300ms", "IDLE_TIMEOUT=300ms")
+	addr := strings.TrimPrefix(s.base, "http://")
+	exchange := func(send string) string {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := io.WriteString(c, send); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatalf("connection not closed by the service: %v (read %q)", err, b)
+		}
+		return string(b)
+	}
+	cut := exchange("POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{\"device\":")
+	if !strings.HasPrefix(cut, "HTTP/1.1 408") || !strings.Contains(cut, `{"error":"request not received within 300ms (READ_TIMEOUT)`) {
+		t.Fatalf("half-sent request: want a 408 JSON error; got %q", cut)
+	}
+	idle := exchange("GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+	if !strings.HasPrefix(idle, "HTTP/1.1 200") || strings.Count(idle, "HTTP/1.1") != 1 {
+		t.Fatalf("idle connection: want one 200, then a quiet close; got %q", idle)
+	}
+	// Other connections (the readiness probes) may have timed out too.
+	m := s.get(t, "/metrics")
+	for _, name := range []string{`http_connection_timeouts_total{phase="read"}`, `http_connection_timeouts_total{phase="idle"}`, "http_open_connections"} {
+		var v float64
+		for _, line := range strings.Split(m, "\n") {
+			if rest, ok := strings.CutPrefix(line, name+" "); ok {
+				v, _ = strconv.ParseFloat(rest, 64)
+			}
+		}
+		if v < 1 {
+			t.Fatalf("/metrics: want %s >= 1; got %v:\n%s", name, v, m)
+		}
+	}
 }
 
 // startRedis runs a real redis-server on a free loopback port for the test.
