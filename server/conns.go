@@ -182,6 +182,9 @@ func (c *conn) Read(p []byte) (int, error) {
 	if n > 0 {
 		switch s := c.state.Load(); s & phaseMask {
 		case phaseIdle: // a new request: its bound starts at its first byte
+			// Should the idle bound have fired as these bytes arrived, the
+			// past deadline stays and the request gets a 408, as it would
+			// from a socket deadline expiring at the same moment.
 			c.state.Store(c.l.now.Load()<<stateShift | phaseRead)
 		case phaseNew: // the first request keeps counting from accept
 			c.state.CompareAndSwap(s, s&^phaseMask|phaseRead)
