@@ -13,7 +13,8 @@ import (
 //
 // fasthttp's own ReadTimeout, WriteTimeout and IdleTimeout arm a socket
 // deadline three times per request, each a clock read and a runtime timer
-// update: 4-5% of a single-sample request in CPU profiles. A Listener
+// update: about 5% of a single-sample request in a CPU profile (2.6% setting
+// deadlines, the rest the clock reads and timer checks). A Listener
 // instead stamps each connection's phase with one atomic store of a coarse
 // clock, and one janitor goroutine sweeps the connections every tick,
 // arming a deadline in the past on those that overstayed. fasthttp then

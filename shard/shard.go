@@ -342,7 +342,8 @@ func (s *Set) ask(kind opKind, id string) (*op, error) {
 	if !s.enter() {
 		return nil, ErrStopped
 	}
-	o := &op{kind: kind, id: id, done: newLatch(1)}
+	o := &op{kind: kind, id: id, done: new(latch)}
+	o.done.add(1)
 	sh := s.shards[s.ShardOf([]byte(id))]
 	o.hash = maphash.String(s.seed, id)
 	sh.pending.Add(1)
@@ -416,7 +417,8 @@ func (s *Set) broadcast(o op) ([]op, error) {
 	if !s.enter() {
 		return nil, ErrStopped
 	}
-	done := newLatch(int32(len(s.shards)))
+	done := new(latch)
+	done.add(int32(len(s.shards)))
 	ops := make([]op, len(s.shards))
 	for i, sh := range s.shards {
 		ops[i] = o
@@ -525,33 +527,30 @@ func (sh *shard) run(wg *sync.WaitGroup) {
 	defer wg.Done()
 	inbox := sh.inbox
 	for inbox != nil || sh.loading > 0 {
+		var o *op
+		ok := true
 		if sh.loading == 0 {
 			// Nothing can arrive on loaded, and a plain receive parks
 			// for less than a select.
-			o, ok := <-inbox
-			inbox = sh.take(inbox, o, ok)
+			o, ok = <-inbox
+		} else {
+			select {
+			case o, ok = <-inbox:
+			case l := <-sh.loaded:
+				sh.onLoaded(l)
+				continue
+			}
+		}
+		if !ok {
+			inbox = nil // stopped: finish the loads in flight, then return
 			continue
 		}
-		select {
-		case o, ok := <-inbox:
-			inbox = sh.take(inbox, o, ok)
-		case l := <-sh.loaded:
-			sh.onLoaded(l)
+		sh.pending.Add(-1)
+		sh.now = sh.set.clock.Load()
+		if sh.handle(o) {
+			o.done.finish()
 		}
 	}
-}
-
-// take runs o, received from inbox; it returns nil for a closed inbox.
-func (sh *shard) take(inbox chan *op, o *op, ok bool) chan *op {
-	if !ok {
-		return nil // stopped: finish the loads in flight, then return
-	}
-	sh.pending.Add(-1)
-	sh.now = sh.set.clock.Load()
-	if sh.handle(o) {
-		o.done.finish()
-	}
-	return inbox
 }
 
 // handle runs o and reports whether it is finished; an op that waits for a
@@ -832,13 +831,7 @@ func (d *device) recent() []Anomaly {
 // (BenchmarkIngest1, pinned, best of 8).
 type latch struct {
 	n  atomic.Int32
-	ch chan struct{} // capacity 1; made on first use
-}
-
-func newLatch(n int32) *latch {
-	l := &latch{ch: make(chan struct{}, 1)}
-	l.n.Store(n)
-	return l
+	ch chan struct{} // capacity 1; made by the first add
 }
 
 // add counts n more ops; all adds come before the first op is sent.
