@@ -43,19 +43,23 @@ func (s *slabs[T]) get(n int) []T {
 		s.slab, s.spare = s.spare, nil
 	}
 	if len(s.slab) < n {
-		s.grow(size)
+		s.grow(size, n*size)
 	}
 	v := s.slab[:0:n]
 	s.slab = s.slab[n:]
 	return v
 }
 
-// grow starts a new slab: small ones at first, then big ones (growing from
-// one huge page to maxBig, as the shard's fleet does) whose huge-page
-// aligned part is used first and advised as huge pages.
-func (s *slabs[T]) grow(size int) {
+// grow starts a new slab of at least need bytes: small ones at first, then
+// big ones (growing from one huge page to maxBig, as the shard's fleet does)
+// whose huge-page aligned part is used first and advised as huge pages.
+// need is at most maxShared, which every big slab holds.
+func (s *slabs[T]) grow(size, need int) {
 	if s.small < smallMax {
-		n := max(firstSlab, s.small)
+		// A small slab doubles the small bytes so far, but must also hold
+		// the array asked for: one of 64-256 KiB can need more than the
+		// next small slab would have (WINDOW_SIZE 8193-32768 crashed here).
+		n := max(firstSlab, s.small, need)
 		s.small += n
 		s.slab = make([]T, n/size)
 		return

@@ -54,7 +54,7 @@ func TestSlabsBigSlabAligned(t *testing.T) {
 	size := unsafe.Sizeof(device{})
 	// Big slabs grow from one huge page to maxBig with the fleet.
 	for _, want := range []int{hugePage, hugePage, 2 * hugePage, maxBig, maxBig} {
-		s.grow(int(size))
+		s.grow(int(size), int(size))
 		// The slab starts with the first element at or after a huge-page boundary.
 		if p := uintptr(unsafe.Pointer(&s.slab[0])); p%hugePage >= size || len(s.slab)*int(size) < want {
 			t.Fatalf("big slab at %#x (element size %d), %d elements; want it within one element past a %d boundary, >= %d bytes",
@@ -144,4 +144,61 @@ func TestManyMetricsPerDevice(t *testing.T) {
 		t.Fatalf("not evicted")
 	}
 	check("reloaded")
+}
+
+// TestSlabsEverySize asks for arrays at every boundary of the slabs' sizes
+// (first slab, each small slab, the small/big switch, the shared/heap
+// switch), from fresh slabs and from slabs part used, and checks each has
+// the capacity asked for. A small slab smaller than the array asked for
+// crashed WINDOW_SIZE 8193-32768 on the first sample.
+func TestSlabsEverySize(t *testing.T) {
+	const size = 8 // float64
+	var sizes []int
+	for _, bytes := range []int{firstSlab, 2 * firstSlab, smallMax / 2, smallMax, maxShared, hugePage} {
+		for _, d := range []int{-1, 0, 1} {
+			if n := bytes/size + d; n > 0 {
+				sizes = append(sizes, n)
+			}
+		}
+	}
+	sizes = append(sizes, 1, 2, 10000, 32768, 32769)
+	for _, used := range []int{0, 1, firstSlab/size - 1, smallMax / size, smallMax/size + 3} {
+		for _, n := range sizes {
+			t.Run(fmt.Sprintf("used=%d/n=%d", used, n), func(t *testing.T) {
+				var s slabs[float64]
+				for used := used; used > 0; {
+					k := min(used, maxShared/size)
+					s.get(k)
+					used -= k
+				}
+				for range 3 {
+					v := s.get(n)
+					if len(v) != 0 || cap(v) != n {
+						t.Fatalf("get(%d): len %d cap %d", n, len(v), cap(v))
+					}
+					v = v[:n]
+					v[0], v[n-1] = 1, 1
+				}
+			})
+		}
+	}
+}
+
+// TestWindowSizesIngest runs samples through a Set at window sizes around
+// every slab boundary, as WINDOW_SIZE=10000 go run . would.
+func TestWindowSizesIngest(t *testing.T) {
+	for _, w := range []int{2, 8191, 8192, 8193, 10000, 16384, 16385, 32767, 32768, 32769, 100000} {
+		s := MustNewSet(t, Options{Shards: 1, WindowSize: w})
+		for i := range 3 {
+			b := new(Batch)
+			b.Add([]byte("d"), int64(i))
+			b.AddMetric([]byte("m"), float64(i))
+			if err := s.Ingest(b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if ms, ok, _ := s.Device("d"); !ok || ms[0].Window != min(3, w) {
+			t.Fatalf("W=%d: device state %v %v", w, ms, ok)
+		}
+	}
 }
