@@ -301,20 +301,26 @@ func (s *Set) Ingest(b *Batch) error {
 
 	b.Anomalies = b.Anomalies[:0]
 	b.Anomalous = 0
-	from := 0
 	for k, c := range b.counts {
-		b.Anomalous += b.ops[k].anomalous
-		if c > 0 && len(b.ops[k].out) > 0 {
-			b.Anomalies = append(b.Anomalies, b.ops[k].out...)
-			from++
+		// Ops of shards this batch did not touch hold an earlier
+		// request's results: a pooled Batch reuses them.
+		if c == 0 {
+			continue
 		}
+		b.Anomalous += b.ops[k].anomalous
+		b.Anomalies = append(b.Anomalies, b.ops[k].out...)
 		b.ops[k].b = nil
 	}
-	if from > 1 {
-		slices.SortStableFunc(b.Anomalies, func(x, y Anomaly) int { return int(x.sample - y.sample) })
+	// Each shard's list is in sample order unless a sample waited for its
+	// device to load and ran after later ones; several shards interleave.
+	// Sorting only when needed keeps the common case a linear check.
+	if !slices.IsSortedFunc(b.Anomalies, bySample) {
+		slices.SortStableFunc(b.Anomalies, bySample)
 	}
 	return nil
 }
+
+func bySample(x, y Anomaly) int { return int(x.sample - y.sample) }
 
 // Device returns the state of device's streams in first-seen order, or
 // false when the device is unknown.
@@ -431,26 +437,25 @@ func (s *Set) broadcast(o op) ([]op, error) {
 	return ops, nil
 }
 
-// moments merges counts, means and squared deviations stably (Chan et al.).
-type moments struct{ n, mean, m2 float64 }
+// moments merges counts, means and population variances stably (Chan et
+// al.). It keeps the variance rather than the sum of squared deviations,
+// and scales by the shares before multiplying: with values near the 1e150
+// the API allows, d²·n_a·n_b overflowed and /analyze showed std_dev null.
+type moments struct{ n, mean, v float64 }
 
 func (a *moments) merge(b moments) {
 	if b.n == 0 {
 		return
 	}
 	n := a.n + b.n
+	fa, fb := a.n/n, b.n/n
 	d := b.mean - a.mean
-	a.mean += d * b.n / n
-	a.m2 += b.m2 + d*d*a.n*b.n/n
+	a.mean += d * fb
+	a.v = a.v*fa + b.v*fb + d*fa*(d*fb)
 	a.n = n
 }
 
-func (a *moments) stddev() float64 {
-	if a.n == 0 {
-		return 0
-	}
-	return math.Sqrt(math.Max(a.m2/a.n, 0))
-}
+func (a *moments) stddev() float64 { return math.Sqrt(math.Max(a.v, 0)) }
 
 type opKind uint8
 
@@ -688,7 +693,7 @@ func (sh *shard) summarizeDevice(d *device, o *op) {
 			continue
 		}
 		mean, sd := st.Win.Stats()
-		o.mom.merge(moments{n: float64(n), mean: mean, m2: float64(n) * sd * sd})
+		o.mom.merge(moments{n: float64(n), mean: mean, v: sd * sd})
 		lo, hi := st.Win.MinMax()
 		p.Min, p.Max = math.Min(p.Min, lo), math.Max(p.Max, hi)
 		t := p.ByMetric[st.name]

@@ -373,3 +373,58 @@ func TestLatch(t *testing.T) {
 		}
 	}
 }
+
+// TestAnomalousCountPerBatch reuses one Batch, as the server's pool does:
+// a batch must count only its own anomalous samples, not those left in
+// the ops of shards it does not touch (anomalous_samples_total went 1 -> 6
+// over 20 normal single samples).
+func TestAnomalousCountPerBatch(t *testing.T) {
+	s := MustNewSet(t, Options{Shards: 4, Detector: ZScore, ZThreshold: 3, Cooldown: -1, MinSamples: 3})
+	b := new(Batch)
+	ingest := func(dev string, v float64) int {
+		b.Reset()
+		b.Add([]byte(dev), 0)
+		b.AddMetric([]byte("m"), v)
+		if err := s.Ingest(b); err != nil {
+			t.Fatal(err)
+		}
+		return b.Anomalous
+	}
+	for i := range 30 {
+		ingest("a", float64(i%2))
+	}
+	if n := ingest("a", 1000); n != 1 {
+		t.Fatalf("spike: anomalous %d; want 1", n)
+	}
+	total := 0
+	for i := range 20 {
+		total += ingest(fmt.Sprint("other-", i), 1)
+	}
+	if total != 0 {
+		t.Fatalf("20 first samples of new devices counted %d anomalous; want 0", total)
+	}
+}
+
+// TestSummarizeHugeValues: values near the API's 1e150 bound must give a
+// finite stddev. Merging the moments of two full 100k windows, one at 1e150
+// and one at -1e150, overflowed (d²·n_a·n_b) and /analyze showed null.
+func TestSummarizeHugeValues(t *testing.T) {
+	const n = 100000
+	s := MustNewSet(t, Options{Shards: 1, WindowSize: n})
+	b := new(Batch)
+	for i := range n {
+		b.Add([]byte("d"), int64(i))
+		b.AddMetric([]byte("a"), 1e150)
+		b.AddMetric([]byte("b"), -1e150)
+	}
+	if err := s.Ingest(b); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := s.Summarize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Values != 2*n || math.Abs(sum.Mean) > 1e136 || math.Abs(sum.Stddev-1e150)/1e150 > 1e-12 {
+		t.Fatalf("values %d mean %v stddev %v; want %d, 0, 1e150", sum.Values, sum.Mean, sum.Stddev, 2*n)
+	}
+}
