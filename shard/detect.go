@@ -91,7 +91,10 @@ func (p *Params) Validate() error {
 
 // Score is the verdict on one sample.
 type Score struct {
-	Z, Mean, Stddev float64 // Mean and Stddev are what x was scored against
+	// Z = (x - Mean) / Stddev: Mean and Stddev are what x was scored
+	// against, Stddev after the MinStddev and StepFloor floors (so a flat
+	// window reports the floor it was scored with, not 0).
+	Z, Mean, Stddev float64
 	Anomalous       bool    // |z| >= Threshold with enough history
 	Alert           bool    // anomalous and not held back by the cooldown
 }
@@ -180,5 +183,5 @@ func (s *Stream) Observe(x float64, ts int64, p *Params) Score {
 	}
 	s.Count++
 	s.Last, s.LastZ, s.UpdatedTS = x, z, ts
-	return Score{Z: z, Mean: mean, Stddev: sd, Anomalous: anomalous, Alert: alert}
+	return Score{Z: z, Mean: mean, Stddev: sdf, Anomalous: anomalous, Alert: alert}
 }

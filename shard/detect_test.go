@@ -100,3 +100,34 @@ func benchmarkObserve(b *testing.B, w int) {
 	}
 	_ = n
 }
+
+// TestScoreScaleExplainsZ: an alert's Stddev is the scale its z was scored
+// with, floors included, so z = (value - mean) / stddev holds for every
+// detector; a flat window reported stddev 0 beside a finite z.
+func TestScoreScaleExplainsZ(t *testing.T) {
+	for _, k := range []Kind{ZScore, Winsor, EWMA} {
+		p := Params{Kind: k, Window: 20, MinSamples: 5, Threshold: 4, MinStddev: 1e-9, StepFloor: 0.5}
+		st := NewStream(p.Window)
+		alerts := 0
+		for i := range 400 {
+			x := float64(i / 40) // a stuck signal with steps: flat windows
+			if i%50 == 49 {
+				x += 30
+			}
+			sc := st.Observe(x, int64(i), &p)
+			if !sc.Anomalous {
+				continue
+			}
+			alerts++
+			if sc.Stddev < p.MinStddev {
+				t.Fatalf("%v sample %d: stddev %v below MinStddev", k, i, sc.Stddev)
+			}
+			if want := (x - sc.Mean) / sc.Stddev; math.Abs(sc.Z-want) > 1e-9*math.Abs(want) {
+				t.Fatalf("%v sample %d: z %v but (x-mean)/stddev = (%v-%v)/%v = %v", k, i, sc.Z, x, sc.Mean, sc.Stddev, want)
+			}
+		}
+		if alerts < 5 {
+			t.Fatalf("%v: %d anomalous samples; want the steps and spikes", k, alerts)
+		}
+	}
+}
