@@ -79,23 +79,29 @@ func (sh *shard) touch(d *device) {
 // keep remembers a sample of an unrestored device to replay once the
 // stored state can be loaded: a ring of window × streams samples, so about
 // the last window of each metric survives, in O(1) per sample.
+//
+// The limit grows with the device's streams. Once the ring has wrapped, a
+// grown limit must not append after the newest entry, which sits in the
+// middle: the ring is put back in order first (a new metric after a wrap
+// replayed later samples before earlier ones).
 func (d *device) keep(metric string, v float64, ts int64, window int) {
 	limit := window * max(len(d.streams), 1)
 	if len(d.replay) < limit {
+		if d.rnext != 0 {
+			d.replay, d.rnext = d.replayed(), 0
+		}
 		d.replay = append(d.replay, kept{metric, v, ts})
 		return
 	}
-	d.replay[d.rnext%len(d.replay)] = kept{metric, v, ts}
-	d.rnext++
+	d.replay[d.rnext] = kept{metric, v, ts}
+	d.rnext = (d.rnext + 1) % len(d.replay)
 }
 
-// replayed returns the kept samples, oldest first.
+// replayed returns the kept samples, oldest first, in a new slice.
 func (d *device) replayed() []kept {
-	if len(d.replay) == 0 {
-		return nil
-	}
-	i := d.rnext % len(d.replay)
-	return append(d.replay[i:len(d.replay):len(d.replay)], d.replay[:i]...)
+	out := make([]kept, 0, len(d.replay))
+	out = append(out, d.replay[d.rnext:]...)
+	return append(out, d.replay[:d.rnext]...)
 }
 
 // onLoaded applies a finished load and runs the ops that waited for it.

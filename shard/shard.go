@@ -722,7 +722,7 @@ type device struct {
 	unrestored bool     // the load failed: serving fresh state, never persisted
 	waiting    []parked // ops waiting for the load, in arrival order
 	replay     []kept   // samples taken while unrestored, to replay on the stored state
-	rnext      int      // next replay slot to overwrite once full
+	rnext      int      // oldest replay slot, next to overwrite once full
 }
 
 const headLen = 32
