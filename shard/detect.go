@@ -95,8 +95,8 @@ type Score struct {
 	// against, Stddev after the MinStddev and StepFloor floors (so a flat
 	// window reports the floor it was scored with, not 0).
 	Z, Mean, Stddev float64
-	Anomalous       bool    // |z| >= Threshold with enough history
-	Alert           bool    // anomalous and not held back by the cooldown
+	Anomalous       bool // |z| >= Threshold with enough history
+	Alert           bool // anomalous and not held back by the cooldown
 }
 
 // Stream is the state of one (device, metric) series.

@@ -171,15 +171,19 @@ func (sh *shard) restore(d *device, snap *Snapshot) {
 	s := sh.set
 	for i := range snap.Streams {
 		ss := &snap.Streams[i]
-		st := d.stream([]byte(ss.Name), sh)
-		st.Win.load(ss.Values, ss.Sums)
-		st.Count, st.Anomalies, st.Anomalous = ss.Count, ss.Anomalies, ss.Anomalous
-		st.Last, st.LastZ, st.UpdatedTS = ss.Last, ss.LastZ, ss.UpdatedTS
-		st.ewMean, st.ewVar, st.step, st.quiet, st.alertZ = ss.EWMean, ss.EWVar, ss.Step, ss.Quiet, ss.AlertZ
+		d.stream([]byte(ss.Name), sh).load(ss)
 	}
 	for _, a := range snap.History {
 		d.remember(a, s.opts.HistoryLen)
 	}
+}
+
+// load fills an empty stream from its snapshot.
+func (st *Stream) load(ss *StreamSnapshot) {
+	st.Win.load(ss.Values, ss.Sums)
+	st.Count, st.Anomalies, st.Anomalous = ss.Count, ss.Anomalies, ss.Anomalous
+	st.Last, st.LastZ, st.UpdatedTS = ss.Last, ss.LastZ, ss.UpdatedTS
+	st.ewMean, st.ewVar, st.step, st.quiet, st.alertZ = ss.EWMean, ss.EWVar, ss.Step, ss.Quiet, ss.AlertZ
 }
 
 // state copies st's scalars (not its window) for encoding.

@@ -2,6 +2,7 @@ package shard
 
 import (
 	"errors"
+	"math"
 	"fmt"
 	"slices"
 	"sync"
@@ -318,6 +319,9 @@ func FuzzDecodeSnapshot(f *testing.F) {
 	s := &Snapshot{Device: "d", Streams: []StreamSnapshot{{Name: "t", Values: []float64{1, 2}}}}
 	f.Add(s.AppendBinary(nil))
 	f.Add([]byte{1})
+	for _, snap := range extremeSnapshots(f) {
+		f.Add(snap)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got, err := DecodeSnapshot(b)
 		if err != nil {
@@ -326,17 +330,127 @@ func FuzzDecodeSnapshot(f *testing.F) {
 			}
 			return
 		}
-		// Varints may be written non-minimally, so compare what the bytes
-		// mean: a decoded snapshot must survive encode and decode unchanged.
-		again := got.AppendBinary(nil)
-		got2, err := DecodeSnapshot(again)
-		if err != nil {
-			t.Fatalf("re-encoding of %x rejected: %v", b, err)
+		// Whatever decodes re-encodes to the same bytes: the decoder
+		// refuses every form the encoder does not write.
+		if again := got.AppendBinary(nil); string(again) != string(b) {
+			t.Fatalf("round trip of %x gave %x", b, again)
 		}
-		if again2 := got2.AppendBinary(nil); string(again2) != string(again) {
-			t.Fatalf("round trip of %x changed it", b)
-		}
+		checkFinite(t, got)
 	})
+}
+
+// checkFinite restores every stream of snap under each detector, at its
+// own window size and at the smallest, and checks that the statistics and
+// the scores of new values at the edges of the allowed range are finite.
+func checkFinite(t *testing.T, snap *Snapshot) {
+	t.Helper()
+	for i := range snap.Streams {
+		ss := &snap.Streams[i]
+		for _, w := range []int{2, max(2, len(ss.Values))} {
+			for _, k := range []Kind{ZScore, Winsor, EWMA} {
+				p := Params{Kind: k, Window: w, MinSamples: 1, Threshold: 3, MinStddev: 1e-9, Cooldown: 5, StepFloor: 0.5}
+				st := NewStream(w)
+				st.load(ss)
+				for j, x := range []float64{0, MaxValue, -MaxValue, 1, MaxValue} {
+					sc := st.Observe(x, 0, &p)
+					mean, sd := st.Win.Stats()
+					for _, f := range []float64{sc.Z, sc.Mean, sc.Stddev, mean, sd, st.ewMean, st.ewVar, st.step} {
+						if math.IsNaN(f) || math.IsInf(f, 0) {
+							t.Fatalf("stream %q, %v, W=%d, value %d: non-finite statistic in %+v (window mean %v sd %v)",
+								ss.Name, k, w, j, sc, mean, sd)
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// extremeSnapshots encodes devices fed the extremes valid input allows:
+// values at ±MaxValue, constants far from zero, tiny noise on a huge
+// offset, under every detector.
+func extremeSnapshots(tb testing.TB) [][]byte {
+	var out [][]byte
+	for _, k := range []Kind{ZScore, Winsor, EWMA} {
+		s := New(Options{Shards: 1, Detector: k, WindowSize: 5, MinSamples: 2, ZThreshold: 3})
+		for i := range 40 {
+			x := MaxValue
+			if i%3 == 0 {
+				x = -MaxValue
+			}
+			ingestOne(tb, s, "d", int64(i), map[string]float64{
+				"edge": x, "const": 1e9, "tiny": 1e9 + float64(i%2)*1e-6, "zero": 0, "step": float64(i / 10),
+			})
+		}
+		for _, first := range s.shards[0].devices {
+			out = append(out, first.encode())
+		}
+		s.Stop()
+	}
+	return out
+}
+
+// TestExtremeSnapshotsDecode: state valid input can produce is never taken
+// for corrupt (a device would start fresh and lose its history).
+func TestExtremeSnapshotsDecode(t *testing.T) {
+	for _, b := range extremeSnapshots(t) {
+		snap, err := DecodeSnapshot(b)
+		if err != nil {
+			t.Fatalf("valid state refused: %v", err)
+		}
+		checkFinite(t, snap)
+	}
+}
+
+// TestSnapshotRejectsNonFinite: a NaN, an infinity or an out-of-range value
+// in any scalar of a stream or alert is corrupt (Step=NaN decoded, and the
+// restored stream never alerted again), and so is a varint longer than it
+// needs to be.
+func TestSnapshotRejectsNonFinite(t *testing.T) {
+	base := func() *Snapshot {
+		return &Snapshot{Device: "d", Streams: []StreamSnapshot{{Name: "t", Values: []float64{1, 2, 3}, Count: 3, Last: 3,
+			EWMean: 2, EWVar: 1, Step: 1, Sums: WindowSums{Ref: 2, S1: 0, S2: 2, Mag1: 2, Mag2: 2}}},
+			History: []Anomaly{{Device: "d", Metric: "t", TS: 1, Value: 3, Mean: 2, Stddev: 1, Z: 1}}}
+	}
+	if _, err := DecodeSnapshot(base().AppendBinary(nil)); err != nil {
+		t.Fatalf("base snapshot refused: %v", err)
+	}
+	fields := map[string]func(s *Snapshot, v float64){
+		"last": func(s *Snapshot, v float64) { s.Streams[0].Last = v }, "last_z": func(s *Snapshot, v float64) { s.Streams[0].LastZ = v },
+		"ew_mean": func(s *Snapshot, v float64) { s.Streams[0].EWMean = v }, "ew_var": func(s *Snapshot, v float64) { s.Streams[0].EWVar = v },
+		"step": func(s *Snapshot, v float64) { s.Streams[0].Step = v }, "alert_z": func(s *Snapshot, v float64) { s.Streams[0].AlertZ = v },
+		"ref": func(s *Snapshot, v float64) { s.Streams[0].Sums.Ref = v }, "s1": func(s *Snapshot, v float64) { s.Streams[0].Sums.S1 = v },
+		"s2": func(s *Snapshot, v float64) { s.Streams[0].Sums.S2 = v }, "mag1": func(s *Snapshot, v float64) { s.Streams[0].Sums.Mag1 = v },
+		"mag2": func(s *Snapshot, v float64) { s.Streams[0].Sums.Mag2 = v }, "value": func(s *Snapshot, v float64) { s.Streams[0].Values[1] = v },
+		"alert_value": func(s *Snapshot, v float64) { s.History[0].Value = v }, "alert_mean": func(s *Snapshot, v float64) { s.History[0].Mean = v },
+		"alert_stddev": func(s *Snapshot, v float64) { s.History[0].Stddev = v }, "alert_z2": func(s *Snapshot, v float64) { s.History[0].Z = v },
+	}
+	for name, set := range fields {
+		for _, v := range []float64{math.NaN(), math.Inf(1), math.Inf(-1)} {
+			s := base()
+			set(s, v)
+			if _, err := DecodeSnapshot(s.AppendBinary(nil)); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("%s=%v: got %v; want ErrCorrupt", name, v, err)
+			}
+		}
+	}
+	for name, v := range map[string]float64{"value": 1e200, "step": -1, "ew_var": -1, "s1": 1e160, "last": -1e300} {
+		s := base()
+		fields[name](s, v)
+		if _, err := DecodeSnapshot(s.AppendBinary(nil)); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("%s=%v: got %v; want ErrCorrupt", name, v, err)
+		}
+	}
+	// Count 3 written in two bytes instead of one.
+	b := base().AppendBinary(nil)
+	i := 1 + 1 + len("d") + 1 + 1 + len("t") // version, device, streams, name
+	if b[i] != 3 {
+		t.Fatalf("test lost its place: byte %d is %d", i, b[i])
+	}
+	long := append(append(slices.Clone(b[:i]), 0x83, 0x00), b[i+1:]...)
+	if _, err := DecodeSnapshot(long); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("non-minimal varint: got %v; want ErrCorrupt", err)
+	}
 }
 
 // delayStore delays the loads of some devices, as a slow Redis round trip

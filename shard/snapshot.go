@@ -54,6 +54,24 @@ const (
 	maxSnapString  = 1024
 )
 
+// MaxValue bounds the magnitude of every value a Set is given (the server
+// refuses larger ones), so that squared deviations cannot overflow.
+const MaxValue = 1e150
+
+// Bounds a decoder checks a snapshot's values against. A stream fed values
+// within ±MaxValue keeps its window, means and last value within them (a
+// clipped value lies between a mean and the value itself), with room for
+// rounding: a value's deviation from a window mean is at most maxDev, and
+// the running sums add at most 3·maxSnapValues such terms (a recompute's
+// window, then fewer than W pushes of two terms each). From state within
+// them every statistic a detector computes is finite.
+const (
+	maxStored = 2 * MaxValue
+	maxDev    = 2 * maxStored
+	maxMag    = 3 * maxSnapValues * maxDev
+	maxMag2   = maxMag * maxDev
+)
+
 // AppendBinary appends the versioned binary encoding of s to dst.
 func (s *Snapshot) AppendBinary(dst []byte) []byte {
 	dst = appendHeader(dst, s.Device, len(s.Streams))
@@ -116,8 +134,9 @@ func appendString(dst []byte, s string) []byte {
 var ErrCorrupt = errors.New("corrupt snapshot")
 
 // DecodeSnapshot parses an encoding made by AppendBinary. It rejects a
-// wrong version, truncation, trailing bytes, absurd lengths and non-finite
-// window values with an error wrapping ErrCorrupt.
+// wrong version, truncation, trailing bytes, non-minimal varints, absurd
+// lengths, and values that no stream fed valid samples can hold (NaN, Inf,
+// beyond MaxValue, negative variances) with an error wrapping ErrCorrupt.
 func DecodeSnapshot(b []byte) (*Snapshot, error) {
 	d := decoder{b: b}
 	if v := d.byte(); d.err == nil && v != snapshotVersion {
@@ -135,18 +154,34 @@ func DecodeSnapshot(b []byte) (*Snapshot, error) {
 		st.UpdatedTS = d.varint()
 		st.Quiet = int32(d.count(math.MaxInt32))
 		st.Sums.Age = int32(d.count(math.MaxInt32))
-		st.Last, st.LastZ, st.EWMean, st.EWVar, st.Step, st.AlertZ = d.float(), d.float(), d.float(), d.float(), d.float(), d.float()
+		// A NaN or infinite scalar would silence the stream for good (a
+		// NaN step makes every z NaN), so each is checked against what a
+		// stream can hold.
+		st.Last = d.float(-maxStored, maxStored)
+		st.LastZ = d.float(-math.MaxFloat64, math.MaxFloat64)
+		st.EWMean = d.float(-maxStored, maxStored)
+		st.EWVar = d.float(0, maxDev*maxDev)
+		st.Step = d.float(0, maxDev)
+		st.AlertZ = d.float(0, math.MaxFloat64)
 		w := &st.Sums
-		w.Ref, w.S1, w.S2, w.Mag1, w.Mag2 = d.float(), d.float(), d.float(), d.float(), d.float()
+		w.Ref = d.float(-maxStored, maxStored)
+		w.S1 = d.float(-maxMag, maxMag)
+		w.S2 = d.float(-maxMag2, maxMag2) // rounding can leave it just below 0
+		w.Mag1 = d.float(0, maxMag)
+		w.Mag2 = d.float(0, maxMag2)
 		nv := d.count(maxSnapValues)
 		if d.err == nil {
 			st.Values = make([]float64, nv)
 		}
 		for j := 0; j < nv && d.err == nil; j++ {
-			st.Values[j] = d.float()
-			if math.IsNaN(st.Values[j]) || math.IsInf(st.Values[j], 0) {
-				d.fail("non-finite window value")
-			}
+			st.Values[j] = d.float(-maxStored, maxStored)
+		}
+		// The sums describe these values: n deviations of at most maxDev
+		// each, with room to spare for rounding. Sums far beyond that
+		// would put a mean outside every value.
+		n := float64(nv)
+		if d.err == nil && !(math.Abs(w.S1) <= 2*n*maxDev && math.Abs(w.S2) <= 2*n*maxDev*maxDev) {
+			d.fail("window sums do not fit its values")
 		}
 	}
 	nh := d.count(maxSnapHistory)
@@ -158,7 +193,10 @@ func DecodeSnapshot(b []byte) (*Snapshot, error) {
 		a.Device = s.Device
 		a.Metric = d.string()
 		a.TS = d.varint()
-		a.Value, a.Mean, a.Stddev, a.Z = d.float(), d.float(), d.float(), d.float()
+		a.Value = d.float(-maxStored, maxStored)
+		a.Mean = d.float(-maxStored, maxStored)
+		a.Stddev = d.float(0, math.MaxFloat64)
+		a.Z = d.float(-math.MaxFloat64, math.MaxFloat64)
 	}
 	if d.err == nil && len(d.b) != 0 {
 		d.fail(fmt.Sprintf("%d trailing bytes", len(d.b)))
@@ -192,14 +230,21 @@ func (d *decoder) byte() byte {
 	return c
 }
 
-func (d *decoder) uvarint() uint64 { return readVarint(d, binary.Uvarint) }
+func (d *decoder) uvarint() uint64 { return readVarint(d, binary.Uvarint, binary.AppendUvarint) }
 
-func (d *decoder) varint() int64 { return readVarint(d, binary.Varint) }
+func (d *decoder) varint() int64 { return readVarint(d, binary.Varint, binary.AppendVarint) }
 
-func readVarint[T uint64 | int64](d *decoder, read func([]byte) (T, int)) T {
+// readVarint also refuses a varint longer than its minimal form, which
+// binary.Uvarint accepts, so that what decodes re-encodes to the same bytes.
+func readVarint[T uint64 | int64](d *decoder, read func([]byte) (T, int), write func([]byte, T) []byte) T {
 	v, n := read(d.b)
 	if n <= 0 {
 		d.fail("bad varint")
+		return 0
+	}
+	var tmp [binary.MaxVarintLen64]byte
+	if len(write(tmp[:0], v)) != n {
+		d.fail("varint not in minimal form")
 		return 0
 	}
 	d.b = d.b[n:]
@@ -226,12 +271,17 @@ func (d *decoder) string() string {
 	return s
 }
 
-func (d *decoder) float() float64 {
+// float reads a float64 that must lie in [lo, hi]; NaN never does.
+func (d *decoder) float(lo, hi float64) float64 {
 	if len(d.b) < 8 {
 		d.fail("truncated")
 		return 0
 	}
 	f := math.Float64frombits(binary.LittleEndian.Uint64(d.b))
 	d.b = d.b[8:]
+	if !(f >= lo && f <= hi) {
+		d.fail(fmt.Sprintf("value %g outside [%g, %g]", f, lo, hi))
+		return 0
+	}
 	return f
 }
