@@ -2,8 +2,8 @@ package shard
 
 import (
 	"errors"
-	"math"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"testing"
