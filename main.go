@@ -376,21 +376,32 @@ func run(c config, log zerolog.Logger) error {
 // when Redis is unreachable.
 const flushTimeout = 4 * time.Second
 
-// stopState writes the last snapshot (when persisting), then stops the shards.
+// stopState seals ingest (requests still arriving get 503; those admitted
+// are applied), writes the last snapshot when persisting, then stops the
+// shards. Sealing comes first so that every request answered 200 is in
+// the final snapshot, even one that finished after STOP_TIMEOUT.
 func stopState(store *persist.Writer, set *shard.Set, log zerolog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
+	defer cancel()
+	t := time.Now()
+	if err := set.Seal(ctx); err != nil {
+		log.Error().Err(err).Msg("requests still waiting for a device load at the stop deadline: their samples may miss the final snapshot")
+	} else {
+		log.Info().Dur("took", time.Since(t)).Msg("ingest sealed")
+	}
 	if store != nil {
 		t := time.Now()
-		n := store.Pending()
-		ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
-		err := store.Stop(ctx)
-		cancel()
+		rep, err := store.Stop(ctx)
+		ev := log.Info()
+		msg := "final snapshot written"
 		if err != nil {
-			log.Error().Err(err).Int("pending", store.Pending()).Msg("final snapshot incomplete: these devices lose their changes since the last snapshot")
-		} else {
-			log.Info().Dur("took", time.Since(t)).Int("was_pending", n).Msg("final snapshot written")
+			ev = log.Error().Err(err)
+			msg = "final snapshot incomplete: not_written devices lose their changes since the last snapshot, not_reconciled ones their samples since redis failed them"
 		}
+		ev.Dur("took", time.Since(t)).Int("written", rep.Written).Int("reconciled", rep.Reconciled).
+			Int("not_written", rep.Pending).Int("not_reconciled", rep.Unreconciled).Msg(msg)
 	}
-	t := time.Now()
+	t = time.Now()
 	set.Stop()
 	log.Info().Dur("took", time.Since(t)).Msg("shards stopped")
 }

@@ -46,13 +46,21 @@ type Writer struct {
 	// written (newer ones replace older), so a Redis outage costs memory
 	// per device, not per snapshot, and loads see unwritten state.
 	pending map[string][]byte // guarded by mu
-	closed  bool              // guarded by mu: Stop began, loads are refused
+	closed  bool              // guarded by mu: Stop is done with loads; they are refused
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	logAt  atomic.Int64 // unix ns of the last rate-limited log line
-	born   time.Time
+	// ctx ends the connector and the loaders, last in Stop; loopCtx ends
+	// the snapshot loop, first in Stop, so that the final reconciliation
+	// still has loaders.
+	ctx        context.Context
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
+	loopCtx    context.Context
+	loopCancel context.CancelFunc
+	loopDone   chan struct{}
+	stopping   atomic.Bool   // Stop began: loads wait for a connection instead of failing fast
+	wake       chan struct{} // cuts the connector's backoff short
+	logAt      atomic.Int64  // unix ns of the last rate-limited log line
+	born       time.Time
 	// downUntil (unix ns) makes loads fail at once after a Redis error, so
 	// an outage costs new devices one fast failure each, not a Timeout
 	// each in a queue behind a few loaders.
@@ -94,8 +102,9 @@ func New(opts Options) *Writer {
 		opts.Loaders = 8
 	}
 	w := &Writer{opts: opts, loads: make(chan load, loadQueue), pending: map[string][]byte{}, ms: metrics.NewSet(),
-		connected: make(chan struct{})}
+		connected: make(chan struct{}), wake: make(chan struct{}, 1), loopDone: make(chan struct{})}
 	w.ctx, w.cancel = context.WithCancel(context.Background())
+	w.loopCtx, w.loopCancel = context.WithCancel(context.Background())
 	w.born = time.Now()
 	w.duration = w.ms.NewPrometheusHistogram("snapshot_duration_seconds")
 	w.written = w.ms.NewCounter("snapshots_written_total")
@@ -131,10 +140,10 @@ func (w *Writer) Metrics() *metrics.Set { return w.ms }
 // Key returns the Redis key of a device.
 func (w *Writer) Key(id string) string { return w.opts.Prefix + id }
 
-// Start begins snapshotting set every Interval. Call Stop to end it.
+// Start begins snapshotting set every Interval, and retrying the loads of
+// its unrestored devices every second. Call Stop to end it.
 func (w *Writer) Start(set *shard.Set) {
 	w.set = set
-	w.wg.Add(1)
 	go w.loop()
 }
 
@@ -162,6 +171,7 @@ func (w *Writer) connect() {
 		select {
 		case <-w.ctx.Done():
 			return
+		case <-w.wake:
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 5*time.Second)
@@ -263,7 +273,10 @@ func (w *Writer) get(batch []load) {
 			l.done(nil, err)
 		}
 	}
-	if time.Now().UnixNano() < w.downUntil.Load() {
+	// While stopping, every load is a last chance to reconcile a device
+	// before exit: no fast failure, and wait for a connection.
+	stopping := w.stopping.Load()
+	if !stopping && time.Now().UnixNano() < w.downUntil.Load() {
 		fail(errRedisDown)
 		return
 	}
@@ -274,6 +287,9 @@ func (w *Writer) get(batch []load) {
 		// Just after start the first connection may be milliseconds away:
 		// wait for it then, and fail at once later.
 		grace := time.Until(w.born.Add(w.opts.Timeout))
+		if stopping {
+			grace = w.opts.Timeout
+		}
 		select {
 		case <-w.connected:
 		case <-time.After(max(grace, 0)):
@@ -329,24 +345,37 @@ func (w *Writer) decode(id string, b []byte) (*shard.Snapshot, error) {
 	return s, nil
 }
 
-// loop snapshots every Interval until Stop.
+// retryEvery is how often unrestored devices are retried, whatever the
+// snapshot interval: with SNAPSHOT_INTERVAL=1h they waited an hour.
+const retryEvery = time.Second
+
+// loop snapshots every Interval and retries unrestored devices every
+// retryEvery, until Stop.
 func (w *Writer) loop() {
-	defer w.wg.Done()
-	t := time.NewTicker(w.opts.Interval)
+	defer close(w.loopDone)
+	tick := min(w.opts.Interval, retryEvery)
+	t := time.NewTicker(tick)
 	defer t.Stop()
-	var retryAt time.Time
+	var retryAt, lastRound time.Time
 	backoff := w.opts.Interval
 	for {
 		select {
-		case <-w.ctx.Done():
+		case <-w.loopCtx.Done():
 			return
-		case <-t.C:
+		case now := <-t.C:
+			if w.set.Unrestored() > 0 {
+				_, _ = w.set.Retry(false)
+			}
+			if now.Sub(lastRound) < w.opts.Interval-tick/2 {
+				continue
+			}
+			lastRound = now
 		}
 		w.collect(true)
 		if time.Now().Before(retryAt) {
 			continue
 		}
-		if err := w.flush(w.ctx); err != nil {
+		if err := w.flush(w.loopCtx); err != nil {
 			retryAt = time.Now().Add(backoff)
 			backoff = min(2*backoff, 30*time.Second)
 			continue
@@ -433,35 +462,88 @@ func (w *Writer) flush(ctx context.Context) error {
 	return nil
 }
 
-// Stop takes a last snapshot of every changed device and writes it,
-// retrying until ctx ends, then closes Redis. Call it after the HTTP
-// server has stopped and before shard.Set.Stop.
-func (w *Writer) Stop(ctx context.Context) error {
-	w.mu.Lock()
-	w.closed = true // from now on Load answers at once; loaders drain the rest
-	w.mu.Unlock()
-	w.cancel()
-	w.wg.Wait()
+// StopReport says what the final snapshot of Stop could and could not do.
+type StopReport struct {
+	Reconciled   int // unrestored devices reconciled with Redis during Stop
+	Written      int // snapshots written by the final flush
+	Pending      int // devices whose latest changes were not written: lost
+	Unreconciled int // devices whose load never succeeded: their samples since are lost
+}
+
+// Stop ends the snapshot loop, reconciles the devices whose load failed
+// (loading what Redis holds and replaying their samples onto it, or
+// keeping their fresh state when Redis holds nothing), takes a last
+// snapshot of every changed device and writes it, retrying until ctx ends;
+// then it closes Redis. Call it after shard.Set.Seal (every acknowledged
+// request is applied) and before shard.Set.Stop. It returns an error
+// when anything was left unwritten; the report counts what.
+func (w *Writer) Stop(ctx context.Context) (StopReport, error) {
+	var rep StopReport
+	w.stopping.Store(true)
+	w.loopCancel()
+	if w.set != nil {
+		<-w.loopDone
+	}
+	select { // dial now, not after the connector's backoff
+	case w.wake <- struct{}{}:
+	default:
+	}
 	var err error
 	if w.set != nil {
+		rep.Reconciled = w.reconcile(ctx)
 		w.collect(false)
+		before := w.written.Get()
 		for {
-			if err = w.flush(ctx); err == nil {
+			if err = w.flush(ctx); err == nil || ctx.Err() != nil {
 				break
 			}
 			select {
 			case <-ctx.Done():
-				err = fmt.Errorf("final snapshot incomplete: %w", err)
 			case <-time.After(200 * time.Millisecond):
-				continue
 			}
-			break
 		}
+		rep.Written = int(w.written.Get() - before)
+		rep.Unreconciled = w.set.Unrestored()
 	}
+	w.mu.Lock()
+	w.closed = true // from now on Load answers at once; loaders drain the rest
+	rep.Pending = len(w.pending)
+	w.mu.Unlock()
+	w.cancel()
+	w.wg.Wait()
 	if c := w.clientOrNil(); c != nil {
 		c.Close()
 	}
-	return err
+	if rep.Pending > 0 || rep.Unreconciled > 0 {
+		if err == nil {
+			err = ctx.Err()
+		}
+		return rep, fmt.Errorf("final snapshot incomplete: %d devices not written, %d not reconciled with redis: %w",
+			rep.Pending, rep.Unreconciled, err)
+	}
+	return rep, nil
+}
+
+// reconcile retries the loads of every unrestored device until none is
+// left or ctx ends, and returns how many it reconciled.
+func (w *Writer) reconcile(ctx context.Context) int {
+	first := w.set.Unrestored()
+	for w.set.Unrestored() > 0 && ctx.Err() == nil {
+		left := w.set.Unrestored()
+		if _, err := w.set.Retry(true); err != nil {
+			break
+		}
+		for w.set.Retrying() > 0 && ctx.Err() == nil {
+			time.Sleep(2 * time.Millisecond)
+		}
+		if w.set.Unrestored() >= left { // redis still down: try again shortly
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	return first - w.set.Unrestored()
 }
 
 // Pending returns how many devices have snapshots not yet written.

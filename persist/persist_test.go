@@ -94,7 +94,12 @@ type stack struct {
 
 func MustOpenStack(tb testing.TB, addr string, o shard.Options) *stack {
 	tb.Helper()
-	w := New(Options{Addrs: []string{addr}, Interval: 50 * time.Millisecond, Timeout: 500 * time.Millisecond})
+	return MustOpenStackWith(tb, Options{Addrs: []string{addr}, Interval: 50 * time.Millisecond, Timeout: 500 * time.Millisecond}, o)
+}
+
+func MustOpenStackWith(tb testing.TB, wo Options, o shard.Options) *stack {
+	tb.Helper()
+	w := New(wo)
 	o.Store = w
 	set := shard.New(o)
 	w.Start(set)
@@ -109,7 +114,10 @@ func (s *stack) close(tb testing.TB) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	if err := s.w.Stop(ctx); err != nil {
+	if err := s.set.Seal(ctx); err != nil {
+		tb.Logf("seal: %v", err)
+	}
+	if _, err := s.w.Stop(ctx); err != nil {
 		tb.Logf("stop: %v", err)
 	}
 	s.set.Stop()
@@ -411,4 +419,103 @@ func TestOutageDoesNotStallNewDevices(t *testing.T) {
 	if n := s.set.Unrestored(); n != 2000 {
 		t.Fatalf("unexpected unrestored count %d; want 2000", n)
 	}
+}
+
+// keys returns how many device keys Redis holds.
+func keys(tb testing.TB, c rueidis.Client) int {
+	tb.Helper()
+	ks, err := c.Do(context.Background(), c.B().Keys().Pattern("aiload:dev:*").Build()).AsStrSlice()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return len(ks)
+}
+
+// TestStopWritesUnrestoredDevices: Redis down at start (past the connect
+// grace), new devices answered 200, Redis back, SIGTERM 0.3 s later: the
+// stop must reconcile them and write them (0 keys were written, and the log
+// said the final snapshot was written). One device has stored state its
+// outage samples replay onto; the others have none and keep their state.
+func TestStopWritesUnrestoredDevices(t *testing.T) {
+	r := MustStartRedis(t)
+	c := r.client(t)
+	old := MustOpenStack(t, r.addr, shard.Options{Shards: 2})
+	old.ingest(t, "known", 1, 2, 3)
+	old.close(t)
+	r.Stop()
+
+	s := MustOpenStackWith(t, Options{Addrs: []string{r.addr}, Interval: time.Hour, Timeout: 300 * time.Millisecond},
+		shard.Options{Shards: 2})
+	time.Sleep(400 * time.Millisecond) // past the connect grace: loads fail at once
+	for i := range 20 {
+		s.ingest(t, fmt.Sprint("dev-", i), float64(i), float64(i+1))
+	}
+	s.ingest(t, "known", 4, 5)
+	if n := s.set.Unrestored(); n != 21 {
+		t.Fatalf("unrestored %d; want 21", n)
+	}
+	r.Start()
+	time.Sleep(300 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	if err := s.set.Seal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := s.w.Stop(ctx)
+	s.set.Stop()
+	s.w = nil
+	if err != nil || rep.Reconciled != 21 || rep.Written != 21 || rep.Pending != 0 || rep.Unreconciled != 0 {
+		t.Fatalf("stop: %+v, %v; want 21 reconciled and written", rep, err)
+	}
+	if n := keys(t, c); n != 21 {
+		t.Fatalf("redis holds %d device keys; want 21", n)
+	}
+	if st := stored(t, c, "known"); st == nil || st.Streams[0].Count != 5 || st.Streams[0].Last != 5 {
+		t.Fatalf("known device: %+v; want its 3 stored samples and the 2 replayed", st)
+	}
+	if st := stored(t, c, "dev-7"); st == nil || st.Streams[0].Count != 2 || st.Streams[0].Last != 8 {
+		t.Fatalf("new device: %+v", st)
+	}
+}
+
+// TestStopReportsWhatItCannotWrite: with Redis down through the stop, the
+// report and the error say how many devices were not written and not
+// reconciled, instead of claiming success.
+func TestStopReportsWhatItCannotWrite(t *testing.T) {
+	r := MustStartRedis(t)
+	s := MustOpenStackWith(t, Options{Addrs: []string{r.addr}, Interval: time.Hour, Timeout: 200 * time.Millisecond},
+		shard.Options{Shards: 2})
+	s.ingest(t, "a", 1) // loaded (nothing stored), changed, not yet written
+	r.Stop()
+	time.Sleep(250 * time.Millisecond)
+	s.ingest(t, "b", 1) // load fails: unrestored
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := s.set.Seal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := s.w.Stop(ctx)
+	s.set.Stop()
+	s.w = nil
+	if err == nil || rep.Pending != 1 || rep.Unreconciled != 1 || rep.Written != 0 {
+		t.Fatalf("stop: %+v, %v; want an error, 1 not written, 1 not reconciled", rep, err)
+	}
+}
+
+// TestUnrestoredRetriedWithinSeconds: retries of failed loads do not wait
+// for the snapshot interval (with SNAPSHOT_INTERVAL=1h they waited an hour).
+func TestUnrestoredRetriedWithinSeconds(t *testing.T) {
+	r := MustStartRedis(t)
+	r.Stop()
+	s := MustOpenStackWith(t, Options{Addrs: []string{r.addr}, Interval: time.Hour, Timeout: 200 * time.Millisecond},
+		shard.Options{Shards: 2})
+	time.Sleep(300 * time.Millisecond)
+	s.ingest(t, "d", 1, 2)
+	if s.set.Unrestored() != 1 {
+		t.Fatalf("unrestored %d; want 1", s.set.Unrestored())
+	}
+	r.Start()
+	start := time.Now()
+	waitFor(t, "reconciled", func() bool { return s.set.Unrestored() == 0 })
+	t.Logf("reconciled %v after redis came back", time.Since(start).Round(time.Millisecond))
 }

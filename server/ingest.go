@@ -46,6 +46,7 @@ func (h *Handler) apply(ctx *fasthttp.RequestCtx, decode decodeFunc, encode func
 	st := h.pool.Get().(*ingestState)
 	defer h.pool.Put(st)
 	st.batch.Reset()
+	st.batch.SetReceived(ctx.Time().UnixNano())
 	if err := decode(&st.scanner, ctx.PostBody(), &st.batch, ctx.Time().UnixMilli()); err != nil {
 		return err
 	}

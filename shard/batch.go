@@ -16,9 +16,10 @@ type Batch struct {
 	// Head is the first metric of the first sample after Set.Ingest.
 	Head StreamHead
 
-	buf     []byte // device and metric names back to back
-	samples []sample
-	metrics []metric
+	received int64  // unix ns the request arrived; zero: Ingest reads the clock
+	buf      []byte // device and metric names back to back
+	samples  []sample
+	metrics  []metric
 
 	// dispatch scratch, reused across requests
 	counts []int32 // samples per shard
@@ -52,10 +53,16 @@ type metric struct {
 func (b *Batch) Reset() {
 	b.Anomalies = b.Anomalies[:0]
 	b.Head = StreamHead{}
+	b.received = 0
 	b.buf = b.buf[:0]
 	b.samples = b.samples[:0]
 	b.metrics = b.metrics[:0]
 }
+
+// SetReceived records when the request arrived (unix ns): the devices it
+// touches count as active from then, for idle eviction. Without it, Ingest
+// reads the clock.
+func (b *Batch) SetReceived(unixNano int64) { b.received = unixNano }
 
 // Add starts a new sample for device at ts (unix milliseconds); the metrics
 // added next with AddMetric belong to it.

@@ -14,10 +14,11 @@ type Store interface {
 }
 
 type loadResult struct {
-	hash uint64
-	id   string
-	snap *Snapshot
-	err  error
+	hash  uint64
+	id    string
+	snap  *Snapshot
+	err   error
+	retry bool
 }
 
 // parked is an op waiting for its device to load: sample i of an ingest
@@ -57,19 +58,21 @@ func (sh *shard) getDevice(h uint64, id []byte) *device {
 func (sh *shard) startLoad(d *device, h uint64, retry bool) {
 	if retry {
 		d.retrying = true
+		sh.set.retries.Add(1)
 	} else {
 		d.loading = true
 	}
 	sh.loading++
 	id, ch := d.id, sh.loaded
 	sh.set.opts.Store.Load(id, func(snap *Snapshot, err error) {
-		ch <- loadResult{hash: h, id: id, snap: snap, err: err}
+		ch <- loadResult{hash: h, id: id, snap: snap, err: err, retry: retry}
 	})
 }
 
-// touch marks d as changed now.
-func (sh *shard) touch(d *device) {
-	d.touched = sh.now
+// touch marks d as changed at now (unix ns), the time the request that
+// changed it arrived.
+func (sh *shard) touch(d *device, now int64) {
+	d.touched = max(d.touched, now)
 	if !d.dirty && !d.unrestored && sh.set.opts.Store != nil {
 		d.dirty = true
 		sh.dirty = append(sh.dirty, d)
@@ -107,6 +110,9 @@ func (d *device) replayed() []kept {
 // onLoaded applies a finished load and runs the ops that waited for it.
 func (sh *shard) onLoaded(l loadResult) {
 	sh.loading--
+	if l.retry {
+		defer sh.set.retries.Add(-1) // after the device is reconciled
+	}
 	d := sh.lookup(l.hash, []byte(l.id))
 	if d == nil || !d.loading && !d.retrying {
 		return
@@ -140,10 +146,10 @@ func (sh *shard) onLoaded(l loadResult) {
 				}
 			}
 			if len(replay) > 0 {
-				sh.touch(d)
+				sh.touch(d, d.touched)
 			}
 		} else if len(d.streams) > 0 {
-			sh.touch(d) // nothing stored: the fresh state is the state
+			sh.touch(d, d.touched) // nothing stored: the fresh state is the state
 		}
 		d.replay, d.rnext = nil, 0
 	}
@@ -224,18 +230,24 @@ func (d *device) oldestFirst() []Anomaly {
 	return h
 }
 
-// collect hands over copies of the devices changed since the last collect,
-// drops idle devices when asked (after copying them if changed), and
-// retries the loads of unrestored devices.
+// collect hands over copies of the devices changed since the last
+// collect, and, at the start of a Collect, drops idle devices when asked.
+//
+// Eviction runs first, over devices that were already clean when this
+// Collect began: their last state went out with an earlier Collect, which
+// has returned, so the persister holds it (pending or written) and a
+// reload cannot see anything older. A device encoded in this Collect is
+// not evicted before the next: its copy reaches the persister only when
+// Collect returns, and a reload in between read stale state from Redis.
 func (sh *shard) collect(o *op) {
 	if o.start {
+		sh.scan(o.evict)
 		// Devices changed from now on wait for the next Collect, so a
 		// busy fleet cannot keep this one going.
 		// (Anything left from a Collect cut short by Stop goes too.)
 		sh.collecting = append(sh.collecting, sh.dirty...)
 		clear(sh.dirty)
 		sh.dirty = sh.dirty[:0]
-		sh.scanned = false
 	}
 	// One chunk per op: ingest ops queued meanwhile run between chunks
 	// instead of waiting for every changed device to be encoded.
@@ -249,16 +261,13 @@ func (sh *shard) collect(o *op) {
 	}
 	clear(chunk)
 	sh.collecting = sh.collecting[:len(sh.collecting)-n]
-	if len(sh.collecting) > 0 {
-		o.more = true
-		return
-	}
-	if sh.scanned {
-		return
-	}
-	sh.scanned = true
+	o.more = len(sh.collecting) > 0
+}
+
+// scan drops unrestored devices that hold nothing, and, with evict, clean
+// devices untouched for IdleEvict.
+func (sh *shard) scan(evict bool) {
 	idle := sh.now - int64(sh.set.opts.IdleEvict)
-	retries := 0
 	for h, first := range sh.devices {
 		for d, next := first, (*device)(nil); d != nil; d = next {
 			next = d.next // drop below gives d back for reuse
@@ -266,11 +275,24 @@ func (sh *shard) collect(o *op) {
 			case d.loading || d.retrying:
 			case d.unrestored && len(d.streams) == 0:
 				sh.drop(h, d, false) // nothing to protect
-			case d.unrestored && retries < maxRetriesPerCollect:
-				retries++
-				sh.startLoad(d, h, true)
-			case o.evict && d.touched < idle && !d.dirty:
+			case evict && !d.unrestored && !d.dirty && d.touched < idle:
 				sh.drop(h, d, true)
+			}
+		}
+	}
+}
+
+// retry starts loads for unrestored devices, at most maxRetries unless
+// o.all, so they can be reconciled with what the store holds.
+func (sh *shard) retry(o *op) {
+	for h, first := range sh.devices {
+		for d := first; d != nil; d = d.next {
+			if !o.all && o.started >= maxRetries {
+				return
+			}
+			if d.unrestored && !d.retrying && !d.loading {
+				sh.startLoad(d, h, true)
+				o.started++
 			}
 		}
 	}
@@ -281,10 +303,10 @@ func (sh *shard) collect(o *op) {
 // device (2 metrics, W=50) that CPU profiles showed for encoding.
 const collectChunk = 256
 
-// maxRetriesPerCollect bounds the loads a shard retries per Collect, so an
-// outage with many unrestored devices costs a trickle of probes, and their
-// recovery is spread over a few intervals.
-const maxRetriesPerCollect = 256
+// maxRetries bounds the loads a shard retries per Retry, so an outage with
+// many unrestored devices costs a trickle of probes, and their recovery is
+// spread over a few calls.
+const maxRetries = 256
 
 // drop removes d, whose state the store already has or is being given, and
 // gives it back to the shard's slabs: d must not be used after.
@@ -305,6 +327,9 @@ func (sh *shard) drop(h uint64, d *device, idle bool) {
 	sh.ndev--
 	sh.set.devices.Add(-1)
 	sh.set.streams.Add(-int64(len(d.streams)))
+	if d.unrestored {
+		sh.set.unrestored.Add(-1)
+	}
 	if idle {
 		sh.set.evicted.Add(1)
 	}
@@ -319,8 +344,8 @@ type Encoded struct {
 
 // Collect returns copies of every device changed since the last call, for
 // the persister to write. With evict, devices untouched for
-// Options.IdleEvict are dropped from memory too (their last changes are in
-// the returned copies). It also retries loads that failed.
+// Options.IdleEvict are dropped from memory too, once their last changes
+// have gone out in an earlier call.
 //
 // Each shard encodes collectChunk devices per message, so ingest runs
 // between chunks; devices changed after Collect began wait for the next
@@ -344,6 +369,26 @@ func (s *Set) Collect(evict bool) ([]Encoded, error) {
 		}
 	}
 }
+
+// Retry starts new loads of devices whose load failed (see Unrestored):
+// up to 256 per shard, or all of them with all. Once a load succeeds, the
+// samples the device took meanwhile are replayed onto the stored state and
+// the device is marked changed, for the next Collect. It returns how many
+// loads it started; Retrying tells how many are still in flight.
+func (s *Set) Retry(all bool) (int, error) {
+	ops, err := s.broadcast(op{kind: opRetry, all: all})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for i := range ops {
+		n += ops[i].started
+	}
+	return n, nil
+}
+
+// Retrying returns how many loads started by Retry have not finished.
+func (s *Set) Retrying() int { return int(s.retries.Load()) }
 
 // Unrestored returns how many devices run on fresh state because their
 // load failed.

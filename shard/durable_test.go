@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -185,11 +186,10 @@ func TestUnrestoredReplaysOntoStoredState(t *testing.T) {
 		t.Fatalf("unrestored state was handed out for writing (%d)", n)
 	}
 	st.setDown(false)
-	mustCollect(t, b, st, false) // retries the load
-	deadline := time.Now().Add(5 * time.Second)
-	for b.Unrestored() != 0 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
+	if n, err := b.Retry(false); n != 1 || err != nil {
+		t.Fatalf("Retry started %d loads (%v); want 1", n, err)
 	}
+	waitRestored(t, b)
 	ms, _, _ := b.Device("d")
 	if ms[0].Count != 8 || ms[0].Window != 8 || ms[0].Last != 7 || ms[0].Mean != 3.5 {
 		t.Fatalf("replay onto stored state failed: %+v", ms[0])
@@ -527,7 +527,9 @@ func TestReplayInOrderAfterWrap(t *testing.T) {
 	ingestOne(t, b, "d", 4, map[string]float64{"n": 100})
 	ingestOne(t, b, "d", 5, map[string]float64{"m": 4})
 	st.setDown(false)
-	mustCollect(t, b, st, false) // retries the load: replay onto the stored state
+	if _, err := b.Retry(false); err != nil { // replay onto the stored state
+		t.Fatal(err)
+	}
 	waitRestored(t, b)
 	ms, _, _ := b.Device("d")
 	got := map[string]MetricState{}
@@ -539,5 +541,115 @@ func TestReplayInOrderAfterWrap(t *testing.T) {
 	}
 	if n := got["n"]; n.Last != 100 || n.UpdatedTS != 4 {
 		t.Fatalf("stream n after replay: %+v", n)
+	}
+}
+
+// TestEvictionSparesActiveDevices: a device sending every few milliseconds
+// is never evicted with IdleEvict equal to the snapshot interval (its touch
+// time only moved when a Collect began, so it looked idle for a whole
+// interval: 4 evictions in 10 s at IDLE_EVICT=1s, SNAPSHOT_INTERVAL=1s).
+func TestEvictionSparesActiveDevices(t *testing.T) {
+	st := newMemStore()
+	const every = 40 * time.Millisecond
+	s := MustNewSet(t, Options{Shards: 2, Store: st, IdleEvict: every})
+	done := make(chan struct{})
+	sent := 0
+	go func() {
+		defer close(done)
+		for end := time.Now().Add(25 * every); time.Now().Before(end); sent++ {
+			ingestOne(t, s, "a", int64(sent), map[string]float64{"m": float64(sent % 7)})
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		case <-tick.C:
+			mustCollect(t, s, st, true)
+		}
+	}
+	ms, ok, _ := s.Device("a")
+	if n := s.Evicted(); n != 0 || !ok || ms[0].Count != uint64(sent) {
+		t.Fatalf("evicted %d times, count %v of %d sent; want no eviction", n, ms, sent)
+	}
+	time.Sleep(2 * every)
+	mustCollect(t, s, st, true)
+	mustCollect(t, s, st, true)
+	if n := s.Evicted(); n != 1 {
+		t.Fatalf("idle device evicted %d times; want 1", n)
+	}
+}
+
+// TestEvictedDeviceNeverReloadsStale: a device changed since the last
+// Collect is not evicted by the Collect that copies it; its copy reaches the
+// persister only when Collect returns, and a request in between reloaded
+// the older state from the store (a window fell from 1176 values to 1).
+func TestEvictedDeviceNeverReloadsStale(t *testing.T) {
+	st := newMemStore()
+	s := MustNewSet(t, Options{Shards: 1, Store: st, IdleEvict: time.Nanosecond, WindowSize: 100})
+	for i := range 5 {
+		ingestOne(t, s, "d", int64(i), map[string]float64{"m": float64(i)})
+	}
+	mustCollect(t, s, st, false) // the store holds 5 values
+	for i := 5; i < 8; i++ {
+		ingestOne(t, s, "d", int64(i), map[string]float64{"m": float64(i)})
+	}
+	time.Sleep(time.Millisecond)
+	snaps, err := s.Collect(true) // copies the 8 values; not yet saved
+	if err != nil || len(snaps) != 1 {
+		t.Fatalf("collect: %d snapshots, %v", len(snaps), err)
+	}
+	ingestOne(t, s, "d", 8, map[string]float64{"m": 8}) // before the persister has the copy
+	st.save(snaps)
+	if ms, _, _ := s.Device("d"); ms[0].Count != 9 || ms[0].Window != 9 {
+		t.Fatalf("after a request in the gap: count %d window %d; want 9 and 9", ms[0].Count, ms[0].Window)
+	}
+	// Clean now and idle: the next Collect evicts it, and a reload sees all.
+	mustCollect(t, s, st, true)
+	time.Sleep(time.Millisecond)
+	mustCollect(t, s, st, true)
+	if s.Evicted() != 1 {
+		t.Fatalf("evicted %d; want 1", s.Evicted())
+	}
+	if ms, _, _ := s.Device("d"); ms[0].Count != 9 {
+		t.Fatalf("reloaded count %d; want 9", ms[0].Count)
+	}
+}
+
+// TestSealWaitsForParkedSamples: a request whose device is still loading
+// when Seal is called is applied before Seal returns, and a request after
+// it is refused: nothing acknowledged can miss a final Collect.
+func TestSealWaitsForParkedSamples(t *testing.T) {
+	st := newMemStore()
+	s := MustNewSet(t, Options{Shards: 1, Store: delayStore{st, map[string]time.Duration{"slow": 100 * time.Millisecond}}})
+	errc := make(chan error, 1)
+	go func() {
+		b := batchOf([]string{"slow"}, "m", []float64{1})
+		errc <- s.Ingest(b)
+	}()
+	time.Sleep(20 * time.Millisecond) // the load is in flight
+	if err := s.Seal(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatalf("admitted request: %v", err)
+		}
+	default:
+		t.Fatal("Seal returned before the admitted request was applied")
+	}
+	snaps, err := s.Collect(false)
+	if err != nil || len(snaps) != 1 {
+		t.Fatalf("final collect: %d snapshots, %v; want the parked sample's device", len(snaps), err)
+	}
+	if err := s.Ingest(batchOf([]string{"late"}, "m", []float64{1})); !errors.Is(err, ErrStopped) {
+		t.Fatalf("after Seal: %v; want ErrStopped", err)
+	}
+	if _, _, err := s.Device("slow"); !errors.Is(err, ErrStopped) {
+		t.Fatalf("read after Seal: %v; want ErrStopped", err)
 	}
 }

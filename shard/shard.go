@@ -4,6 +4,7 @@
 package shard
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -152,12 +153,18 @@ type Set struct {
 
 	clock      atomic.Int64 // unix ns, advanced by Collect: the idle-eviction clock
 	unrestored atomic.Int64
+	retries    atomic.Int64 // retried loads of unrestored devices in flight
 	evicted    atomic.Uint64
 
-	// inflight counts callers between the stopping check and their send,
-	// so Stop can close the inboxes only after the last send.
-	inflight atomic.Int64
-	stopping atomic.Bool
+	// clients counts Ingest, Device, Anomalies and Summarize calls from
+	// admission until they return, so Seal can wait for every admitted
+	// request to be applied; sends counts the persister's calls (Collect,
+	// Retry) until their ops are queued, so Stop closes the inboxes only
+	// after the last send.
+	clients  atomic.Int64
+	sends    atomic.Int64
+	sealed   atomic.Bool // clients are refused with ErrStopped
+	stopping atomic.Bool // everyone is refused; the inboxes close
 }
 
 // New starts the shard goroutines. Call Stop to end them. It panics on
@@ -190,13 +197,32 @@ func New(opts Options) *Set {
 	return s
 }
 
-// Stop waits for requests already handed to the shards, then ends the
-// shard goroutines. Later calls fail with ErrStopped.
+// Seal refuses new Ingest, Device, Anomalies and Summarize calls with
+// ErrStopped and waits until every call admitted before has returned, so
+// that a final Collect holds everything a client was told was applied.
+// Collect and Retry keep working until Stop. It returns ctx's error if
+// calls are still running when ctx ends (a sample waiting for a load that
+// does not answer).
+func (s *Set) Seal(ctx context.Context) error {
+	s.sealed.Store(true)
+	for s.clients.Load() != 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d requests still in flight: %w", s.clients.Load(), ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// Stop seals the Set, waits for every admitted call, then ends the shard
+// goroutines. Later calls fail with ErrStopped.
 func (s *Set) Stop() {
+	_ = s.Seal(context.Background())
 	if s.stopping.Swap(true) {
 		return
 	}
-	for s.inflight.Load() != 0 {
+	for s.sends.Load() != 0 {
 		time.Sleep(time.Millisecond)
 	}
 	for _, sh := range s.shards {
@@ -228,23 +254,41 @@ func (s *Set) shardOfHash(h uint64) int {
 	return int(hi)
 }
 
-func (s *Set) enter() bool {
-	s.inflight.Add(1)
-	if s.stopping.Load() {
-		s.inflight.Add(-1)
+// admit counts a client call in, unless the Set is sealed; a true answer
+// must be matched by a done call once the call has its answer.
+func (s *Set) admit() bool {
+	s.clients.Add(1)
+	if s.sealed.Load() {
+		s.clients.Add(-1)
 		return false
 	}
 	return true
 }
 
-func (s *Set) leave() { s.inflight.Add(-1) }
+func (s *Set) done() { s.clients.Add(-1) }
+
+// enter counts a persister call in until its ops are sent (leave).
+func (s *Set) enter() bool {
+	s.sends.Add(1)
+	if s.stopping.Load() {
+		s.sends.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (s *Set) leave() { s.sends.Add(-1) }
 
 // Ingest applies every sample in b, one message per shard involved, and
 // fills b.Anomalies. It fails without applying anything when a shard's
 // queue is full (ErrOverloaded) or the Set is stopped (ErrStopped).
 func (s *Set) Ingest(b *Batch) error {
-	if !s.enter() {
+	if !s.admit() {
 		return ErrStopped
+	}
+	defer s.done()
+	if b.received == 0 {
+		b.received = time.Now().UnixNano()
 	}
 	n := len(s.shards)
 	b.counts = slices.Grow(b.counts[:0], n)[:n]
@@ -264,7 +308,6 @@ func (s *Set) Ingest(b *Batch) error {
 					s.shards[j].pending.Add(-1)
 				}
 			}
-			s.leave()
 			return ErrOverloaded
 		}
 	}
@@ -296,7 +339,6 @@ func (s *Set) Ingest(b *Batch) error {
 			s.shards[k].inbox <- &b.ops[k]
 		}
 	}
-	s.leave()
 	b.done.wait()
 
 	b.Anomalies = b.Anomalies[:0]
@@ -345,16 +387,16 @@ func (s *Set) Anomalies(id string) ([]Anomaly, bool, error) {
 // ask sends one read to the shard owning id and waits for the answer.
 // Reads wait for a queue place rather than fail: they are few and small.
 func (s *Set) ask(kind opKind, id string) (*op, error) {
-	if !s.enter() {
+	if !s.admit() {
 		return nil, ErrStopped
 	}
+	defer s.done()
 	o := &op{kind: kind, id: id, done: new(latch)}
 	o.done.add(1)
 	sh := s.shards[s.ShardOf([]byte(id))]
 	o.hash = maphash.String(s.seed, id)
 	sh.pending.Add(1)
 	sh.inbox <- o
-	s.leave()
 	o.done.wait()
 	return o, nil
 }
@@ -384,6 +426,10 @@ type MetricSummary struct {
 // Summarize asks every shard for its part and merges them. It costs one
 // pass over all window values, so call it per scrape, not per request.
 func (s *Set) Summarize() (Summary, error) {
+	if !s.admit() {
+		return Summary{}, ErrStopped
+	}
+	defer s.done()
 	ops, err := s.broadcast(op{kind: opSummary})
 	if err != nil {
 		return Summary{}, err
@@ -465,6 +511,7 @@ const (
 	opAnomalies
 	opSummary
 	opCollect
+	opRetry
 )
 
 // op is one message to a shard. The sender owns it again once done has
@@ -490,6 +537,8 @@ type op struct {
 	evict   bool      // opCollect: also drop idle devices
 	start   bool      // opCollect: the first of a Collect's ops
 	more    bool      // opCollect: devices are left for the next op
+	all     bool      // opRetry: every unrestored device, not a trickle
+	started int       // opRetry: loads started
 }
 
 type shard struct {
@@ -514,9 +563,8 @@ type shard struct {
 	loading int       // devices waiting for a load
 	dirty   []*device // devices changed since the last collect
 	// collecting is what was dirty when the current Collect began, taken a
-	// chunk per op; scanned says its eviction and retry pass is done.
+	// chunk per op.
 	collecting []*device
-	scanned    bool
 	now        int64 // Set.clock when the current op started, unix ns
 }
 
@@ -552,6 +600,9 @@ func (sh *shard) run(wg *sync.WaitGroup) {
 		}
 		sh.pending.Add(-1)
 		sh.now = sh.set.clock.Load()
+		if o.kind == opIngest {
+			sh.now = o.b.received
+		}
 		if sh.handle(o) {
 			o.done.finish()
 		}
@@ -570,6 +621,8 @@ func (sh *shard) handle(o *op) bool {
 		sh.summarize(o)
 	case opCollect:
 		sh.collect(o)
+	case opRetry:
+		sh.retry(o)
 	}
 	return true
 }
@@ -602,7 +655,7 @@ func (sh *shard) ingest(o *op) bool {
 func (sh *shard) apply(d *device, o *op, i int32) {
 	b, s := o.b, sh.set
 	smp := &b.samples[i]
-	sh.touch(d)
+	sh.touch(d, b.received)
 	for j := smp.ms.lo; j < smp.ms.hi; j++ {
 		m := &b.metrics[j]
 		st := d.stream(b.bytes(m.name), sh)
