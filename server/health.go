@@ -58,18 +58,20 @@ func (h *Handler) metrics(ctx *fasthttp.RequestCtx) error {
 		m.WritePrometheus(w)
 	}
 	metrics.WriteProcessMetrics(w)
-	s, err := h.set.Summarize()
+	by, err := h.set.MetricMeans()
 	if err != nil {
 		return nil // shutting down: the rest of the page is still valid
 	}
-	h.writeRollingAverages(w, s.ByMetric)
+	h.writeRollingAverages(w, by)
 	return nil
 }
 
 // writeRollingAverages writes rolling_average_current{metric}: per metric
 // name, the mean of its streams' rolling averages. Only the names with the
-// most streams get their own series; the rest share metric="_other", so a
-// client sending random names cannot blow up the series count.
+// most streams get their own series; the rest share metric="(other)", so a
+// client sending random names cannot blow up the series count. Parentheses
+// cannot occur in a metric name, so no client's name collides with it (a
+// metric named "_other" made a duplicate series).
 func (h *Handler) writeRollingAverages(w io.Writer, by map[string]shard.MetricSummary) {
 	names := make([]string, 0, len(by))
 	for name := range by {
@@ -94,6 +96,6 @@ func (h *Handler) writeRollingAverages(w io.Writer, by map[string]shard.MetricSu
 		metrics.WriteGaugeFloat64(w, fmt.Sprintf("rolling_average_current{metric=%q}", name), m.Mean)
 	}
 	if rest.Streams > 0 {
-		metrics.WriteGaugeFloat64(w, `rolling_average_current{metric="_other"}`, rest.Mean)
+		metrics.WriteGaugeFloat64(w, `rolling_average_current{metric="(other)"}`, rest.Mean)
 	}
 }

@@ -36,7 +36,7 @@ type Options struct {
 	// the read bound in the 408 message.
 	Timeouts Timeouts
 	// MaxMetricLabels bounds the metric label values of
-	// rolling_average_current; further names share metric="_other". Zero: 100.
+	// rolling_average_current; further names share metric="(other)". Zero: 100.
 	MaxMetricLabels int
 }
 

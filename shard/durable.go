@@ -140,7 +140,9 @@ func (sh *shard) onLoaded(l loadResult) {
 			sh.restore(d, l.snap)
 			for _, k := range replay {
 				st := d.stream([]byte(k.metric), sh)
-				if sc := st.Observe(k.v, k.ts, st.p); sc.Alert {
+				sc := st.Observe(k.v, k.ts, st.p)
+				st.track()
+				if sc.Alert {
 					d.remember(Anomaly{Device: d.id, Metric: st.name, TS: k.ts, Value: k.v,
 						Mean: sc.Mean, Stddev: sc.Stddev, Z: sc.Z}, s.opts.HistoryLen)
 				}
@@ -177,7 +179,9 @@ func (sh *shard) restore(d *device, snap *Snapshot) {
 	s := sh.set
 	for i := range snap.Streams {
 		ss := &snap.Streams[i]
-		d.stream([]byte(ss.Name), sh).load(ss)
+		st := d.stream([]byte(ss.Name), sh)
+		st.load(ss)
+		st.track()
 	}
 	for _, a := range snap.History {
 		d.remember(a, s.opts.HistoryLen)

@@ -91,10 +91,28 @@ func ExampleSet_Summarize() {
 		panic(err)
 	}
 	sum, _ := s.Summarize()
-	fmt.Printf("devices=%d streams=%d mean=%.2f min=%g max=%g temp=%g\n",
-		sum.Devices, sum.Streams, sum.Mean, sum.Min, sum.Max, sum.ByMetric["temp"].Mean)
+	fmt.Printf("devices=%d streams=%d mean=%.2f min=%g max=%g\n",
+		sum.Devices, sum.Streams, sum.Mean, sum.Min, sum.Max)
 	// Output:
-	// devices=2 streams=3 mean=26.67 min=10 max=50 temp=15
+	// devices=2 streams=3 mean=26.67 min=10 max=50
+}
+
+func ExampleSet_MetricMeans() {
+	s := shard.New(shard.Options{Shards: 2, WindowSize: 3})
+	defer s.Stop()
+	var b shard.Batch
+	b.Add([]byte("a"), 0)
+	b.AddMetric([]byte("temp"), 10)
+	b.Add([]byte("b"), 0)
+	b.AddMetric([]byte("temp"), 20)
+	b.AddMetric([]byte("hum"), 50)
+	if err := s.Ingest(&b); err != nil {
+		panic(err)
+	}
+	by, _ := s.MetricMeans()
+	fmt.Printf("temp: %d streams, mean %g; hum: %d, mean %g\n", by["temp"].Streams, by["temp"].Mean, by["hum"].Streams, by["hum"].Mean)
+	// Output:
+	// temp: 2 streams, mean 15; hum: 1, mean 50
 }
 
 func ExampleParseRules() {

@@ -188,6 +188,7 @@ func New(opts Options) *Set {
 			inbox:   make(chan *op, opts.QueueLen),
 			limit:   int32(opts.QueueLen),
 			devices: make(map[uint64]*device),
+			names:   make(map[string]*nameAgg),
 			loaded:  make(chan loadResult, 64),
 		}
 		s.shards[i] = sh
@@ -412,9 +413,6 @@ type Summary struct {
 	Mean      float64
 	Stddev    float64 // population stddev of all window values
 	Min, Max  float64
-	// ByMetric maps a metric name to the mean of its streams' rolling
-	// averages and how many streams there are.
-	ByMetric map[string]MetricSummary
 }
 
 // MetricSummary aggregates the streams of one metric name.
@@ -423,8 +421,46 @@ type MetricSummary struct {
 	Mean    float64 // mean of the streams' rolling averages
 }
 
+// MetricMeans returns, per metric name, how many streams there are and the
+// mean of their rolling averages. Shards keep these sums as samples arrive,
+// so it costs O(metric names), not O(values): what a /metrics scrape needs
+// (walking every window blocked the shards for 35-40 ms at 100k streams).
+func (s *Set) MetricMeans() (map[string]MetricSummary, error) {
+	if !s.admit() {
+		return nil, ErrStopped
+	}
+	defer s.done()
+	ops, err := s.broadcast(op{kind: opNames})
+	if err != nil {
+		return nil, err
+	}
+	type total struct {
+		streams int
+		sum     nameAgg
+	}
+	all := make(map[string]*total)
+	for i := range ops {
+		for name, a := range ops[i].names {
+			t := all[name]
+			if t == nil {
+				t = new(total)
+				all[name] = t
+			}
+			t.streams += a.streams
+			t.sum.add(a.sum)
+			t.sum.add(a.c)
+		}
+	}
+	out := make(map[string]MetricSummary, len(all))
+	for name, t := range all {
+		out[name] = MetricSummary{Streams: t.streams, Mean: t.sum.total() / float64(t.streams)}
+	}
+	return out, nil
+}
+
 // Summarize asks every shard for its part and merges them. It costs one
-// pass over all window values, so call it per scrape, not per request.
+// pass over all window values (for the minimum and maximum), so it is for
+// people and dashboards, not for every scrape.
 func (s *Set) Summarize() (Summary, error) {
 	if !s.admit() {
 		return Summary{}, ErrStopped
@@ -436,7 +472,6 @@ func (s *Set) Summarize() (Summary, error) {
 	}
 	var sum Summary
 	var m moments
-	sum.ByMetric = make(map[string]MetricSummary)
 	sum.Min, sum.Max = math.Inf(1), math.Inf(-1)
 	for i := range ops {
 		p := &ops[i].sum
@@ -447,13 +482,6 @@ func (s *Set) Summarize() (Summary, error) {
 		sum.Min = math.Min(sum.Min, p.Min)
 		sum.Max = math.Max(sum.Max, p.Max)
 		m.merge(ops[i].mom)
-		for name, ms := range p.ByMetric {
-			t := sum.ByMetric[name]
-			n := t.Streams + ms.Streams
-			t.Mean += (ms.Mean - t.Mean) * float64(ms.Streams) / float64(n)
-			t.Streams = n
-			sum.ByMetric[name] = t
-		}
 	}
 	if m.n == 0 {
 		sum.Min, sum.Max = 0, 0
@@ -512,6 +540,7 @@ const (
 	opSummary
 	opCollect
 	opRetry
+	opNames
 )
 
 // op is one message to a shard. The sender owns it again once done has
@@ -533,6 +562,7 @@ type op struct {
 	metrics []MetricState
 	sum     Summary
 	mom     moments
+	names   map[string]nameAgg // opNames
 	snaps   []Encoded // opCollect
 	evict   bool      // opCollect: also drop idle devices
 	start   bool      // opCollect: the first of a Collect's ops
@@ -551,6 +581,7 @@ type shard struct {
 	// the shard; IDs whose hashes collide are chained through device.next.
 	devices map[uint64]*device // owned by run alone
 	ndev    int
+	names   map[string]*nameAgg // per metric name; owned by run alone
 	devs    []*device // ingest scratch
 	// What devices are made of, dense and reused (see slabs).
 	deviceSlab   slabs[device]
@@ -619,6 +650,8 @@ func (sh *shard) handle(o *op) bool {
 		return sh.read(o)
 	case opSummary:
 		sh.summarize(o)
+	case opNames:
+		sh.copyNames(o)
 	case opCollect:
 		sh.collect(o)
 	case opRetry:
@@ -660,6 +693,7 @@ func (sh *shard) apply(d *device, o *op, i int32) {
 		m := &b.metrics[j]
 		st := d.stream(b.bytes(m.name), sh)
 		sc := st.Observe(m.v, smp.ts, st.p)
+		st.track()
 		if d.unrestored {
 			d.keep(st.name, m.v, smp.ts, st.Win.Cap())
 		}
@@ -726,7 +760,6 @@ func (sh *shard) summarize(o *op) {
 	p := &o.sum
 	p.Devices = sh.ndev
 	p.Min, p.Max = math.Inf(1), math.Inf(-1)
-	p.ByMetric = make(map[string]MetricSummary)
 	for _, d := range sh.devices {
 		for ; d != nil; d = d.next {
 			sh.summarizeDevice(d, o)
@@ -749,10 +782,34 @@ func (sh *shard) summarizeDevice(d *device, o *op) {
 		o.mom.merge(moments{n: float64(n), mean: mean, v: sd * sd})
 		lo, hi := st.Win.MinMax()
 		p.Min, p.Max = math.Min(p.Min, lo), math.Max(p.Max, hi)
-		t := p.ByMetric[st.name]
-		t.Streams++
-		t.Mean += (mean - t.Mean) / float64(t.Streams)
-		p.ByMetric[st.name] = t
+	}
+}
+
+// nameAgg is one metric name's streams in a shard: how many, and the sum of
+// their window means, kept as samples arrive (see namedStream.track). The
+// sum is compensated (Neumaier), so billions of small updates do not drift.
+type nameAgg struct {
+	streams int
+	sum, c  float64
+}
+
+func (a *nameAgg) add(x float64) {
+	t := a.sum + x
+	if math.Abs(a.sum) >= math.Abs(x) {
+		a.c += (a.sum - t) + x
+	} else {
+		a.c += (x - t) + a.sum
+	}
+	a.sum = t
+}
+
+func (a *nameAgg) total() float64 { return a.sum + a.c }
+
+// names copies the shard's per-name sums.
+func (sh *shard) copyNames(o *op) {
+	o.names = make(map[string]nameAgg, len(sh.names))
+	for name, a := range sh.names {
+		o.names[name] = *a
 	}
 }
 
@@ -788,10 +845,20 @@ func (d *device) is(id []byte) bool {
 type namedStream struct {
 	// head is the name's first bytes, compared before the name itself.
 	head [nameHeadLen]byte
-	nlen uint8   // len(name), 255 for 255 and longer
-	p    *Params // the detector settings for this metric name
+	nlen uint8    // len(name), 255 for 255 and longer
+	p    *Params  // the detector settings for this metric name
+	agg  *nameAgg // the shard's sums for this name
+	mean float64  // the window mean agg holds for this stream
 	Stream
 	name string // after the hot state: only alerts and reads need it whole
+}
+
+// track moves the stream's share of its name's sum to the window's mean
+// now; call it after every change to the window.
+func (ns *namedStream) track() {
+	m := ns.Win.Mean()
+	ns.agg.add(m - ns.mean)
+	ns.mean = m
 }
 
 const nameHeadLen = 15
@@ -834,7 +901,13 @@ func (d *device) stream(name []byte, sh *shard) *namedStream {
 	}
 	s := sh.set
 	p := s.paramsFor(name)
-	ns := namedStream{p: p, Stream: Stream{Win: Window{vals: sh.rings.get(p.Window)}}}
+	agg := sh.names[string(name)]
+	if agg == nil {
+		agg = new(nameAgg)
+		sh.names[string(name)] = agg
+	}
+	agg.streams++
+	ns := namedStream{p: p, agg: agg, Stream: Stream{Win: Window{vals: sh.rings.get(p.Window)}}}
 	ns.setName(string(name))
 	if len(d.streams) == cap(d.streams) {
 		// Most devices have a few metrics: grow one at a time rather than

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 func MustNewSet(tb testing.TB, o Options) *Set {
@@ -190,8 +192,12 @@ func TestSummarize(t *testing.T) {
 	if d := sum.Stddev - wantSD; d > 1e-12 || d < -1e-12 {
 		t.Fatalf("unexpected stddev; got %v; want %v", sum.Stddev, wantSD)
 	}
-	if m := sum.ByMetric["m"]; m.Streams != 3 || math.Abs(m.Mean-13.0/3) > 1e-12 {
-		t.Fatalf("unexpected per-metric summary %+v", m)
+	by, err := s.MetricMeans()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := by["m"]; len(by) != 1 || m.Streams != 3 || math.Abs(m.Mean-13.0/3) > 1e-12 {
+		t.Fatalf("unexpected per-metric summary %+v", by)
 	}
 }
 
@@ -427,4 +433,96 @@ func TestSummarizeHugeValues(t *testing.T) {
 	if sum.Values != 2*n || math.Abs(sum.Mean) > 1e136 || math.Abs(sum.Stddev-1e150)/1e150 > 1e-12 {
 		t.Fatalf("values %d mean %v stddev %v; want %d, 0, 1e150", sum.Values, sum.Mean, sum.Stddev, 2*n)
 	}
+}
+
+// TestMetricMeansExact: the per-name sums kept as samples arrive equal the
+// mean of the streams' window means computed from scratch, after random
+// samples on many devices, idle eviction and reloads from a store, and
+// devices dropped and recreated (reused slabs).
+func TestMetricMeansExact(t *testing.T) {
+	st := newMemStore()
+	s := MustNewSet(t, Options{Shards: 3, WindowSize: 7, Store: st, IdleEvict: time.Nanosecond})
+	rng := rand.New(rand.NewPCG(1, 2))
+	names := []string{"temp", "hum", "a-rather-long-metric-name", "x"}
+	devs := map[string]bool{}
+	for round := range 40 {
+		b := new(Batch)
+		for range 50 {
+			dev := fmt.Sprint("d", rng.IntN(60))
+			devs[dev] = true
+			b.Add([]byte(dev), int64(round))
+			for _, n := range names[:1+rng.IntN(len(names))] {
+				b.AddMetric([]byte(n), 1e6+rng.NormFloat64()*float64(1+round%5))
+			}
+		}
+		if err := s.Ingest(b); err != nil {
+			t.Fatal(err)
+		}
+		if round%10 == 9 {
+			mustCollect(t, s, st, true)
+			mustCollect(t, s, st, true) // evicts what the first handed over
+		}
+	}
+	want := map[string][]float64{}
+	for dev := range devs {
+		ms, ok, err := s.Device(dev) // reloads what was evicted
+		if err != nil || !ok {
+			t.Fatalf("device %s: %v %v", dev, ok, err)
+		}
+		for _, m := range ms {
+			want[m.Name] = append(want[m.Name], m.Mean)
+		}
+	}
+	got, err := s.MetricMeans()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("names %v; want %v", got, want)
+	}
+	for name, means := range want {
+		exact, _ := exactStats(means)
+		if g := got[name]; g.Streams != len(means) || math.Abs(g.Mean-exact) > 1e-12*math.Abs(exact) {
+			t.Fatalf("%s: %d streams, mean %.17g; want %d, %.17g", name, g.Streams, g.Mean, len(means), exact)
+		}
+	}
+	if s.Evicted() == 0 {
+		t.Fatal("test needs evictions")
+	}
+}
+
+// BenchmarkScrape compares what a /metrics scrape asks of the shards
+// (MetricMeans, O(names)) with the walk /analyze does (Summarize, O(values)),
+// at 20k devices × 5 metrics with full W=50 windows.
+func BenchmarkScrape(b *testing.B) {
+	s := MustNewSet(b, Options{Shards: 4})
+	batch := new(Batch)
+	for round := range 50 {
+		batch.Reset()
+		for d := range 20000 {
+			batch.Add([]byte(fmt.Sprint("dev-", d)), int64(round))
+			for m := range 5 {
+				batch.AddMetric([]byte(fmt.Sprint("m", m)), float64(d%100+m+round%3))
+			}
+		}
+		if err := s.Ingest(batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("MetricMeans", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := s.MetricMeans(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Summarize", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := s.Summarize(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -90,7 +90,12 @@ func (s *slabs[T]) put(v []T) {
 // discarded, and leaves d without streams.
 func (sh *shard) release(d *device) {
 	for i := range d.streams {
-		sh.rings.put(d.streams[i].Win.vals)
+		st := &d.streams[i]
+		sh.rings.put(st.Win.vals)
+		st.agg.add(-st.mean)
+		if st.agg.streams--; st.agg.streams == 0 {
+			delete(sh.names, st.name)
+		}
 	}
 	sh.streamArrays.put(d.streams)
 	d.streams = nil
