@@ -563,12 +563,12 @@ type op struct {
 	sum     Summary
 	mom     moments
 	names   map[string]nameAgg // opNames
-	snaps   []Encoded // opCollect
-	evict   bool      // opCollect: also drop idle devices
-	start   bool      // opCollect: the first of a Collect's ops
-	more    bool      // opCollect: devices are left for the next op
-	all     bool      // opRetry: every unrestored device, not a trickle
-	started int       // opRetry: loads started
+	snaps   []Encoded          // opCollect
+	evict   bool               // opCollect: also drop idle devices
+	start   bool               // opCollect: the first of a Collect's ops
+	more    bool               // opCollect: devices are left for the next op
+	all     bool               // opRetry: every unrestored device, not a trickle
+	started int                // opRetry: loads started
 }
 
 type shard struct {
@@ -582,7 +582,7 @@ type shard struct {
 	devices map[uint64]*device // owned by run alone
 	ndev    int
 	names   map[string]*nameAgg // per metric name; owned by run alone
-	devs    []*device // ingest scratch
+	devs    []*device           // ingest scratch
 	// What devices are made of, dense and reused (see slabs).
 	deviceSlab   slabs[device]
 	streamArrays slabs[namedStream]
