@@ -140,6 +140,7 @@ func (sh *shard) onLoaded(l loadResult) {
 			sh.restore(d, l.snap)
 			for _, k := range replay {
 				st := d.stream([]byte(k.metric), sh)
+				sh.room(&st.Win)
 				sc := st.Observe(k.v, k.ts, st.p)
 				st.track()
 				if sc.Alert {
@@ -180,6 +181,7 @@ func (sh *shard) restore(d *device, snap *Snapshot) {
 	for i := range snap.Streams {
 		ss := &snap.Streams[i]
 		st := d.stream([]byte(ss.Name), sh)
+		sh.makeRoom(&st.Win, len(ss.Values))
 		st.load(ss)
 		st.track()
 	}

@@ -692,6 +692,7 @@ func (sh *shard) apply(d *device, o *op, i int32) {
 	for j := smp.ms.lo; j < smp.ms.hi; j++ {
 		m := &b.metrics[j]
 		st := d.stream(b.bytes(m.name), sh)
+		sh.room(&st.Win)
 		sc := st.Observe(m.v, smp.ts, st.p)
 		st.track()
 		if d.unrestored {
@@ -907,7 +908,7 @@ func (d *device) stream(name []byte, sh *shard) *namedStream {
 		sh.names[string(name)] = agg
 	}
 	agg.streams++
-	ns := namedStream{p: p, agg: agg, Stream: Stream{Win: Window{vals: sh.rings.get(p.Window)}}}
+	ns := namedStream{p: p, agg: agg, Stream: Stream{Win: sh.newRing(p.Window)}}
 	ns.setName(string(name))
 	if len(d.streams) == cap(d.streams) {
 		// Most devices have a few metrics: grow one at a time rather than

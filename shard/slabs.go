@@ -114,3 +114,34 @@ func (sh *shard) freeDevice(d *device) {
 	sh.release(d)
 	sh.deviceSlab.put(unsafe.Slice(d, 1))
 }
+
+// firstRing is the capacity a window's ring starts with. It doubles as
+// values arrive, up to W, so memory follows the values a stream holds: with
+// every ring allocated at W up front, W=100000 under eviction churn reached
+// 24 GB before it held much.
+const firstRing = 8
+
+// newRing returns an empty ring for a window of size values.
+func (sh *shard) newRing(size int) Window {
+	return Window{vals: sh.rings.get(min(size, firstRing)), size: int32(size)}
+}
+
+// makeRoom gives w's ring room for n values (at most W) from the slabs,
+// keeping its values, which are in order: a ring only wraps once full. The
+// old ring goes back to the slabs.
+func (sh *shard) makeRoom(w *Window, n int) {
+	if n <= cap(w.vals) {
+		return
+	}
+	c := min(max(n, 2*cap(w.vals)), int(w.size))
+	grown := append(sh.rings.get(c), w.vals...)
+	sh.rings.put(w.vals)
+	w.vals = grown
+}
+
+// room makes sure w can take one more value without Go growing its slice.
+func (sh *shard) room(w *Window) {
+	if len(w.vals) == cap(w.vals) && len(w.vals) < int(w.size) {
+		sh.makeRoom(w, len(w.vals)+1)
+	}
+}

@@ -3,6 +3,8 @@ package shard
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
+	"runtime"
 	"testing"
 	"time"
 	"unsafe"
@@ -200,5 +202,71 @@ func TestWindowSizesIngest(t *testing.T) {
 		if ms, ok, _ := s.Device("d"); !ok || ms[0].Window != min(3, w) {
 			t.Fatalf("W=%d: device state %v %v", w, ms, ok)
 		}
+	}
+}
+
+// TestRingsGrowWithValues: a window's ring holds about the values it has,
+// not W, and grows from the slabs without changing a single bit of what the
+// detector computes (compared with a window allocated at W up front).
+func TestRingsGrowWithValues(t *testing.T) {
+	const w = 1000
+	s := MustNewSet(t, Options{Shards: 1, WindowSize: w, Detector: Winsor})
+	ref := NewStream(w)
+	p := s.params
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range 3 * w {
+		x := 1e6 + rng.NormFloat64()
+		if i%97 == 0 {
+			x += 50
+		}
+		b := new(Batch)
+		b.Add([]byte("d"), int64(i))
+		b.AddMetric([]byte("m"), x)
+		if err := s.Ingest(b); err != nil {
+			t.Fatal(err)
+		}
+		sc := ref.Observe(x, int64(i), &p)
+		ms, _, _ := s.Device("d")
+		mean, sd := ref.Win.Stats()
+		if ms[0].LastZ != sc.Z || ms[0].Mean != mean || ms[0].Stddev != sd {
+			t.Fatalf("sample %d: z %v mean %v sd %v; want %v %v %v", i, ms[0].LastZ, ms[0].Mean, ms[0].Stddev, sc.Z, mean, sd)
+		}
+		if n := i + 1; n < w {
+			var c int
+			for _, d := range s.shards[0].devices {
+				c = cap(d.streams[0].Win.vals)
+			}
+			if c < n || c > max(2*n, firstRing) {
+				t.Fatalf("%d values in a ring of capacity %d", n, c)
+			}
+		}
+	}
+}
+
+// TestMemoryFollowsValues: many streams with a huge W and few values take
+// memory for their values, not for W (every ring was allocated at W: 50k
+// devices at W=100000 under eviction churn were OOM-killed at 24 GB).
+func TestMemoryFollowsValues(t *testing.T) {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	s := MustNewSet(t, Options{Shards: 2, WindowSize: 100000})
+	b := new(Batch)
+	for round := range 10 {
+		b.Reset()
+		for d := range 500 {
+			b.Add([]byte(fmt.Sprint("dev-", d)), int64(round))
+			b.AddMetric([]byte("a"), float64(round))
+			b.AddMetric([]byte("b"), float64(d))
+		}
+		if err := s.Ingest(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	// 1,000 streams of 10 values; at W it would be 1,000 × 800 KB.
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 32<<20 {
+		t.Fatalf("heap grew by %d MiB for 1,000 streams of 10 values", grew>>20)
 	}
 }

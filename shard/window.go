@@ -17,14 +17,18 @@ import "math"
 // The zero Window is unusable: make one with NewWindow. A Window is not safe
 // for concurrent use; its shard goroutine owns it.
 type Window struct {
-	vals []float64 // the ring; grows to cap(vals) == W, then wraps
-	head int32     // index of the oldest value once full
-	age  int32     // pushes since the last recompute
-	ref  float64   // sums below are relative to ref
-	s1   float64   // Σ(x-ref)
-	s2   float64   // Σ(x-ref)²
-	mag1 float64   // Σ|x-ref| over every term added or removed since recompute
-	mag2 float64   // Σ(x-ref)² likewise
+	// vals is the ring. It grows to size values, then wraps; its capacity
+	// may grow with it (a shard grows it from its slabs, see
+	// shard.makeRoom), so memory follows the values held, not W.
+	vals []float64
+	head int32   // index of the oldest value once full
+	age  int32   // pushes since the last recompute
+	size int32   // W
+	ref  float64 // sums below are relative to ref
+	s1   float64 // Σ(x-ref)
+	s2   float64 // Σ(x-ref)²
+	mag1 float64 // Σ|x-ref| over every term added or removed since recompute
+	mag2 float64 // Σ(x-ref)² likewise
 }
 
 // NewWindow returns an empty window holding at most size values.
@@ -32,14 +36,14 @@ func NewWindow(size int) Window {
 	if size < 1 {
 		panic("BUG: shard.NewWindow size must be positive")
 	}
-	return Window{vals: make([]float64, 0, size)}
+	return Window{vals: make([]float64, 0, size), size: int32(size)}
 }
 
 // Len returns how many values the window holds.
 func (w *Window) Len() int { return len(w.vals) }
 
 // Cap returns the window size W.
-func (w *Window) Cap() int { return cap(w.vals) }
+func (w *Window) Cap() int { return int(w.size) }
 
 // Stats returns the mean and population standard deviation of the values in
 // the window; both are zero when it is empty.
@@ -86,8 +90,8 @@ func recip(n int) float64 {
 
 // Push adds x to the window, evicting the oldest value when it is full.
 func (w *Window) Push(x float64) {
-	if len(w.vals) < cap(w.vals) {
-		w.vals = append(w.vals, x)
+	if len(w.vals) < int(w.size) {
+		w.vals = append(w.vals, x) // within capacity when a shard made room
 	} else {
 		d := w.vals[w.head] - w.ref
 		w.s1 -= d
@@ -106,7 +110,7 @@ func (w *Window) Push(x float64) {
 	w.mag1 += math.Abs(d)
 	w.mag2 += d * d
 	w.age++
-	if int(w.age) >= cap(w.vals) || w.illConditioned() {
+	if w.age >= w.size || w.illConditioned() {
 		w.recompute()
 	}
 }
@@ -154,7 +158,7 @@ func (w *Window) recompute() {
 }
 
 func (w *Window) oldest() int {
-	if len(w.vals) < cap(w.vals) {
+	if len(w.vals) < int(w.size) {
 		return 0
 	}
 	return int(w.head)
@@ -188,15 +192,15 @@ func (w *Window) sums() WindowSums {
 // load refills an empty w with vals (oldest first) and, when they all fit
 // and ws is finite, the sums they were saved with; otherwise it recomputes.
 func (w *Window) load(vals []float64, ws WindowSums) {
-	if len(vals) > cap(w.vals) {
-		vals = vals[len(vals)-cap(w.vals):]
+	if len(vals) > int(w.size) {
+		vals = vals[len(vals)-int(w.size):]
 		ws.Age = -1
 	}
 	w.vals, w.head = append(w.vals[:0], vals...), 0
 	if len(vals) == 0 {
 		return
 	}
-	ok := ws.Age >= 0 && int(ws.Age) < cap(w.vals)
+	ok := ws.Age >= 0 && ws.Age < w.size
 	for _, f := range [...]float64{ws.Ref, ws.S1, ws.S2, ws.Mag1, ws.Mag2} {
 		ok = ok && !math.IsNaN(f) && !math.IsInf(f, 0)
 	}
