@@ -29,7 +29,7 @@ func (h *Handler) metric(ctx *fasthttp.RequestCtx) error {
 		dst = append(dst, `,"window":`...)
 		dst = strconv.AppendInt(dst, int64(b.Head.Window), 10)
 		dst = append(dst, `,"window_size":`...)
-		dst = strconv.AppendInt(dst, int64(h.set.Options().WindowSize), 10)
+		dst = strconv.AppendInt(dst, int64(b.Head.Size), 10)
 		dst = append(dst, `,"rolling_average":`...)
 		dst = appendFloat(dst, b.Head.Mean)
 		dst = append(dst, `,"is_anomaly":`...)

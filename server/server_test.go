@@ -328,3 +328,18 @@ func TestShutdownAnswers503(t *testing.T) {
 		t.Fatalf("unexpected body %v", m)
 	}
 }
+
+// TestMetricRouteWindowSizeFromRule: /metric reports the window size of the
+// stream it describes, which a rule may set (it reported WINDOW_SIZE).
+func TestMetricRouteWindowSizeFromRule(t *testing.T) {
+	p := shard.Params{Kind: shard.Winsor, Window: 20, MinSamples: 5, Threshold: 4, MinStddev: 1e-9, Cooldown: 50, StepFloor: 0.5}
+	s := MustOpenServer(t, shard.Options{Shards: 2, WindowSize: 50, Rules: []shard.Rule{{Match: "rps", Params: p}}}, 1<<20)
+	m := s.json(t, "POST", "/metric", `{"rps":1,"cpu":2}`, 200)
+	if m["window_size"].(float64) != 20 {
+		t.Fatalf("window_size %v; want the rule's 20", m["window_size"])
+	}
+	m = s.json(t, "POST", "/metric", `{"cpu":2,"rps":1}`, 200)
+	if m["window_size"].(float64) != 50 {
+		t.Fatalf("window_size %v; want WINDOW_SIZE 50 for cpu", m["window_size"])
+	}
+}

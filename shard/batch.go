@@ -31,6 +31,7 @@ type Batch struct {
 // StreamHead is what the prototype's /metric route reports of the window.
 type StreamHead struct {
 	Window int     // values in the window after the update
+	Size   int     // the stream's window size W (a rule may set its own)
 	Mean   float64 // the window's mean after the update
 }
 

@@ -700,7 +700,7 @@ func (sh *shard) apply(d *device, o *op, i int32) {
 		}
 		if i == 0 && j == smp.ms.lo {
 			mean, _ := st.Win.Stats()
-			b.Head = StreamHead{Window: st.Win.Len(), Mean: mean}
+			b.Head = StreamHead{Window: st.Win.Len(), Size: st.Win.Cap(), Mean: mean}
 		}
 		if sc.Anomalous {
 			o.anomalous++
