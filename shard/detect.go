@@ -73,8 +73,8 @@ func (p *Params) Validate() error {
 	switch {
 	case p.Kind == 0 || int(p.Kind) >= len(kindNames):
 		return fmt.Errorf("unknown detector %d", p.Kind)
-	case p.Window < 2 || p.Window > 100000:
-		return fmt.Errorf("window=%d: want 2 to 100000", p.Window)
+	case p.Window < 2 || p.Window > MaxWindow:
+		return fmt.Errorf("window=%d: want 2 to %d", p.Window, MaxWindow)
 	case p.MinSamples < 1 || p.MinSamples > p.Window && p.Kind != EWMA:
 		return fmt.Errorf("min_samples=%d: want 1 to window=%d", p.MinSamples, p.Window)
 	case !(p.Threshold > 0) || math.IsInf(p.Threshold, 0):

@@ -42,7 +42,7 @@ func (sh *shard) getDevice(h uint64, id []byte) *device {
 		return d
 	}
 	s := sh.set
-	d := sh.newDevice(string(id), sh.devices[h])
+	d := sh.newDevice(string(id), h, sh.devices[h])
 	sh.devices[h] = d
 	sh.ndev++
 	s.devices.Add(1)
@@ -178,6 +178,11 @@ func (sh *shard) onLoaded(l loadResult) {
 // settings the configuration gives each metric now.
 func (sh *shard) restore(d *device, snap *Snapshot) {
 	s := sh.set
+	sh.restoring = true // publish a full device once, below, not per stream
+	defer func() {
+		sh.restoring = false
+		sh.noteStreams(d)
+	}()
 	for i := range snap.Streams {
 		ss := &snap.Streams[i]
 		st := d.stream([]byte(ss.Name), sh)

@@ -39,6 +39,10 @@ type Options struct {
 	IdleEvict  time.Duration
 	QueueLen   int // requests waiting per shard before Ingest fails fast; zero: 1024
 	HistoryLen int // anomalies remembered per device; zero: 100
+	// MaxStreams is how many metric names a device may have; a request
+	// naming a new metric for a device that has them all is refused with
+	// ErrTooManyStreams. Zero: DefaultMaxStreams.
+	MaxStreams int
 }
 
 // Defaults chosen from the labelled evaluation (see README, make eval).
@@ -47,6 +51,10 @@ const (
 	DefaultThreshold = 4
 	DefaultCooldown  = 50
 	DefaultStepFloor = 0.5
+	// DefaultMaxStreams bounds a device's metric names: far above what
+	// devices send, low enough that one inventing names cannot take much
+	// memory (W=50: ~200 KB).
+	DefaultMaxStreams = 256
 )
 
 func (o Options) withDefaults() Options {
@@ -89,6 +97,9 @@ func (o Options) withDefaults() Options {
 	if o.HistoryLen <= 0 {
 		o.HistoryLen = 100
 	}
+	if o.MaxStreams <= 0 {
+		o.MaxStreams = DefaultMaxStreams
+	}
 	return o
 }
 
@@ -101,6 +112,9 @@ func (o Options) validate() error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
+	if o.MaxStreams > MaxStreamsLimit {
+		return fmt.Errorf("max streams per device %d: want 1 to %d", o.MaxStreams, MaxStreamsLimit)
+	}
 	for i := range o.Rules {
 		if err := o.Rules[i].Params.Validate(); err != nil {
 			return fmt.Errorf("rule %d (match %q): %w", i+1, o.Rules[i].Match, err)
@@ -109,12 +123,33 @@ func (o Options) validate() error {
 	return nil
 }
 
+// MaxStreamsLimit is the largest Options.MaxStreams.
+const MaxStreamsLimit = 1 << 16
+
 var (
 	// ErrOverloaded means a shard's queue was full; nothing was applied.
 	ErrOverloaded = errors.New("ingest queue is full")
 	// ErrStopped means the Set was stopped; nothing was applied.
 	ErrStopped = errors.New("shards are stopped")
+	// ErrTooManyStreams means a sample named a metric new to a device that
+	// has Options.MaxStreams already; nothing was applied. The error is a
+	// *StreamLimitError.
+	ErrTooManyStreams = errors.New("too many metrics for one device")
 )
+
+// StreamLimitError names the device and metric a request was refused for.
+type StreamLimitError struct {
+	Device, Metric string
+	Limit          int
+	Index          int // the sample's index in its batch
+}
+
+func (e *StreamLimitError) Error() string {
+	return fmt.Sprintf("device %q may have at most %d metrics and sample %d names one more, %q",
+		e.Device, e.Limit, e.Index, e.Metric)
+}
+
+func (e *StreamLimitError) Unwrap() error { return ErrTooManyStreams }
 
 // Anomaly is one anomalous sample: its value and the window it was scored
 // against (mean and stddev before the value entered).
@@ -143,10 +178,13 @@ type MetricState struct {
 
 // Set is N shards and the hash that picks one for a device ID.
 type Set struct {
-	opts    Options
-	params  Params
-	seed    maphash.Seed
-	shards  []*shard
+	opts   Options
+	params Params
+	seed   maphash.Seed
+	shards []*shard
+	// nfull counts devices at their stream limit, across shards: while it
+	// is zero, Ingest checks nothing (see checkFull).
+	nfull   atomic.Int64
 	wg      sync.WaitGroup
 	devices atomic.Int64 // devices held, across shards
 	streams atomic.Int64 // streams held, across shards
@@ -299,6 +337,14 @@ func (s *Set) Ingest(b *Batch) error {
 		smp.hash = maphash.Bytes(s.seed, b.bytes(smp.dev))
 		smp.shard = int32(s.shardOfHash(smp.hash))
 		b.counts[smp.shard]++
+	}
+	if err := s.checkWide(b); err != nil {
+		return err
+	}
+	if s.nfull.Load() > 0 {
+		if err := s.checkFull(b); err != nil {
+			return err
+		}
 	}
 	// Reserve a place in every shard's queue first, so that a full one
 	// leaves the batch wholly unapplied.
@@ -579,10 +625,12 @@ type shard struct {
 
 	// devices is keyed by the device ID's hash, already computed to pick
 	// the shard; IDs whose hashes collide are chained through device.next.
-	devices map[uint64]*device // owned by run alone
-	ndev    int
-	names   map[string]*nameAgg // per metric name; owned by run alone
-	devs    []*device           // ingest scratch
+	devices   map[uint64]*device // owned by run alone
+	ndev      int
+	names     map[string]*nameAgg // per metric name; owned by run alone
+	full      fullSet             // devices at their stream limit
+	restoring bool                // restore is adding a device's streams
+	devs      []*device           // ingest scratch
 	// What devices are made of, dense and reused (see slabs).
 	deviceSlab   slabs[device]
 	streamArrays slabs[namedStream]
@@ -826,7 +874,9 @@ type device struct {
 	history []Anomaly        // ring of the latest anomalies
 	hnext   int              // next slot to overwrite once history is full
 
-	touched    int64    // Set.clock at the last sample, for idle eviction
+	hash       uint64   // of id: its key in the shard's maps
+	full       bool     // at the stream limit, published (see limits.go)
+	touched    int64    // unix ns of the last request that changed it, for idle eviction
 	dirty      bool     // changed since the last collect
 	loading    bool     // a first load from the store is in flight; ops wait
 	retrying   bool     // a retry of a failed load is in flight; ops go on
@@ -925,6 +975,7 @@ func (d *device) stream(name []byte, sh *shard) *namedStream {
 	}
 	d.streams = append(d.streams, ns)
 	s.streams.Add(1)
+	sh.noteStreams(d)
 	if len(d.streams) > indexAt {
 		if d.index == nil {
 			d.index = make(map[string]int32, len(d.streams))

@@ -270,9 +270,9 @@ func benchmarkIngest(b *testing.B, n int) {
 func TestHashCollisionChain(t *testing.T) {
 	long := strings.Repeat("x", 40)
 	sh := &shard{devices: make(map[uint64]*device)}
-	a := sh.newDevice(long+"a", nil)
+	a := sh.newDevice(long+"a", 7, nil)
 	sh.devices[7] = a
-	b := sh.newDevice(long+"b", a)
+	b := sh.newDevice(long+"b", 7, a)
 	sh.devices[7] = b
 	for _, c := range []struct {
 		id   string

@@ -89,6 +89,7 @@ func (s *slabs[T]) put(v []T) {
 // release gives back d's streams and their rings, which are being
 // discarded, and leaves d without streams.
 func (sh *shard) release(d *device) {
+	sh.forgetFull(d)
 	for i := range d.streams {
 		st := &d.streams[i]
 		sh.rings.put(st.Win.vals)
@@ -102,9 +103,9 @@ func (sh *shard) release(d *device) {
 }
 
 // newDevice returns a zeroed device from the shard's slabs.
-func (sh *shard) newDevice(id string, next *device) *device {
+func (sh *shard) newDevice(id string, h uint64, next *device) *device {
 	d := &sh.deviceSlab.get(1)[:1][0]
-	d.id, d.next = id, next
+	d.id, d.hash, d.next = id, h, next
 	copy(d.head[:], id)
 	return d
 }

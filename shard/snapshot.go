@@ -46,13 +46,23 @@ type WindowSums struct {
 // snapshotVersion is the first byte of every encoded snapshot.
 const snapshotVersion = 1
 
-// Limits a decoder enforces, so a corrupt value cannot ask for huge memory.
+// The decoder has no limits of its own on how many streams, alerts or
+// bytes of a name a snapshot holds: what the encoder writes is only bounded
+// by settings that can change between runs, and a fixed decoder limit
+// refused what an encoder had written (a device with 65,600 metric names
+// was persisted, then lost as corrupt on restore). Instead each count is
+// bounded by the bytes left, at the fewest bytes its items take, so a
+// corrupt count cannot ask for more memory than a small multiple of the
+// value's size. Window values are the exception: a window holds at most
+// MaxWindow, the largest WINDOW_SIZE, and the bounds below rely on it.
 const (
-	maxSnapStreams = 1 << 16
-	maxSnapValues  = 100000
-	maxSnapHistory = 1 << 16
-	maxSnapString  = 1024
+	minStreamBytes = 1 + 6 + 11*8 + 1 // name length, six varints, eleven floats, value count
+	minAlertBytes  = 1 + 1 + 4*8      // metric name length, ts, four floats
 )
+
+// MaxWindow is the largest window size a detector accepts (Params.Validate)
+// and the most values a snapshot's window may hold.
+const MaxWindow = 100000
 
 // MaxValue bounds the magnitude of every value a Set is given (the server
 // refuses larger ones), so that squared deviations cannot overflow.
@@ -62,13 +72,13 @@ const MaxValue = 1e150
 // within ±MaxValue keeps its window, means and last value within them (a
 // clipped value lies between a mean and the value itself), with room for
 // rounding: a value's deviation from a window mean is at most maxDev, and
-// the running sums add at most 3·maxSnapValues such terms (a recompute's
+// the running sums add at most 3·MaxWindow such terms (a recompute's
 // window, then fewer than W pushes of two terms each). From state within
 // them every statistic a detector computes is finite.
 const (
 	maxStored = 2 * MaxValue
 	maxDev    = 2 * maxStored
-	maxMag    = 3 * maxSnapValues * maxDev
+	maxMag    = 3 * MaxWindow * maxDev
 	maxMag2   = maxMag * maxDev
 )
 
@@ -143,7 +153,7 @@ func DecodeSnapshot(b []byte) (*Snapshot, error) {
 		return nil, fmt.Errorf("%w: version %d, want %d", ErrCorrupt, v, snapshotVersion)
 	}
 	s := &Snapshot{Device: d.string()}
-	n := d.count(maxSnapStreams)
+	n := d.count(len(d.b) / minStreamBytes)
 	if d.err == nil {
 		s.Streams = make([]StreamSnapshot, n)
 	}
@@ -169,7 +179,7 @@ func DecodeSnapshot(b []byte) (*Snapshot, error) {
 		w.S2 = d.float(-maxMag2, maxMag2) // rounding can leave it just below 0
 		w.Mag1 = d.float(0, maxMag)
 		w.Mag2 = d.float(0, maxMag2)
-		nv := d.count(maxSnapValues)
+		nv := d.count(min(MaxWindow, len(d.b)/8))
 		if d.err == nil {
 			st.Values = make([]float64, nv)
 		}
@@ -184,7 +194,7 @@ func DecodeSnapshot(b []byte) (*Snapshot, error) {
 			d.fail("window sums do not fit its values")
 		}
 	}
-	nh := d.count(maxSnapHistory)
+	nh := d.count(len(d.b) / minAlertBytes)
 	if d.err == nil {
 		s.History = make([]Anomaly, nh)
 	}
@@ -261,7 +271,7 @@ func (d *decoder) count(limit int) int {
 }
 
 func (d *decoder) string() string {
-	n := d.count(maxSnapString)
+	n := d.count(len(d.b))
 	if len(d.b) < n {
 		d.fail("truncated")
 		return ""

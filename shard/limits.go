@@ -1,0 +1,157 @@
+package shard
+
+import "sync"
+
+// Stream limits: a device may hold Options.MaxStreams metric names, and a
+// request that names a new metric for a device that has them all is
+// refused whole (ErrTooManyStreams), before any shard applies any of it.
+//
+// Only a device's shard knows its names, and shards apply a request's
+// parts concurrently, so the check cannot run in the shards without a
+// second round trip per request. Instead a shard publishes the names of
+// each device that reaches the limit (a full device gains no names, so
+// the set stays valid), and Ingest checks a request against them before
+// it sends anything, only while some device is full at all.
+//
+// The limit is checked against the state a request finds: requests in
+// flight when a device fills, a request that brings a device to the limit,
+// and a request for a full device that must first be loaded from the store
+// still apply, so a device can pass the limit by the new names they carry
+// (fewer than MaxStreams each: a request naming more for one device than a
+// device may hold is refused outright). The shard then republishes. The snapshot format has no stream limit of its own, so
+// such a device persists and restores like any other.
+
+// fullDevice is a device at its stream limit and its metric names, which
+// nothing changes once published (a new set replaces it).
+type fullDevice struct {
+	id    string
+	names map[string]struct{}
+	next  *fullDevice // another full device whose ID hash collides
+}
+
+// fullSet is a shard's full devices by ID hash. The shard goroutine
+// writes it; Ingest callers read it.
+type fullSet struct {
+	mu sync.RWMutex
+	m  map[uint64]*fullDevice // guarded by mu
+}
+
+// noteStreams publishes d's names if it holds MaxStreams or more; call it
+// whenever d gains a stream.
+func (sh *shard) noteStreams(d *device) {
+	if sh.restoring || len(d.streams) < sh.set.opts.MaxStreams {
+		return
+	}
+	f := &fullDevice{id: d.id, names: make(map[string]struct{}, len(d.streams))}
+	for i := range d.streams {
+		f.names[d.streams[i].name] = struct{}{}
+	}
+	sh.full.mu.Lock()
+	if sh.full.m == nil {
+		sh.full.m = make(map[uint64]*fullDevice)
+	}
+	f.next = without(sh.full.m[d.hash], d.id)
+	sh.full.m[d.hash] = f
+	sh.full.mu.Unlock()
+	if !d.full {
+		d.full = true
+		sh.set.nfull.Add(1)
+	}
+}
+
+// forgetFull unpublishes d, which is losing its streams (dropped, or
+// reset for a restore that republishes it).
+func (sh *shard) forgetFull(d *device) {
+	if !d.full {
+		return
+	}
+	sh.full.mu.Lock()
+	if f := without(sh.full.m[d.hash], d.id); f != nil {
+		sh.full.m[d.hash] = f
+	} else {
+		delete(sh.full.m, d.hash)
+	}
+	sh.full.mu.Unlock()
+	d.full = false
+	sh.set.nfull.Add(-1)
+}
+
+// without returns the chain f without id's entry (copying, not changing,
+// the entries before it: readers may hold them).
+func without(f *fullDevice, id string) *fullDevice {
+	switch {
+	case f == nil:
+		return nil
+	case f.id == id:
+		return f.next
+	}
+	rest := without(f.next, id)
+	if rest == f.next {
+		return f
+	}
+	c := *f
+	c.next = rest
+	return &c
+}
+
+// checkFull refuses b if one of its samples names a metric new to a device
+// at its stream limit. It runs before b's ops are sent.
+func (s *Set) checkFull(b *Batch) error {
+	for i := range b.samples {
+		smp := &b.samples[i]
+		sh := s.shards[smp.shard]
+		sh.full.mu.RLock()
+		f := sh.full.m[smp.hash]
+		for f != nil && f.id != string(b.bytes(smp.dev)) {
+			f = f.next
+		}
+		if f != nil {
+			for j := smp.ms.lo; j < smp.ms.hi; j++ {
+				name := b.bytes(b.metrics[j].name)
+				if _, ok := f.names[string(name)]; !ok {
+					sh.full.mu.RUnlock()
+					return &StreamLimitError{Device: f.id, Metric: string(name), Limit: s.opts.MaxStreams, Index: i}
+				}
+			}
+		}
+		sh.full.mu.RUnlock()
+	}
+	return nil
+}
+
+// checkWide refuses b if it names more metrics for one device than a
+// device may hold, which no state could accept. Only a batch with more
+// metric values than that can, so most batches skip it.
+func (s *Set) checkWide(b *Batch) error {
+	limit := s.opts.MaxStreams
+	if len(b.metrics) <= limit {
+		return nil
+	}
+	names := make(map[string]struct{})
+	for i := range b.metrics {
+		names[string(b.bytes(b.metrics[i].name))] = struct{}{}
+	}
+	if len(names) <= limit {
+		return nil
+	}
+	type key struct {
+		dev, name string
+	}
+	seen := make(map[key]struct{})
+	per := make(map[string]int)
+	for i := range b.samples {
+		smp := &b.samples[i]
+		dev := string(b.bytes(smp.dev))
+		for j := smp.ms.lo; j < smp.ms.hi; j++ {
+			k := key{dev, string(b.bytes(b.metrics[j].name))}
+			if _, ok := seen[k]; ok {
+				continue
+			}
+			seen[k] = struct{}{}
+			if per[dev]++; per[dev] > limit {
+				return &StreamLimitError{Device: dev, Metric: k.name, Limit: limit, Index: i}
+			}
+		}
+	}
+	return nil
+}
