@@ -4,14 +4,17 @@
 run:
 	go run .
 
+# The README's second command: installs what the tests need when missing
+# (redis-server; .ci/deps says how when it cannot), then runs them all.
 test:
+	./.ci/deps
 	go test -race ./...
 
 check:
 	test -z "$$(gofmt -s -l .)" || { gofmt -s -l .; exit 1; }
 	go vet ./...
 	staticcheck ./...
-	go test -race ./...
+	$(MAKE) test
 
 bench:
 	./loadtest/bench.sh
