@@ -653,3 +653,22 @@ func TestSealWaitsForParkedSamples(t *testing.T) {
 		t.Fatalf("read after Seal: %v; want ErrStopped", err)
 	}
 }
+
+// TestDroppedUnrestoredUncounted: a read of an unknown device while the
+// store is down leaves an empty unrestored device, which the next Collect
+// drops; devices_unrestored must count it no more (it stayed at 1).
+func TestDroppedUnrestoredUncounted(t *testing.T) {
+	st := newMemStore()
+	st.setDown(true)
+	s := MustNewSet(t, Options{Shards: 1, Store: st})
+	if _, ok, err := s.Device("ghost"); ok || err != nil {
+		t.Fatalf("unknown device: found %v, %v", ok, err)
+	}
+	if s.Unrestored() != 1 {
+		t.Fatalf("unrestored %d; want 1 while its load has failed", s.Unrestored())
+	}
+	mustCollect(t, s, st, false)
+	if s.Unrestored() != 0 || s.Devices() != 0 {
+		t.Fatalf("after the drop: unrestored %d, devices %d; want 0, 0", s.Unrestored(), s.Devices())
+	}
+}
