@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -325,5 +326,63 @@ func TestShutdownAnswers503(t *testing.T) {
 	m := s.json(t, "POST", "/api/v1/ingest", sample("d", 1, `"t":1`), 503)
 	if !strings.Contains(m["error"].(string), "shutting down") {
 		t.Fatalf("unexpected body %v", m)
+	}
+}
+
+// rawGet sends GET target exactly as given (no client-side escaping) and
+// returns the status and body.
+func rawGet(tb testing.TB, base, target string) (int, []byte) {
+	tb.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET "+target+" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); err != nil {
+		tb.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		tb.Fatalf("GET %s: %v", target, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return resp.StatusCode, b
+}
+
+// Clients that escape path segments send aa%3Abb for aa:bb: the device
+// routes unescape the segment once, then validate it.
+func TestDevicePathEscapes(t *testing.T) {
+	s := MustOpenServer(t, shard.Options{Shards: 2}, 1<<20)
+	s.json(t, "POST", "/api/v1/ingest", sample("aa:bb:cc", 1, `"t":1`), 200)
+	cases := []struct {
+		target string
+		status int
+		has    string // in the body
+	}{
+		{"/api/v1/devices/aa:bb:cc", 200, `"device":"aa:bb:cc"`},
+		{"/api/v1/devices/aa%3Abb%3Acc", 200, `"device":"aa:bb:cc"`},
+		{"/api/v1/devices/aa%3abb%3acc", 200, `"device":"aa:bb:cc"`},
+		{"/api/v1/devices/%61a:bb:cc?x=%3A", 200, `"device":"aa:bb:cc"`},
+		{"/api/v1/devices/aa%3Abb%3Acc/anomalies", 200, `"anomalies":[]`},
+		{"/api/v1/devices/aa%3Abb%3Acd", 404, `device \"aa:bb:cd\" not found`},
+		// Decoded once: %253A is the literal %3A, and % is not a device character.
+		{"/api/v1/devices/aa%253Abb%253Acc", 400, "device ID must be"},
+		{"/api/v1/devices/aa%253Abb%253Acc/anomalies", 400, "device ID must be"},
+		{"/api/v1/devices/%ZZ", 400, `invalid URL escape \"%ZZ\"`},
+		{"/api/v1/devices/aa%3/anomalies", 400, `invalid URL escape \"%3\"`},
+		// An escaped slash stays inside the segment, and is not a device character.
+		{"/api/v1/devices/aa%2Fanomalies", 400, "device ID must be"},
+		{"/api/v1/devices/aa%20bb", 400, "device ID must be"},
+		{"/api/v1/devices/aa+bb", 400, "device ID must be"},
+	}
+	for _, c := range cases {
+		code, body := rawGet(t, s.URL, c.target)
+		if code != c.status || !bytes.Contains(body, []byte(c.has)) {
+			t.Errorf("GET %s: got %d %s; want %d with %s", c.target, code, body, c.status, c.has)
+		}
 	}
 }
