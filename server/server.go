@@ -134,7 +134,16 @@ func (h *Handler) routes() *router.Router {
 }
 
 // Handler returns the fasthttp handler for every route.
-func (h *Handler) Handler() fasthttp.RequestHandler { return h.router.Handler }
+func (h *Handler) Handler() fasthttp.RequestHandler { return h.serve }
+
+func (h *Handler) serve(ctx *fasthttp.RequestCtx) {
+	// The request is read: on a Listener's connection the read bound stops
+	// here and does not run on through the handler.
+	if c, ok := ctx.Conn().(*conn); ok {
+		c.handling()
+	}
+	h.router.Handler(ctx)
+}
 
 // Listen wraps ln so its connections are held to Options.Timeouts, counted
 // on /metrics. Stop the Listener after the server stops.
