@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -466,4 +468,230 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 	if !strings.Contains(want[0], `"count":30`) {
 		t.Fatalf("unexpected state %s", want[0])
 	}
+}
+
+// checkExposition lists what is wrong with a Prometheus text page: every
+// sample must belong to a family with exactly one TYPE line, given before
+// its samples; a family's lines must be contiguous; no series may repeat.
+func checkExposition(page string) []string {
+	var problems []string
+	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	types := map[string]string{}
+	helps := map[string]int{}
+	done := map[string]bool{}    // families whose block has ended
+	sampled := map[string]bool{} // families with a sample so far
+	series := map[string]bool{}
+	current := ""
+	enter := func(family string) {
+		if family == current {
+			return
+		}
+		if done[family] {
+			bad("family %s is split: its lines are not contiguous", family)
+		}
+		if current != "" {
+			done[current] = true
+		}
+		current = family
+	}
+	nameRe := regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*$`)
+	labelRe := regexp.MustCompile(`^([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"$`)
+	for i, line := range strings.Split(strings.TrimSuffix(page, "\n"), "\n") {
+		at := fmt.Sprintf("line %d %q", i+1, line)
+		switch {
+		case line == "":
+			bad("%s: empty line", at)
+		case strings.HasPrefix(line, "# TYPE "):
+			f := strings.Fields(line)
+			if len(f) != 4 || !nameRe.MatchString(f[2]) {
+				bad("%s: malformed TYPE line", at)
+				continue
+			}
+			switch f[3] {
+			case "counter", "gauge", "histogram", "summary", "untyped":
+			default:
+				bad("%s: unknown type %s", at, f[3])
+			}
+			if _, dup := types[f[2]]; dup {
+				bad("%s: second TYPE line for %s", at, f[2])
+			}
+			if sampled[f[2]] {
+				bad("%s: TYPE line after samples of %s", at, f[2])
+			}
+			types[f[2]] = f[3]
+			enter(f[2])
+		case strings.HasPrefix(line, "# HELP "):
+			f := strings.Fields(line)
+			if len(f) < 3 {
+				bad("%s: malformed HELP line", at)
+				continue
+			}
+			if helps[f[2]]++; helps[f[2]] > 1 {
+				bad("%s: second HELP line for %s", at, f[2])
+			}
+			enter(f[2])
+		case strings.HasPrefix(line, "#"):
+		default:
+			name, rest, labels := line, "", ""
+			if i := strings.IndexAny(line, "{ "); i >= 0 {
+				name, rest = line[:i], line[i:]
+			}
+			if strings.HasPrefix(rest, "{") {
+				j := strings.LastIndex(rest, "}")
+				if j < 0 {
+					bad("%s: unterminated labels", at)
+					continue
+				}
+				labels, rest = rest[1:j], rest[j+1:]
+			}
+			if !nameRe.MatchString(name) {
+				bad("%s: invalid metric name", at)
+				continue
+			}
+			var pairs []string
+			if labels != "" {
+				for _, p := range splitLabels(labels) {
+					if !labelRe.MatchString(strings.TrimSpace(p)) {
+						bad("%s: malformed label %q", at, p)
+					}
+					pairs = append(pairs, strings.TrimSpace(p))
+				}
+			}
+			sort.Strings(pairs)
+			v := strings.Fields(rest)
+			if len(v) < 1 || len(v) > 2 {
+				bad("%s: want a value and an optional timestamp", at)
+				continue
+			}
+			if _, err := strconv.ParseFloat(v[0], 64); err != nil {
+				bad("%s: value: %v", at, err)
+			}
+			family := name
+			if _, ok := types[name]; !ok {
+				for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+					base, cut := strings.CutSuffix(name, suffix)
+					if cut && (types[base] == "histogram" || types[base] == "summary" && suffix != "_bucket") {
+						family = base
+					}
+				}
+			}
+			if _, ok := types[family]; !ok {
+				bad("%s: sample of %s has no TYPE line", at, name)
+			} else if types[family] == "histogram" && family == name {
+				bad("%s: histogram %s sample without _bucket, _sum or _count", at, name)
+			}
+			enter(family)
+			sampled[family] = true
+			key := name + "{" + strings.Join(pairs, ",") + "}"
+			if series[key] {
+				bad("%s: duplicate series %s", at, key)
+			}
+			series[key] = true
+		}
+	}
+	return problems
+}
+
+// splitLabels splits a label list on the commas outside quoted values.
+func splitLabels(s string) []string {
+	var out []string
+	inQuote, esc, start := false, false, 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case esc:
+			esc = false
+		case c == '\\':
+			esc = true
+		case c == '"':
+			inQuote = !inQuote
+		case c == ',' && !inQuote:
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	if start < len(s) {
+		out = append(out, s[start:])
+	}
+	return out
+}
+
+func TestCheckExposition(t *testing.T) {
+	f := func(page string, want string) {
+		t.Helper()
+		got := strings.Join(checkExposition(page), "\n")
+		if want == "" && got != "" || want != "" && !strings.Contains(got, want) {
+			t.Fatalf("checkExposition(%q) = %q; want %q", page, got, want)
+		}
+	}
+	f("# HELP a\n# TYPE a counter\na 1\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n", "")
+	f("# TYPE s summary\ns{quantile=\"0.5\"} 1\ns_sum 1\ns_count 1\n", "")
+	f("a 1\n", "has no TYPE line")
+	f("# TYPE a gauge\na{x=\"1\"} 1\n# TYPE a gauge\na{x=\"2\"} 1\n", "second TYPE line")
+	f("# TYPE a gauge\na{x=\"1\",y=\"2\"} 1\na{y=\"2\",x=\"1\"} 2\n", "duplicate series")
+	f("# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\na{x=\"1\"} 1\n", "not contiguous")
+	f("# TYPE h histogram\nh 1\n", "without _bucket")
+	f("# HELP a\na 1\n# TYPE a gauge\n", "TYPE line after samples of a")
+	f("# TYPE a gauge\na{x=\"1,2\"} one\n", "value")
+	f("# TYPE a gauge\na{x=1} 1\n", "malformed label")
+}
+
+// TestMetricsExposition runs the binary with Redis (so the persister's set
+// is on the page) and checks the whole /metrics page: checkExposition, and
+// promtool when installed.
+func TestMetricsExposition(t *testing.T) {
+	bin := buildService(t)
+	s := startService(t, bin, "REDIS_ADDR="+startRedis(t), "SNAPSHOT_INTERVAL=50ms", "MAX_BODY_BYTES=4096", "LOG_LEVEL=warn")
+	s.post(t, fleetBatch(5, 0))
+	for _, path := range []string{"/no/such/route", "/api/v1/devices/dev-1", "/api/v1/devices/nobody"} {
+		s.get(t, path)
+	}
+	resp, err := http.Post(s.base+"/api/v1/ingest", "application/json", strings.NewReader(strings.Repeat(" ", 5000)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	time.Sleep(200 * time.Millisecond) // snapshot rounds, so their histogram has samples
+	page := strings.TrimPrefix(s.get(t, "/metrics"), "200 ")
+	for _, p := range checkExposition(page) {
+		t.Error(p)
+	}
+	for family, typ := range map[string]string{
+		"requests_total": "counter", "request_duration_seconds": "histogram", "devices_evicted_total": "counter",
+		"rolling_average_current": "gauge", "http_connection_timeouts_total": "counter", "http_open_connections": "gauge",
+		"snapshot_duration_seconds": "histogram", "snapshots_written_total": "counter", "redis_connected": "gauge",
+		"go_goroutines": "gauge", "process_resident_memory_bytes": "gauge",
+	} {
+		if !strings.Contains(page, "\n# TYPE "+family+" "+typ+"\n") {
+			t.Errorf("no TYPE %s line for %s", typ, family)
+		}
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", page)
+	}
+
+	t.Run("promtool", func(t *testing.T) {
+		if _, err := exec.LookPath("promtool"); err != nil {
+			t.Skip("promtool not installed (apt-get install -y prometheus provides it); the Go-side check above still ran")
+		}
+		cmd := exec.Command("promtool", "check", "metrics")
+		cmd.Stdin = strings.NewReader(page)
+		out, err := cmd.CombinedOutput()
+		// Exit status 1 is a page promtool cannot parse; 3 is lint findings,
+		// judged line by line below.
+		if ee, ok := err.(*exec.ExitError); err != nil && (!ok || ee.ExitCode() != 3) {
+			t.Fatalf("promtool check metrics: %v\n%s", err, out)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			family, problem, _ := strings.Cut(line, " ")
+			switch {
+			case line == "":
+			case problem == "no help text":
+				// VictoriaMetrics/metrics writes HELP lines without text.
+			case strings.HasPrefix(family, "go_") || strings.HasPrefix(family, "process_"):
+				// Names chosen by VictoriaMetrics/metrics, not by this service.
+			default:
+				t.Errorf("promtool: %s", line)
+			}
+		}
+	})
 }

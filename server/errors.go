@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 
 	"ai-load-service/shard"
@@ -67,4 +68,23 @@ func (h *Handler) writeError(ctx *fasthttp.RequestCtx, err error) {
 	ctx.SetStatusCode(e.Status)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(buf)
+}
+
+// readError maps an error fasthttp met reading a request, before any route
+// ran, to what the client sees.
+func (h *Handler) readError(err error) *Error {
+	var small *fasthttp.ErrSmallBuffer
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		return bodyTooLarge(h.opts.MaxBodyBytes)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return errorf(fasthttp.StatusRequestTimeout, "request not received within %s (READ_TIMEOUT); send each request whole and promptly", h.opts.Timeouts.Read)
+	case errors.As(err, &small):
+		return errorf(fasthttp.StatusRequestHeaderFieldsTooLarge, "request headers too large")
+	}
+	return errorf(fasthttp.StatusBadRequest, "cannot parse request: %s", err)
+}
+
+func bodyTooLarge(max int) *Error {
+	return errorf(fasthttp.StatusRequestEntityTooLarge, "request body exceeds %d bytes; split the batch", max)
 }

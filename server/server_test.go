@@ -8,8 +8,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"ai-load-service/shard"
 
@@ -384,5 +386,81 @@ func TestDevicePathEscapes(t *testing.T) {
 		if code != c.status || !bytes.Contains(body, []byte(c.has)) {
 			t.Errorf("GET %s: got %d %s; want %d with %s", c.target, code, body, c.status, c.has)
 		}
+	}
+}
+
+// Requests fasthttp rejects before routing are counted under the route
+// their path names when fasthttp still has the request line.
+func TestRejectedRequestsCountedByRoute(t *testing.T) {
+	s := MustOpenServer(t, shard.Options{Shards: 2}, 1024)
+	addr := strings.TrimPrefix(s.URL, "http://")
+	send := func(req string) string {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := io.WriteString(c, req); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(c)
+		return string(b)
+	}
+	for _, c := range []struct{ req, status string }{
+		{"POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n", "413"},
+		{"POST /api/v1/ingest?pretty=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n", "413"},
+		{"POST /metric HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n", "413"},
+		{"POST /no/such/route HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n", "413"},
+		{"NOT A REQUEST\r\n\r\n", "400"},
+	} {
+		if got := send(c.req); !strings.HasPrefix(got, "HTTP/1.1 "+c.status) {
+			t.Fatalf("%q: got %q; want %s", c.req, got, c.status)
+		}
+	}
+	_, page := s.do(t, "GET", "/metrics", "")
+	for _, want := range []string{
+		`requests_total{endpoint="/api/v1/ingest",method="POST",status="413"} 2`,
+		`requests_total{endpoint="/metric",method="POST",status="413"} 1`,
+		`requests_total{endpoint="other",method="POST",status="413"} 1`,
+		`request_duration_seconds_count{endpoint="/api/v1/ingest"} 2`,
+	} {
+		if !bytes.Contains(page, []byte(want)) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if !regexp.MustCompile(`requests_total\{endpoint="other",method="[A-Z]+",status="400"\} 1`).Match(page) {
+		t.Errorf("/metrics lacks the unparsable request under endpoint=\"other\"")
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", page)
+	}
+}
+
+// /metrics carries one TYPE line per family, with the family's type,
+// including the families written by hand.
+func TestMetricsTypeLines(t *testing.T) {
+	s := MustOpenServer(t, shard.Options{Shards: 2}, 1<<20)
+	s.json(t, "POST", "/api/v1/ingest", sample("d1", 1, `"temp":1,"hum":2`), 200)
+	_, page := s.do(t, "GET", "/metrics", "")
+	for family, typ := range map[string]string{
+		"devices_evicted_total":    "counter",
+		"rolling_average_current":  "gauge",
+		"requests_total":           "counter",
+		"request_duration_seconds": "histogram",
+		"samples_ingested_total":   "counter",
+		"active_devices":           "gauge",
+		"go_goroutines":            "gauge",
+	} {
+		if n := bytes.Count(page, []byte("# TYPE "+family+" ")); n != 1 {
+			t.Errorf("%d TYPE lines for %s; want 1", n, family)
+		}
+		if !bytes.Contains(page, []byte("# TYPE "+family+" "+typ+"\n")) {
+			t.Errorf("%s is not typed %s", family, typ)
+		}
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", page)
 	}
 }
