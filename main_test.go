@@ -1,7 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
+	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -101,6 +105,45 @@ func TestParseConfig(t *testing.T) {
 	bad := write("bad.json", `{"rules":[{"match":"temp*"},{"match":"hum","window":1}]}`)
 	f(map[string]string{"DETECTOR_CONFIG": bad}, nil, `rule 2 (match "hum"): window=1`, nil)
 	f(map[string]string{"DETECTOR_CONFIG": filepath.Join(dir, "missing.json")}, nil, "cannot read DETECTOR_CONFIG", nil)
+
+	// A flag overrides an invalid environment value; one not overridden still fails.
+	f(map[string]string{"WINDOW_SIZE": "abc"}, []string{"-window-size", "30"}, "", func(c config) bool { return c.WindowSize == 30 })
+	f(map[string]string{"READ_TIMEOUT": "0s", "PPROF": "maybe"}, []string{"-read-timeout=2s", "-pprof=false"}, "", func(c config) bool {
+		return c.ReadTimeout == 2*time.Second && !c.Pprof
+	})
+	f(map[string]string{"WINDOW_SIZE": "abc"}, []string{"-shards", "2"}, "invalid WINDOW_SIZE=", nil)
+	f(map[string]string{"WINDOW_SIZE": "20"}, []string{"-min-samples", "30"}, "MIN_SAMPLES=30 exceeds WINDOW_SIZE=20", nil)
+
+	// ADDR is checked offline: host (empty, an IP or a name) and a port of 0-65535 or a known service.
+	for _, addr := range []string{":8080", "127.0.0.1:0", "127.0.0.1:", "[::1]:8080", "[fe80::1%lo]:80", "localhost:8080", "0.0.0.0:65535", ":http", "my-host.example:443"} {
+		f(map[string]string{"ADDR": addr}, nil, "", func(c config) bool { return c.Addr == addr })
+	}
+	for _, addr := range []string{"8080", "localhost", ":65536", ":-1", ":no-such-service-xyz", "a b:80", "[::1:80", "host:8080:1", "bad_host!:80", "-x.example:80"} {
+		f(map[string]string{"ADDR": addr}, nil, "invalid ADDR=", nil)
+	}
+	f(map[string]string{"ADDR": ":8081"}, []string{"-addr", "127.0.0.1:99999"}, "-addr", nil)
+	f(nil, []string{"-addr", ""}, "-addr", nil)
+	f(map[string]string{"ADDR": "nonsense"}, []string{"-addr", "127.0.0.1:9090"}, "", func(c config) bool { return c.Addr == "127.0.0.1:9090" })
+
+	f(map[string]string{"REDIS_PASSWORD": "s3cret"}, nil, "", func(c config) bool { return c.RedisPassword == "s3cret" })
+	f(map[string]string{"REDIS_PASSWORD": "s3cret"}, []string{"-redis-password", "other"}, "", func(c config) bool { return c.RedisPassword == "other" })
+
+	// -h shows the built-in defaults, never the environment's values, and no secret.
+	var usage bytes.Buffer
+	env := map[string]string{"ADDR": "127.0.0.1:7777", "WINDOW_SIZE": "777", "REDIS_PASSWORD": "hunter2-secret", "REDIS_ADDR": "redis.internal:6379"}
+	if _, err := parseConfig([]string{"-h"}, func(k string) string { return env[k] }, &usage); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h: unexpected error %v", err)
+	}
+	for _, want := range []string{"(default :8080)", "(default 50)", "-redis-password"} {
+		if !strings.Contains(usage.String(), want) {
+			t.Errorf("-h output lacks %q:\n%s", want, usage.String())
+		}
+	}
+	for _, v := range env {
+		if strings.Contains(usage.String(), v) {
+			t.Errorf("-h output shows the environment value %q:\n%s", v, usage.String())
+		}
+	}
 }
 
 // buildService compiles the service once per test binary run.
@@ -467,6 +510,122 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 	}
 	if !strings.Contains(want[0], `"count":30`) {
 		t.Fatalf("unexpected state %s", want[0])
+	}
+}
+
+// TestHelpHidesEnvironment runs the binary with -h: it exits 0 and shows
+// the built-in defaults, not the environment's values, and no secret.
+func TestHelpHidesEnvironment(t *testing.T) {
+	bin := buildService(t)
+	cmd := exec.Command(bin, "-h")
+	envValues := []string{"hunter2-secret", "127.0.0.1:7777", "777", "redis.internal"}
+	cmd.Env = append(os.Environ(), "REDIS_PASSWORD=hunter2-secret", "ADDR=127.0.0.1:7777", "WINDOW_SIZE=777", "REDIS_ADDR=redis.internal:6379")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("-h: unexpected exit %v\n%s", err, out)
+	}
+	for _, s := range envValues {
+		if bytes.Contains(out, []byte(s)) {
+			t.Errorf("-h output shows the environment value %q", s)
+		}
+	}
+	for _, want := range []string{"-addr", "(default :8080)", "(default 50)", "-redis-password"} {
+		if !bytes.Contains(out, []byte(want)) {
+			t.Errorf("-h output lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("-h output:\n%s", out)
+	}
+}
+
+// TestInvalidAddrExits2: a bad ADDR is a configuration error like any
+// other (status 2, message naming it), not a failure to serve (status 1).
+func TestInvalidAddrExits2(t *testing.T) {
+	bin := buildService(t)
+	for _, c := range []struct {
+		args []string
+		env  string
+		name string
+	}{
+		{nil, "ADDR=localhost", "ADDR"},
+		{nil, "ADDR=:99999", "ADDR"},
+		{[]string{"-addr", "127.0.0.1:no-such-service-xyz"}, "", "-addr"},
+	} {
+		// Bounded, should a bad address ever be accepted and served.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		cmd := exec.CommandContext(ctx, bin, c.args...)
+		cmd.Env = os.Environ()
+		if c.env != "" {
+			cmd.Env = append(cmd.Env, c.env)
+		}
+		out, err := cmd.CombinedOutput()
+		cancel()
+		ee, ok := err.(*exec.ExitError)
+		if !ok || ee.ExitCode() != 2 {
+			t.Errorf("%v %s: unexpected exit %v; want status 2\n%s", c.args, c.env, err, out)
+			continue
+		}
+		if !bytes.Contains(out, []byte(c.name)) {
+			t.Errorf("%v %s: message does not name %s:\n%s", c.args, c.env, c.name, out)
+		}
+	}
+}
+
+// TestExpectContinueTooLarge: a request with Expect: 100-continue and a
+// declared body over MAX_BODY_BYTES gets the 413 JSON error at once, with
+// no 100 Continue inviting the body; a small one still gets 100 Continue.
+func TestExpectContinueTooLarge(t *testing.T) {
+	bin := buildService(t)
+	s := startService(t, bin, "MAX_BODY_BYTES=1024")
+	addr := strings.TrimPrefix(s.base, "http://")
+	dial := func() (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+	const head = "POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+
+	c, _ := dial()
+	if _, err := fmt.Fprintf(c, head, 5000); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(c) // the service closes: the client may be sending the body already
+	if err != nil {
+		t.Fatalf("oversized: no close: %v (read %q)", err, got)
+	}
+	if !strings.HasPrefix(string(got), "HTTP/1.1 413 ") || strings.Contains(string(got), "100 Continue") ||
+		!strings.Contains(string(got), `{"error":"request body exceeds 1024 bytes`) {
+		t.Fatalf("oversized: want a 413 JSON error and no 100 Continue; got %q", got)
+	}
+
+	body := `{"device":"d1","metrics":{"t":1}}`
+	c, br := dial()
+	if _, err := fmt.Fprintf(c, head, len(body)); err != nil {
+		t.Fatal(err)
+	}
+	line, err := br.ReadString('\n')
+	if err != nil || line != "HTTP/1.1 100 Continue\r\n" {
+		t.Fatalf("small body: want 100 Continue; got %q, %v", line, err)
+	}
+	if _, err := br.ReadString('\n'); err != nil { // the blank line ending the interim response
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(c, body); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("small body: want 200; got %v, %v", resp, err)
+	}
+	resp.Body.Close()
+	m := s.get(t, "/metrics")
+	if !strings.Contains(m, `requests_total{endpoint="/api/v1/ingest",method="POST",status="413"} 1`) {
+		t.Fatalf("/metrics does not count the 413 under its route:\n%s", m)
 	}
 }
 

@@ -53,7 +53,7 @@ type Handler struct {
 	anomalous *metrics.Counter // anomalous samples, alerted or not
 	other     *endpoint        // requests that match no route
 	// byPath holds the routes without parameters, by path, for requests
-	// answered before routing (ErrorHandler). Filled by routes,
+	// answered before routing (ErrorHandler, Expect). Filled by routes,
 	// read-only after New.
 	byPath map[string]*endpoint
 
@@ -171,6 +171,26 @@ func (h *Handler) ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
 	start := time.Now()
 	h.writeError(ctx, h.readError(err))
 	h.route(ctx).record(ctx, start)
+}
+
+// Expect answers a request with Expect: 100-continue from its headers: a
+// declared body over MaxBodyBytes gets the 413 JSON error at once, instead
+// of a 100 Continue inviting the body and the 413 after it. Set it as
+// fasthttp.Server.ExpectHandler.
+//
+// fasthttp writes ctx.Response as it stands with the status returned and
+// closes the connection (the client may be sending the body already). Its
+// documentation asks that the response not be modified here; writing the
+// error body is the one way to send JSON rather than an empty 413, and
+// TestExpectContinueTooLarge checks that fasthttp still sends it.
+func (h *Handler) Expect(ctx *fasthttp.RequestCtx) int {
+	if n := ctx.Request.Header.ContentLength(); n <= h.opts.MaxBodyBytes {
+		return fasthttp.StatusContinue // also -1, chunked: fasthttp enforces the limit as it reads
+	}
+	start := time.Now()
+	h.writeError(ctx, bodyTooLarge(h.opts.MaxBodyBytes))
+	h.route(ctx).record(ctx, start)
+	return ctx.Response.StatusCode()
 }
 
 // route returns the endpoint of the route whose path (undecoded, as the
