@@ -11,6 +11,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
@@ -38,6 +39,7 @@ type config struct {
 	MinStddev    float64
 	Shards       int
 	QueueLen     int
+	MaxStreams   int
 	MaxBodyBytes int
 	LogLevel     string
 	DrainDelay   time.Duration
@@ -60,8 +62,8 @@ type config struct {
 	IdleEvict        time.Duration
 }
 
-// parseConfig reads env (via getenv) and then args. An invalid value is an
-// error naming the variable.
+// parseConfig reads args and then, for the settings args leave out, env
+// (via getenv). An invalid value is an error naming the flag or variable.
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
 	c := config{
 		Addr:         ":8080",
@@ -71,6 +73,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		MinStddev:    1e-9,
 		Shards:       4 * runtime.GOMAXPROCS(0),
 		QueueLen:     1024,
+		MaxStreams:   shard.DefaultMaxStreams,
 		MaxBodyBytes: 1 << 20,
 		LogLevel:     "info",
 		StopTimeout:  5 * time.Second,
@@ -87,22 +90,21 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	}
 	fs := flag.NewFlagSet("ai-load-service", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var envErr error
+	// Flags are declared before the environment is read, so the defaults
+	// -h shows are the built-in ones, never values from the environment.
+	envs := map[string]string{} // flag name -> variable
 	v := func(p flag.Value, name, env, usage string) {
-		if s := getenv(env); s != "" && envErr == nil {
-			if err := p.Set(s); err != nil {
-				envErr = fmt.Errorf("invalid %s=%q: %w", env, s, err)
-			}
-		}
 		fs.Var(p, name, usage+" (env "+env+")")
+		envs[name] = env
 	}
-	v((*strValue)(&c.Addr), "addr", "ADDR", "listen address")
-	v(intIn(&c.WindowSize, 2, 100000), "window-size", "WINDOW_SIZE", "values kept per (device, metric) window")
-	v(intIn(&c.MinSamples, 1, 100000), "min-samples", "MIN_SAMPLES", "values a window needs before a sample can be anomalous")
+	v((*addrValue)(&c.Addr), "addr", "ADDR", "listen address, host:port; the port a number or a service name")
+	v(intIn(&c.WindowSize, 2, shard.MaxWindow), "window-size", "WINDOW_SIZE", "values kept per (device, metric) window")
+	v(intIn(&c.MinSamples, 1, shard.MaxWindow), "min-samples", "MIN_SAMPLES", "values a window needs before a sample can be anomalous")
 	v(floatIn(&c.ZThreshold, math.SmallestNonzeroFloat64, 1e6), "z-threshold", "Z_THRESHOLD", "|z| at or above which a sample is anomalous")
 	v(floatIn(&c.MinStddev, math.SmallestNonzeroFloat64, 1e300), "min-stddev", "MIN_STDDEV", "floor under the window stddev in the z-score")
 	v(intIn(&c.Shards, 1, 4096), "shards", "SHARDS", "shard goroutines owning device state (default 4 × GOMAXPROCS)")
 	v(intIn(&c.QueueLen, 1, 1<<20), "queue-len", "QUEUE_LEN", "requests queued per shard before ingest answers 503")
+	v(intIn(&c.MaxStreams, 1, shard.MaxStreamsLimit), "max-streams-per-device", "MAX_STREAMS_PER_DEVICE", "metric names one device may have; a request naming more gets 429")
 	v(intIn(&c.MaxBodyBytes, 64, 1<<30), "max-body-bytes", "MAX_BODY_BYTES", "largest request body; larger ones get 413")
 	v((*levelValue)(&c.LogLevel), "log-level", "LOG_LEVEL", "trace, debug, info, warn, error or disabled")
 	v(durIn(&c.DrainDelay, 0, time.Minute), "drain-delay", "DRAIN_DELAY", "after SIGTERM, how long /ready answers 503 before the listener closes")
@@ -115,20 +117,31 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	v(intIn(&c.Cooldown, 0, 1000000), "alert-cooldown", "ALERT_COOLDOWN", "samples after an alert during which a stream raises no new alert unless |z| doubles")
 	v(floatIn(&c.StepFloor, 0, 100), "step-floor", "STEP_FLOOR", "floor under the stddev, in long-run mean steps (winsor, ewma; 0: none)")
 	v((*strValue)(&c.RedisAddr), "redis-addr", "REDIS_ADDR", "comma-separated Redis seeds (a cluster is detected); empty: in-memory only")
-	v((*strValue)(&c.RedisPassword), "redis-password", "REDIS_PASSWORD", "Redis password")
+	v((*secretValue)(&c.RedisPassword), "redis-password", "REDIS_PASSWORD", "Redis password")
 	v(intIn(&c.RedisDB, 0, 1<<20), "redis-db", "REDIS_DB", "Redis database number")
 	v(durIn(&c.SnapshotInterval, 10*time.Millisecond, time.Hour), "snapshot-interval", "SNAPSHOT_INTERVAL", "how often changed devices are written to Redis")
 	v(durIn(&c.SnapshotTTL, time.Second, 10*365*24*time.Hour), "snapshot-ttl", "SNAPSHOT_TTL", "expiry of each device's Redis key")
 	v(durIn(&c.IdleEvict, time.Second, 365*24*time.Hour), "idle-evict", "IDLE_EVICT", "devices untouched this long are dropped from memory (Redis mode)")
 	v((*strValue)(&c.RulesFile), "detector-config", "DETECTOR_CONFIG", "JSON file of per-metric detector rules")
-	if envErr != nil {
-		return c, envErr
-	}
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q; settings are flags or environment variables", fs.Arg(0))
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := envs[f.Name]
+		if s := getenv(env); s != "" && !given[f.Name] && envErr == nil {
+			if err := f.Value.Set(s); err != nil {
+				envErr = fmt.Errorf("invalid %s=%q: %w", env, s, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return c, envErr
 	}
 	if c.MinSamples > c.WindowSize {
 		return c, fmt.Errorf("MIN_SAMPLES=%d exceeds WINDOW_SIZE=%d: no sample could ever be anomalous", c.MinSamples, c.WindowSize)
@@ -166,7 +179,7 @@ func (c config) shardOptions() shard.Options {
 	return shard.Options{
 		Shards: c.Shards, Detector: p.Kind, WindowSize: p.Window, MinSamples: p.MinSamples,
 		ZThreshold: p.Threshold, MinStddev: p.MinStddev, Cooldown: cooldown, StepFloor: stepFloor, QueueLen: c.QueueLen,
-		Rules: c.Rules,
+		Rules: c.Rules, MaxStreams: c.MaxStreams,
 	}
 }
 
@@ -174,6 +187,59 @@ type strValue string
 
 func (s *strValue) Set(v string) error { *s = strValue(v); return nil }
 func (s *strValue) String() string     { return string(*s) }
+
+// secretValue is a setting whose value must never be printed, such as a
+// password or a token: String, which -h uses for defaults, never reveals
+// it, and Set never fails, so no error message quotes it.
+type secretValue string
+
+func (s *secretValue) Set(v string) error { *s = secretValue(v); return nil }
+func (s *secretValue) String() string     { return "" }
+
+// addrValue is a listen address, checked offline as net.Listen will read
+// it: host:port with the host empty, an IP or a DNS name, and the port
+// empty (any), a number up to 65535 or a service name known locally.
+type addrValue string
+
+func (a *addrValue) Set(v string) error {
+	host, port, err := net.SplitHostPort(v)
+	if err != nil {
+		return fmt.Errorf("want host:port such as :8080 or 127.0.0.1:8080: %w", err)
+	}
+	if _, err := netip.ParseAddr(host); err != nil && host != "" && !hostName(host) {
+		return fmt.Errorf("host %q is not an IP address or a DNS name", host)
+	}
+	if n, err := strconv.ParseUint(port, 10, 64); err == nil && n > 65535 {
+		return fmt.Errorf("port %s is not from 0 to 65535", port)
+	} else if err != nil && port != "" {
+		if _, err := net.LookupPort("tcp", port); err != nil {
+			return fmt.Errorf("port %q is not a number from 0 to 65535 or a known service: %w", port, err)
+		}
+	}
+	*a = addrValue(v)
+	return nil
+}
+
+func (a *addrValue) String() string { return string(*a) }
+
+// hostName reports whether s is a DNS name: dot-separated labels of
+// letters, digits and inner hyphens.
+func hostName(s string) bool {
+	if len(s) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(strings.TrimSuffix(s, "."), ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
 
 type boolValue bool
 
@@ -323,6 +389,7 @@ func run(c config, log zerolog.Logger) error {
 	srv := &fasthttp.Server{
 		Handler:            h.Handler(),
 		ErrorHandler:       h.ErrorHandler,
+		ExpectHandler:      h.Expect,
 		Logger:             h,
 		Name:               "ai-load-service",
 		MaxRequestBodySize: c.MaxBodyBytes,

@@ -3,6 +3,9 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -83,6 +88,12 @@ func TestParseConfig(t *testing.T) {
 	})
 	f(map[string]string{"STEP_FLOOR": "-1"}, nil, "invalid STEP_FLOOR=", nil)
 	f(map[string]string{"DETECTOR": "median"}, nil, "invalid DETECTOR=", nil)
+	f(nil, nil, "", func(c config) bool {
+		return c.MaxStreams == shard.DefaultMaxStreams && c.shardOptions().MaxStreams == c.MaxStreams
+	})
+	f(map[string]string{"MAX_STREAMS_PER_DEVICE": "12"}, nil, "", func(c config) bool { return c.shardOptions().MaxStreams == 12 })
+	f(map[string]string{"MAX_STREAMS_PER_DEVICE": "0"}, nil, "invalid MAX_STREAMS_PER_DEVICE=", nil)
+	f(map[string]string{"MAX_STREAMS_PER_DEVICE": "65537"}, nil, "invalid MAX_STREAMS_PER_DEVICE=", nil)
 	f(map[string]string{"ALERT_COOLDOWN": "-1"}, nil, "invalid ALERT_COOLDOWN=", nil)
 	dir := t.TempDir()
 	write := func(name, body string) string {
@@ -100,6 +111,45 @@ func TestParseConfig(t *testing.T) {
 	bad := write("bad.json", `{"rules":[{"match":"temp*"},{"match":"hum","window":1}]}`)
 	f(map[string]string{"DETECTOR_CONFIG": bad}, nil, `rule 2 (match "hum"): window=1`, nil)
 	f(map[string]string{"DETECTOR_CONFIG": filepath.Join(dir, "missing.json")}, nil, "cannot read DETECTOR_CONFIG", nil)
+
+	// A flag overrides an invalid environment value; one not overridden still fails.
+	f(map[string]string{"WINDOW_SIZE": "abc"}, []string{"-window-size", "30"}, "", func(c config) bool { return c.WindowSize == 30 })
+	f(map[string]string{"READ_TIMEOUT": "0s", "PPROF": "maybe"}, []string{"-read-timeout=2s", "-pprof=false"}, "", func(c config) bool {
+		return c.ReadTimeout == 2*time.Second && !c.Pprof
+	})
+	f(map[string]string{"WINDOW_SIZE": "abc"}, []string{"-shards", "2"}, "invalid WINDOW_SIZE=", nil)
+	f(map[string]string{"WINDOW_SIZE": "20"}, []string{"-min-samples", "30"}, "MIN_SAMPLES=30 exceeds WINDOW_SIZE=20", nil)
+
+	// ADDR is checked offline: host (empty, an IP or a name) and a port of 0-65535 or a known service.
+	for _, addr := range []string{":8080", "127.0.0.1:0", "127.0.0.1:", "[::1]:8080", "[fe80::1%lo]:80", "localhost:8080", "0.0.0.0:65535", ":http", "my-host.example:443"} {
+		f(map[string]string{"ADDR": addr}, nil, "", func(c config) bool { return c.Addr == addr })
+	}
+	for _, addr := range []string{"8080", "localhost", ":65536", ":-1", ":no-such-service-xyz", "a b:80", "[::1:80", "host:8080:1", "bad_host!:80", "-x.example:80"} {
+		f(map[string]string{"ADDR": addr}, nil, "invalid ADDR=", nil)
+	}
+	f(map[string]string{"ADDR": ":8081"}, []string{"-addr", "127.0.0.1:99999"}, "-addr", nil)
+	f(nil, []string{"-addr", ""}, "-addr", nil)
+	f(map[string]string{"ADDR": "nonsense"}, []string{"-addr", "127.0.0.1:9090"}, "", func(c config) bool { return c.Addr == "127.0.0.1:9090" })
+
+	f(map[string]string{"REDIS_PASSWORD": "s3cret"}, nil, "", func(c config) bool { return c.RedisPassword == "s3cret" })
+	f(map[string]string{"REDIS_PASSWORD": "s3cret"}, []string{"-redis-password", "other"}, "", func(c config) bool { return c.RedisPassword == "other" })
+
+	// -h shows the built-in defaults, never the environment's values, and no secret.
+	var usage bytes.Buffer
+	env := map[string]string{"ADDR": "127.0.0.1:7777", "WINDOW_SIZE": "777", "REDIS_PASSWORD": "hunter2-secret", "REDIS_ADDR": "redis.internal:6379"}
+	if _, err := parseConfig([]string{"-h"}, func(k string) string { return env[k] }, &usage); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h: unexpected error %v", err)
+	}
+	for _, want := range []string{"(default :8080)", "(default 50)", "-redis-password"} {
+		if !strings.Contains(usage.String(), want) {
+			t.Errorf("-h output lacks %q:\n%s", want, usage.String())
+		}
+	}
+	for _, v := range env {
+		if strings.Contains(usage.String(), v) {
+			t.Errorf("-h output shows the environment value %q:\n%s", v, usage.String())
+		}
+	}
 }
 
 // buildService compiles the service once per test binary run.
@@ -591,4 +641,346 @@ func TestNoAckLostAfterStopTimeout(t *testing.T) {
 		}
 	}
 	t.Logf("answers after the stop deadline: %v", status)
+}
+
+// TestHelpHidesEnvironment runs the binary with -h: it exits 0 and shows
+// the built-in defaults, not the environment's values, and no secret.
+func TestHelpHidesEnvironment(t *testing.T) {
+	bin := buildService(t)
+	cmd := exec.Command(bin, "-h")
+	envValues := []string{"hunter2-secret", "127.0.0.1:7777", "777", "redis.internal"}
+	cmd.Env = append(os.Environ(), "REDIS_PASSWORD=hunter2-secret", "ADDR=127.0.0.1:7777", "WINDOW_SIZE=777", "REDIS_ADDR=redis.internal:6379")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("-h: unexpected exit %v\n%s", err, out)
+	}
+	for _, s := range envValues {
+		if bytes.Contains(out, []byte(s)) {
+			t.Errorf("-h output shows the environment value %q", s)
+		}
+	}
+	for _, want := range []string{"-addr", "(default :8080)", "(default 50)", "-redis-password"} {
+		if !bytes.Contains(out, []byte(want)) {
+			t.Errorf("-h output lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("-h output:\n%s", out)
+	}
+}
+
+// TestInvalidAddrExits2: a bad ADDR is a configuration error like any
+// other (status 2, message naming it), not a failure to serve (status 1).
+func TestInvalidAddrExits2(t *testing.T) {
+	bin := buildService(t)
+	for _, c := range []struct {
+		args []string
+		env  string
+		name string
+	}{
+		{nil, "ADDR=localhost", "ADDR"},
+		{nil, "ADDR=:99999", "ADDR"},
+		{[]string{"-addr", "127.0.0.1:no-such-service-xyz"}, "", "-addr"},
+	} {
+		// Bounded, should a bad address ever be accepted and served.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		cmd := exec.CommandContext(ctx, bin, c.args...)
+		cmd.Env = os.Environ()
+		if c.env != "" {
+			cmd.Env = append(cmd.Env, c.env)
+		}
+		out, err := cmd.CombinedOutput()
+		cancel()
+		ee, ok := err.(*exec.ExitError)
+		if !ok || ee.ExitCode() != 2 {
+			t.Errorf("%v %s: unexpected exit %v; want status 2\n%s", c.args, c.env, err, out)
+			continue
+		}
+		if !bytes.Contains(out, []byte(c.name)) {
+			t.Errorf("%v %s: message does not name %s:\n%s", c.args, c.env, c.name, out)
+		}
+	}
+}
+
+// TestExpectContinueTooLarge: a request with Expect: 100-continue and a
+// declared body over MAX_BODY_BYTES gets the 413 JSON error at once, with
+// no 100 Continue inviting the body; a small one still gets 100 Continue.
+func TestExpectContinueTooLarge(t *testing.T) {
+	bin := buildService(t)
+	s := startService(t, bin, "MAX_BODY_BYTES=1024")
+	addr := strings.TrimPrefix(s.base, "http://")
+	dial := func() (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+	const head = "POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+
+	c, _ := dial()
+	if _, err := fmt.Fprintf(c, head, 5000); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(c) // the service closes: the client may be sending the body already
+	if err != nil {
+		t.Fatalf("oversized: no close: %v (read %q)", err, got)
+	}
+	if !strings.HasPrefix(string(got), "HTTP/1.1 413 ") || strings.Contains(string(got), "100 Continue") ||
+		!strings.Contains(string(got), `{"error":"request body exceeds 1024 bytes`) {
+		t.Fatalf("oversized: want a 413 JSON error and no 100 Continue; got %q", got)
+	}
+
+	body := `{"device":"d1","metrics":{"t":1}}`
+	c, br := dial()
+	if _, err := fmt.Fprintf(c, head, len(body)); err != nil {
+		t.Fatal(err)
+	}
+	line, err := br.ReadString('\n')
+	if err != nil || line != "HTTP/1.1 100 Continue\r\n" {
+		t.Fatalf("small body: want 100 Continue; got %q, %v", line, err)
+	}
+	if _, err := br.ReadString('\n'); err != nil { // the blank line ending the interim response
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(c, body); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("small body: want 200; got %v, %v", resp, err)
+	}
+	resp.Body.Close()
+	m := s.get(t, "/metrics")
+	if !strings.Contains(m, `requests_total{endpoint="/api/v1/ingest",method="POST",status="413"} 1`) {
+		t.Fatalf("/metrics does not count the 413 under its route:\n%s", m)
+	}
+}
+
+// checkExposition lists what is wrong with a Prometheus text page: every
+// sample must belong to a family with exactly one TYPE line, given before
+// its samples; a family's lines must be contiguous; no series may repeat.
+func checkExposition(page string) []string {
+	var problems []string
+	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	types := map[string]string{}
+	helps := map[string]int{}
+	done := map[string]bool{}    // families whose block has ended
+	sampled := map[string]bool{} // families with a sample so far
+	series := map[string]bool{}
+	current := ""
+	enter := func(family string) {
+		if family == current {
+			return
+		}
+		if done[family] {
+			bad("family %s is split: its lines are not contiguous", family)
+		}
+		if current != "" {
+			done[current] = true
+		}
+		current = family
+	}
+	nameRe := regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*$`)
+	labelRe := regexp.MustCompile(`^([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"$`)
+	for i, line := range strings.Split(strings.TrimSuffix(page, "\n"), "\n") {
+		at := fmt.Sprintf("line %d %q", i+1, line)
+		switch {
+		case line == "":
+			bad("%s: empty line", at)
+		case strings.HasPrefix(line, "# TYPE "):
+			f := strings.Fields(line)
+			if len(f) != 4 || !nameRe.MatchString(f[2]) {
+				bad("%s: malformed TYPE line", at)
+				continue
+			}
+			switch f[3] {
+			case "counter", "gauge", "histogram", "summary", "untyped":
+			default:
+				bad("%s: unknown type %s", at, f[3])
+			}
+			if _, dup := types[f[2]]; dup {
+				bad("%s: second TYPE line for %s", at, f[2])
+			}
+			if sampled[f[2]] {
+				bad("%s: TYPE line after samples of %s", at, f[2])
+			}
+			types[f[2]] = f[3]
+			enter(f[2])
+		case strings.HasPrefix(line, "# HELP "):
+			f := strings.Fields(line)
+			if len(f) < 3 {
+				bad("%s: malformed HELP line", at)
+				continue
+			}
+			if helps[f[2]]++; helps[f[2]] > 1 {
+				bad("%s: second HELP line for %s", at, f[2])
+			}
+			enter(f[2])
+		case strings.HasPrefix(line, "#"):
+		default:
+			name, rest, labels := line, "", ""
+			if i := strings.IndexAny(line, "{ "); i >= 0 {
+				name, rest = line[:i], line[i:]
+			}
+			if strings.HasPrefix(rest, "{") {
+				j := strings.LastIndex(rest, "}")
+				if j < 0 {
+					bad("%s: unterminated labels", at)
+					continue
+				}
+				labels, rest = rest[1:j], rest[j+1:]
+			}
+			if !nameRe.MatchString(name) {
+				bad("%s: invalid metric name", at)
+				continue
+			}
+			var pairs []string
+			if labels != "" {
+				for _, p := range splitLabels(labels) {
+					if !labelRe.MatchString(strings.TrimSpace(p)) {
+						bad("%s: malformed label %q", at, p)
+					}
+					pairs = append(pairs, strings.TrimSpace(p))
+				}
+			}
+			sort.Strings(pairs)
+			v := strings.Fields(rest)
+			if len(v) < 1 || len(v) > 2 {
+				bad("%s: want a value and an optional timestamp", at)
+				continue
+			}
+			if _, err := strconv.ParseFloat(v[0], 64); err != nil {
+				bad("%s: value: %v", at, err)
+			}
+			family := name
+			if _, ok := types[name]; !ok {
+				for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+					base, cut := strings.CutSuffix(name, suffix)
+					if cut && (types[base] == "histogram" || types[base] == "summary" && suffix != "_bucket") {
+						family = base
+					}
+				}
+			}
+			if _, ok := types[family]; !ok {
+				bad("%s: sample of %s has no TYPE line", at, name)
+			} else if types[family] == "histogram" && family == name {
+				bad("%s: histogram %s sample without _bucket, _sum or _count", at, name)
+			}
+			enter(family)
+			sampled[family] = true
+			key := name + "{" + strings.Join(pairs, ",") + "}"
+			if series[key] {
+				bad("%s: duplicate series %s", at, key)
+			}
+			series[key] = true
+		}
+	}
+	return problems
+}
+
+// splitLabels splits a label list on the commas outside quoted values.
+func splitLabels(s string) []string {
+	var out []string
+	inQuote, esc, start := false, false, 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case esc:
+			esc = false
+		case c == '\\':
+			esc = true
+		case c == '"':
+			inQuote = !inQuote
+		case c == ',' && !inQuote:
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	if start < len(s) {
+		out = append(out, s[start:])
+	}
+	return out
+}
+
+func TestCheckExposition(t *testing.T) {
+	f := func(page string, want string) {
+		t.Helper()
+		got := strings.Join(checkExposition(page), "\n")
+		if want == "" && got != "" || want != "" && !strings.Contains(got, want) {
+			t.Fatalf("checkExposition(%q) = %q; want %q", page, got, want)
+		}
+	}
+	f("# HELP a\n# TYPE a counter\na 1\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n", "")
+	f("# TYPE s summary\ns{quantile=\"0.5\"} 1\ns_sum 1\ns_count 1\n", "")
+	f("a 1\n", "has no TYPE line")
+	f("# TYPE a gauge\na{x=\"1\"} 1\n# TYPE a gauge\na{x=\"2\"} 1\n", "second TYPE line")
+	f("# TYPE a gauge\na{x=\"1\",y=\"2\"} 1\na{y=\"2\",x=\"1\"} 2\n", "duplicate series")
+	f("# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\na{x=\"1\"} 1\n", "not contiguous")
+	f("# TYPE h histogram\nh 1\n", "without _bucket")
+	f("# HELP a\na 1\n# TYPE a gauge\n", "TYPE line after samples of a")
+	f("# TYPE a gauge\na{x=\"1,2\"} one\n", "value")
+	f("# TYPE a gauge\na{x=1} 1\n", "malformed label")
+}
+
+// TestMetricsExposition runs the binary with Redis (so the persister's set
+// is on the page) and checks the whole /metrics page: checkExposition, and
+// promtool when installed.
+func TestMetricsExposition(t *testing.T) {
+	bin := buildService(t)
+	s := startService(t, bin, "REDIS_ADDR="+startRedis(t), "SNAPSHOT_INTERVAL=50ms", "MAX_BODY_BYTES=4096", "LOG_LEVEL=warn")
+	s.post(t, fleetBatch(5, 0))
+	for _, path := range []string{"/no/such/route", "/api/v1/devices/dev-1", "/api/v1/devices/nobody"} {
+		s.get(t, path)
+	}
+	resp, err := http.Post(s.base+"/api/v1/ingest", "application/json", strings.NewReader(strings.Repeat(" ", 5000)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	time.Sleep(200 * time.Millisecond) // snapshot rounds, so their histogram has samples
+	page := strings.TrimPrefix(s.get(t, "/metrics"), "200 ")
+	for _, p := range checkExposition(page) {
+		t.Error(p)
+	}
+	for family, typ := range map[string]string{
+		"requests_total": "counter", "request_duration_seconds": "histogram", "devices_evicted_total": "counter",
+		"rolling_average_current": "gauge", "http_connection_timeouts_total": "counter", "http_open_connections": "gauge",
+		"snapshot_duration_seconds": "histogram", "snapshots_written_total": "counter", "redis_connected": "gauge",
+		"go_goroutines": "gauge", "process_resident_memory_bytes": "gauge",
+	} {
+		if !strings.Contains(page, "\n# TYPE "+family+" "+typ+"\n") {
+			t.Errorf("no TYPE %s line for %s", typ, family)
+		}
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", page)
+	}
+
+	t.Run("promtool", func(t *testing.T) {
+		if _, err := exec.LookPath("promtool"); err != nil {
+			t.Skip("promtool not installed (apt-get install -y prometheus provides it); the Go-side check above still ran")
+		}
+		cmd := exec.Command("promtool", "check", "metrics")
+		cmd.Stdin = strings.NewReader(page)
+		out, err := cmd.CombinedOutput()
+		// Exit status 1 is a page promtool cannot parse; 3 is lint findings,
+		// judged line by line below.
+		if ee, ok := err.(*exec.ExitError); err != nil && (!ok || ee.ExitCode() != 3) {
+			t.Fatalf("promtool check metrics: %v\n%s", err, out)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			family, problem, _ := strings.Cut(line, " ")
+			switch {
+			case line == "":
+			case problem == "no help text":
+				// VictoriaMetrics/metrics writes HELP lines without text.
+			case strings.HasPrefix(family, "go_") || strings.HasPrefix(family, "process_"):
+				// Names chosen by VictoriaMetrics/metrics, not by this service.
+			default:
+				t.Errorf("promtool: %s", line)
+			}
+		}
+	})
 }

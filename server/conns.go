@@ -1,7 +1,9 @@
 package server
 
 import (
+	"errors"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,18 +17,27 @@ import (
 // deadline three times per request, each a clock read and a runtime timer
 // update: about 5% of a single-sample request in a CPU profile (2.6% setting
 // deadlines, the rest the clock reads and timer checks). A Listener
-// instead stamps each connection's phase with one atomic store of a coarse
-// clock, and one janitor goroutine sweeps the connections every tick,
-// arming a deadline in the past on those that overstayed. fasthttp then
+// instead stamps each connection's phase with one atomic swap of a coarse
+// clock (on amd64 the same XCHG as an atomic store), and one janitor
+// goroutine sweeps the connections every tick, arming a deadline in the
+// past on those that overstayed. fasthttp then
 // sees the timeout error its own deadline would have given (a 408 for a
 // request cut off mid-way, a quiet close for an idle keep-alive
 // connection), within a tick of the bound.
+//
+// A past deadline is armed for one phase only: when the connection's own
+// read or write returns first and the connection moves on (its request
+// arrived whole, its response went out), the deadline is cleared, so it
+// cannot cut off the next request on a keep-alive connection. The handler's
+// run is a phase of its own, with no bound: a slow handler is not a slow
+// client.
 
 // Timeouts bound how long a connection may stay in each phase. Zero means
 // no bound.
 type Timeouts struct {
-	// Read bounds a request from its first byte until it is read; on a new
-	// connection the first request counts from accept.
+	// Read bounds a request from its first byte until it is read (not
+	// while its handler runs); on a new connection the first request counts
+	// from accept.
 	Read time.Duration
 	// Write bounds one write of a response to a client that does not read.
 	Write time.Duration
@@ -36,18 +47,20 @@ type Timeouts struct {
 
 // Connection phases, the low bits of conn.state.
 const (
-	phaseNew   = iota // accepted, no request byte yet: bounded by Read
-	phaseIdle         // between requests: bounded by Idle
-	phaseRead         // reading a request (and running its handler): bounded by Read
-	phaseWrite        // writing a response: bounded by Write
+	phaseNew    = iota // accepted, no request byte yet: bounded by Read
+	phaseIdle          // between requests: bounded by Idle
+	phaseRead          // reading a request: bounded by Read
+	phaseWrite         // writing a response: bounded by Write
+	phaseHandle        // running the request's handler: unbounded
 	phases
 
-	phaseMask  = 3
-	firedBit   = 4 // the janitor armed a past deadline for this phase
-	stateShift = 3 // state = since<<stateShift | firedBit? | phase
+	phaseMask  = 7
+	firedBit   = 8 // the janitor armed a past deadline for this phase
+	stateShift = 4 // state = since<<stateShift | firedBit? | phase
 )
 
-var phaseNames = [phases]string{"read", "idle", "read", "write"}
+// phaseNames name the bound each phase is held to; "" for none.
+var phaseNames = [phases]string{"read", "idle", "read", "write", ""}
 
 // Listener is a net.Listener whose connections are subject to Timeouts.
 // Create it with NewListener; Stop its janitor after the server stops.
@@ -73,14 +86,16 @@ type Listener struct {
 func NewListener(ln net.Listener, t Timeouts, ms *metrics.Set) *Listener {
 	l := &Listener{
 		Listener: ln,
-		limits:   [phases]int64{int64(t.Read), int64(t.Idle), int64(t.Read), int64(t.Write)},
+		limits:   [phases]int64{int64(t.Read), int64(t.Idle), int64(t.Read), int64(t.Write), 0},
 		base:     time.Now(),
 		conns:    make(map[*conn]struct{}),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
 	for p, name := range phaseNames {
-		l.timeouts[p] = ms.GetOrCreateCounter(`http_connection_timeouts_total{phase="` + name + `"}`)
+		if name != "" {
+			l.timeouts[p] = ms.GetOrCreateCounter(`http_connection_timeouts_total{phase="` + name + `"}`)
+		}
 	}
 	ms.NewGauge("http_open_connections", func() float64 {
 		l.mu.Lock()
@@ -140,26 +155,14 @@ func (l *Listener) run() {
 }
 
 // sweep arms a past deadline on every connection over its phase's bound.
+// The connection counts the timeout if it is in fact cut off (see cutOff).
 func (l *Listener) sweep(now int64) {
-	past := time.Unix(1, 0)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for c := range l.conns {
-		s := c.state.Load()
-		p := s & phaseMask
-		if !overdue(s, now, l.limits[p]) {
-			continue
+		if s := c.state.Load(); overdue(s, now, l.limits[s&phaseMask]) {
+			c.fire(s)
 		}
-		// The CAS fails when the connection moved on since the load.
-		if !c.state.CompareAndSwap(s, s|firedBit) {
-			continue
-		}
-		if p == phaseWrite {
-			_ = c.Conn.SetWriteDeadline(past)
-		} else {
-			_ = c.Conn.SetReadDeadline(past)
-		}
-		l.timeouts[p].Inc()
 	}
 }
 
@@ -170,34 +173,86 @@ func overdue(s, now, limit int64) bool {
 }
 
 // conn stamps its phase changes for the janitor. Only the goroutine serving
-// the connection stores state; the janitor loads it and sets firedBit.
+// the connection changes its phase; the janitor loads the state and sets
+// firedBit.
 type conn struct {
 	net.Conn
 	l      *Listener
 	state  atomic.Int64 // since<<stateShift | firedBit? | phase, since on l.now
 	closed atomic.Bool
+
+	// mu makes the janitor's CAS of firedBit and its deadline one step as
+	// seen by a phase change that finds firedBit set, so the change clears
+	// the deadline after it was armed, never before. Only those two take it:
+	// the phase change on the hot path is a lone atomic swap.
+	mu sync.Mutex
 }
+
+// fire arms a past deadline on c if it is still in state s.
+func (c *conn) fire(s int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// The CAS fails when the connection moved on since the load.
+	if !c.state.CompareAndSwap(s, s|firedBit) {
+		return
+	}
+	if s&phaseMask == phaseWrite {
+		_ = c.Conn.SetWriteDeadline(time.Unix(1, 0))
+	} else {
+		_ = c.Conn.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+// enter stamps phase p and returns the state it replaces. If the bound of
+// the phase left had fired, its I/O finished anyway: the deadline is
+// cleared, or it would cut off the next phase's I/O.
+func (c *conn) enter(p int64) int64 {
+	old := c.state.Swap(c.l.now.Load()<<stateShift | p)
+	if old&firedBit != 0 {
+		c.mu.Lock() // wait for fire to arm the deadline it decided on
+		if old&phaseMask == phaseWrite {
+			_ = c.Conn.SetWriteDeadline(time.Time{})
+		} else {
+			_ = c.Conn.SetReadDeadline(time.Time{})
+		}
+		c.mu.Unlock()
+	}
+	return old
+}
+
+// cutOff counts a timeout when err is the past deadline armed for state s.
+func (c *conn) cutOff(s int64, err error) {
+	if s&firedBit != 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+		c.l.timeouts[s&phaseMask].Inc()
+	}
+}
+
+// handling marks the start of a request's handler: the request has been
+// read, and the handler's run is not the client's to answer for.
+func (c *conn) handling() { c.enter(phaseHandle) }
 
 func (c *conn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		switch s := c.state.Load(); s & phaseMask {
 		case phaseIdle: // a new request: its bound starts at its first byte
-			// Should the idle bound have fired as these bytes arrived, the
-			// past deadline stays and the request gets a 408, as it would
-			// from a socket deadline expiring at the same moment.
-			c.state.Store(c.l.now.Load()<<stateShift | phaseRead)
-		case phaseNew: // the first request keeps counting from accept
+			c.enter(phaseRead)
+		case phaseNew: // the first request keeps counting from accept, fired or not
 			c.state.CompareAndSwap(s, s&^phaseMask|phaseRead)
 		}
+	}
+	if err != nil {
+		c.cutOff(c.state.Load(), err)
 	}
 	return n, err
 }
 
 func (c *conn) Write(p []byte) (int, error) {
-	c.state.Store(c.l.now.Load()<<stateShift | phaseWrite)
+	c.enter(phaseWrite)
 	n, err := c.Conn.Write(p)
-	c.state.Store(c.l.now.Load()<<stateShift | phaseIdle)
+	if s := c.enter(phaseIdle); err != nil {
+		c.cutOff(s, err)
+	}
 	return n, err
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -39,14 +40,16 @@ func TestOverdue(t *testing.T) {
 	}
 }
 
-// timeoutServer serves h (the API when nil) behind a Listener with t.
-func timeoutServer(tb testing.TB, t Timeouts, h fasthttp.RequestHandler) (*Listener, *metrics.Set, *shard.Set) {
+// timeoutServer serves the API behind a Listener with t; wrap, when not
+// nil, gets the API's handler and returns the one to serve.
+func timeoutServer(tb testing.TB, t Timeouts, wrap func(api fasthttp.RequestHandler) fasthttp.RequestHandler) (*Listener, *metrics.Set, *shard.Set) {
 	tb.Helper()
 	set := shard.New(shard.Options{Shards: 2})
 	api := New(Options{Shards: set, Timeouts: t})
 	api.SetReady()
-	if h == nil {
-		h = api.Handler()
+	h := api.Handler()
+	if wrap != nil {
+		h = wrap(h)
 	}
 	nl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -174,7 +177,9 @@ func TestIdleAndBusyConnections(t *testing.T) {
 func TestWriteTimeout(t *testing.T) {
 	big := bytes.Repeat([]byte("x"), 32<<20)
 	ln, ms, _ := timeoutServer(t, Timeouts{Read: 5 * time.Second, Write: 150 * time.Millisecond, Idle: 5 * time.Second},
-		func(ctx *fasthttp.RequestCtx) { ctx.SetBody(big) })
+		func(fasthttp.RequestHandler) fasthttp.RequestHandler {
+			return func(ctx *fasthttp.RequestCtx) { ctx.SetBody(big) }
+		})
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -228,5 +233,154 @@ func TestListenerTick(t *testing.T) {
 		l.Stop()
 		l.Stop()
 		nl.Close()
+	}
+}
+
+// A handler slower than Read (waiting on a Redis load, say) does not count
+// against the read bound: the response is sent, its keep-alive connection
+// serves the next requests, and no read timeout is counted.
+func TestSlowHandlerKeepsConnection(t *testing.T) {
+	const read = 100 * time.Millisecond
+	ln, ms, _ := timeoutServer(t, Timeouts{Read: read, Write: 5 * time.Second, Idle: 5 * time.Second},
+		func(api fasthttp.RequestHandler) fasthttp.RequestHandler {
+			return func(ctx *fasthttp.RequestCtx) {
+				api(ctx)
+				if string(ctx.Path()) == "/api/v1/ingest" {
+					time.Sleep(4 * read)
+				}
+			}
+		})
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	body := `{"device":"slow","metrics":{"t":1}}`
+	for i := range 3 {
+		if _, err := io.WriteString(c, "POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 35\r\n\r\n"+body); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d on the same connection: %v", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: status %d: %s", i, resp.StatusCode, b)
+		}
+	}
+	if got := timeouts(ms, "read"); got != 0 {
+		t.Fatalf("read timeouts counted %d; want 0", got)
+	}
+}
+
+// acceptedPair returns both ends of one connection through l: the client's
+// and the server's (a *conn).
+func acceptedPair(tb testing.TB, l *Listener) (client, server net.Conn) {
+	tb.Helper()
+	client, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	server, err = l.Accept()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+// A deadline the janitor armed for a phase does not outlive the phase: a
+// connection whose read bound fired just as its request was read in full
+// goes on to answer it and to read the next request.
+func TestFiredDeadlineClearedOnPhaseChange(t *testing.T) {
+	nl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	ms := metrics.NewSet()
+	l := NewListener(nl, Timeouts{Read: time.Hour, Write: time.Hour, Idle: time.Hour}, ms)
+	defer l.Stop()
+	client, server := acceptedPair(t, l)
+	buf := make([]byte, 64)
+	if _, err := io.WriteString(client, "GET / HTTP/1.1\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := server.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	l.sweep(int64(2 * time.Hour)) // the read bound fires: a past read deadline
+	if _, err := io.WriteString(server, "HTTP/1.1 200 OK\r\n\r\n"); err != nil {
+		t.Fatalf("response: %v", err)
+	}
+	if _, err := io.WriteString(client, "GET / HTTP/1.1\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := server.Read(buf); err != nil {
+		t.Fatalf("next request: read %d bytes, %v; the fired read deadline outlived the read phase", n, err)
+	}
+	if got := timeouts(ms, "read"); got != 0 {
+		t.Fatalf("read timeouts counted %d for a connection that was not cut off; want 0", got)
+	}
+}
+
+// The janitor arms its deadline after its CAS: a connection that changes
+// phase between the two must clear the deadline after it is armed, not
+// before, or the deadline outlives the phase. Here the test plays the
+// janitor, holding c.mu between the CAS and the deadline as fire does.
+func TestFireRacesPhaseChange(t *testing.T) {
+	nl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	l := NewListener(nl, Timeouts{Read: time.Hour, Write: time.Hour, Idle: time.Hour}, metrics.NewSet())
+	defer l.Stop()
+	client, server := acceptedPair(t, l)
+	c := server.(*conn)
+	buf := make([]byte, 64)
+	if _, err := io.WriteString(client, "GET / HTTP/1.1\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	s := c.state.Load()
+	c.mu.Lock()
+	if s&phaseMask != phaseRead || !c.state.CompareAndSwap(s, s|firedBit) {
+		t.Fatalf("state %b: want the read phase, not fired", s)
+	}
+	done := make(chan struct{})
+	go func() { c.handling(); close(done) }()
+	for c.state.Load()&phaseMask != phaseHandle {
+		runtime.Gosched()
+	}
+	select {
+	case <-done:
+		t.Fatal("the phase change cleared the deadline before the janitor armed it")
+	case <-time.After(50 * time.Millisecond):
+	}
+	_ = c.Conn.SetReadDeadline(time.Unix(1, 0))
+	c.mu.Unlock()
+	<-done
+	if _, err := io.WriteString(client, "next"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.Read(buf); err != nil {
+		t.Fatalf("read %d bytes, %v: the deadline armed for the read phase outlived it", n, err)
+	}
+}
+
+// BenchmarkPhaseChange is the hot-path cost a request pays per phase change
+// (four per keep-alive request: read, handle, write, idle).
+func BenchmarkPhaseChange(b *testing.B) {
+	c := &conn{l: &Listener{}}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		c.enter(int64(i & 3))
 	}
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 
 	"ai-load-service/shard"
@@ -46,8 +47,13 @@ func at(e *Error, i int) *Error {
 // the log only.
 func (h *Handler) writeError(ctx *fasthttp.RequestCtx, err error) {
 	var e *Error
+	var limit *shard.StreamLimitError
 	switch {
 	case errors.As(err, &e):
+	case errors.As(err, &limit):
+		e = at(errorf(fasthttp.StatusTooManyRequests,
+			"%s; reuse metric names, or raise MAX_STREAMS_PER_DEVICE (now %d); nothing from this request was applied",
+			limit, limit.Limit), limit.Index)
 	case errors.Is(err, shard.ErrOverloaded):
 		ctx.Response.Header.Set("Retry-After", "1")
 		e = errorf(fasthttp.StatusServiceUnavailable, "ingest queue is full; retry after a short backoff or add replicas")
@@ -67,4 +73,23 @@ func (h *Handler) writeError(ctx *fasthttp.RequestCtx, err error) {
 	ctx.SetStatusCode(e.Status)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(buf)
+}
+
+// readError maps an error fasthttp met reading a request, before any route
+// ran, to what the client sees.
+func (h *Handler) readError(err error) *Error {
+	var small *fasthttp.ErrSmallBuffer
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		return bodyTooLarge(h.opts.MaxBodyBytes)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return errorf(fasthttp.StatusRequestTimeout, "request not received within %s (READ_TIMEOUT); send each request whole and promptly", h.opts.Timeouts.Read)
+	case errors.As(err, &small):
+		return errorf(fasthttp.StatusRequestHeaderFieldsTooLarge, "request headers too large")
+	}
+	return errorf(fasthttp.StatusBadRequest, "cannot parse request: %s", err)
+}
+
+func bodyTooLarge(max int) *Error {
+	return errorf(fasthttp.StatusRequestEntityTooLarge, "request body exceeds %d bytes; split the batch", max)
 }

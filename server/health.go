@@ -54,6 +54,9 @@ func (h *Handler) metrics(ctx *fasthttp.RequestCtx) error {
 	ctx.SetContentType("text/plain; version=0.0.4; charset=utf-8")
 	w := ctx.Response.BodyWriter()
 	h.ms.WritePrometheus(w)
+	// Written from the shards' own count at scrape time, so there is no
+	// second counter to keep in step.
+	metrics.WriteCounterUint64(w, "devices_evicted_total", h.set.Evicted())
 	for _, m := range h.opts.Metrics {
 		m.WritePrometheus(w)
 	}
@@ -84,6 +87,11 @@ func (h *Handler) writeRollingAverages(w io.Writer, by map[string]shard.MetricSu
 		}
 		return names[i] < names[j]
 	})
+	if len(names) > 0 {
+		// Once for the family: metrics.WriteGaugeFloat64 would repeat HELP
+		// and TYPE before every series, which the text format forbids.
+		metrics.WriteMetadataIfNeeded(w, "rolling_average_current", "gauge")
+	}
 	var rest shard.MetricSummary
 	for i, name := range names {
 		m := by[name]
@@ -93,9 +101,9 @@ func (h *Handler) writeRollingAverages(w io.Writer, by map[string]shard.MetricSu
 			rest.Streams = n
 			continue
 		}
-		metrics.WriteGaugeFloat64(w, fmt.Sprintf("rolling_average_current{metric=%q}", name), m.Mean)
+		fmt.Fprintf(w, "rolling_average_current{metric=%q} %g\n", name, m.Mean)
 	}
 	if rest.Streams > 0 {
-		metrics.WriteGaugeFloat64(w, `rolling_average_current{metric="(other)"}`, rest.Mean)
+		fmt.Fprintf(w, "rolling_average_current{metric=\"(other)\"} %g\n", rest.Mean)
 	}
 }

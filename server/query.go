@@ -1,18 +1,28 @@
 package server
 
 import (
+	"net/url"
 	"strconv"
+	"strings"
 
 	"github.com/valyala/fasthttp"
 )
 
-// deviceID copies and validates the {device} path parameter.
+// deviceID unescapes, copies and validates the {device} path parameter.
+// The router matches the raw path, so an escaped '/' cannot split a
+// segment, and hands the segment over still escaped (aa%3Abb from clients
+// that escape ':'); it is unescaped exactly once, here, so %253A stays the
+// literal %3A and fails validation.
 func deviceID(ctx *fasthttp.RequestCtx) (string, error) {
-	v, _ := ctx.UserValue("device").(string)
+	raw, _ := ctx.UserValue("device").(string)
+	v, err := url.PathUnescape(raw)
+	if err != nil {
+		return "", badRequest("device ID in the path: %s; escape a literal %% as %%25", err)
+	}
 	if !deviceChars.valid([]byte(v), maxDeviceLen) {
 		return "", badRequest("device ID must be 1-%d characters from A-Z a-z 0-9 . _ : -", maxDeviceLen)
 	}
-	return string([]byte(v)), nil
+	return strings.Clone(v), nil // v may alias the request's buffer
 }
 
 func notFound(id string) error {

@@ -4,10 +4,8 @@
 package server
 
 import (
-	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,6 +52,10 @@ type Handler struct {
 	anomalies *metrics.Counter // alerts
 	anomalous *metrics.Counter // anomalous samples, alerted or not
 	other     *endpoint        // requests that match no route
+	// byPath holds the routes without parameters, by path, for requests
+	// answered before routing (ErrorHandler, Expect). Filled by routes,
+	// read-only after New.
+	byPath map[string]*endpoint
 
 	pool sync.Pool // *ingestState
 }
@@ -83,7 +85,11 @@ func New(opts Options) *Handler {
 	if opts.MaxMetricLabels <= 0 {
 		opts.MaxMetricLabels = 100
 	}
-	h := &Handler{set: opts.Shards, opts: opts, log: opts.Log, ms: metrics.NewSet()}
+	// /metrics carries HELP and TYPE lines, so Prometheus knows each
+	// family's type. The switch is global in package metrics; every writer
+	// in this process wants it on.
+	metrics.ExposeMetadata(true)
+	h := &Handler{set: opts.Shards, opts: opts, log: opts.Log, ms: metrics.NewSet(), byPath: map[string]*endpoint{}}
 	h.pool.New = func() any { return new(ingestState) }
 	h.samples = h.ms.NewCounter("samples_ingested_total")
 	h.anomalies = h.ms.NewCounter("anomaly_detection_total")
@@ -92,7 +98,6 @@ func New(opts Options) *Handler {
 	h.ms.NewGauge("active_streams", func() float64 { return float64(h.set.Streams()) })
 	h.ms.NewGauge("shards", func() float64 { return float64(h.set.Len()) })
 	h.ms.NewGauge("devices_unrestored", func() float64 { return float64(h.set.Unrestored()) })
-	h.ms.NewGauge("devices_evicted_total", func() float64 { return float64(h.set.Evicted()) })
 	for i := range h.set.Len() {
 		h.ms.NewGauge(fmt.Sprintf(`shard_queue_depth{shard="%d"}`, i), func() float64 { return float64(h.set.QueueDepth(i)) })
 	}
@@ -112,7 +117,11 @@ func (h *Handler) routes() *router.Router {
 	r.RedirectTrailingSlash = false
 	r.RedirectFixedPath = false
 	add := func(path string, methods string, fn func(*fasthttp.RequestCtx) error) {
-		r.ANY(path, h.newEndpoint(path, strings.Split(methods, ","), fn).serve)
+		e := h.newEndpoint(path, strings.Split(methods, ","), fn)
+		if !strings.Contains(path, "{") {
+			h.byPath[path] = e
+		}
+		r.ANY(path, e.serve)
 	}
 	add("/", "GET", h.index)
 	add("/health", "GET", h.health)
@@ -134,7 +143,16 @@ func (h *Handler) routes() *router.Router {
 }
 
 // Handler returns the fasthttp handler for every route.
-func (h *Handler) Handler() fasthttp.RequestHandler { return h.router.Handler }
+func (h *Handler) Handler() fasthttp.RequestHandler { return h.serve }
+
+func (h *Handler) serve(ctx *fasthttp.RequestCtx) {
+	// The request is read: on a Listener's connection the read bound stops
+	// here and does not run on through the handler.
+	if c, ok := ctx.Conn().(*conn); ok {
+		c.handling()
+	}
+	h.router.Handler(ctx)
+}
 
 // Listen wraps ln so its connections are held to Options.Timeouts, counted
 // on /metrics. Stop the Listener after the server stops.
@@ -151,17 +169,44 @@ func (h *Handler) SetDraining() { h.state.Store(stateDraining) }
 // fasthttp.Server.ErrorHandler.
 func (h *Handler) ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
 	start := time.Now()
-	e := errorf(fasthttp.StatusBadRequest, "cannot parse request: %s", err)
-	switch {
-	case errors.Is(err, fasthttp.ErrBodyTooLarge):
-		e = errorf(fasthttp.StatusRequestEntityTooLarge, "request body exceeds %d bytes; split the batch", h.opts.MaxBodyBytes)
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		e = errorf(fasthttp.StatusRequestTimeout, "request not received within %s (READ_TIMEOUT); send each request whole and promptly", h.opts.Timeouts.Read)
-	case isSmallBuffer(err):
-		e = errorf(fasthttp.StatusRequestHeaderFieldsTooLarge, "request headers too large")
+	h.writeError(ctx, h.readError(err))
+	h.route(ctx).record(ctx, start)
+}
+
+// Expect answers a request with Expect: 100-continue from its headers: a
+// declared body over MaxBodyBytes gets the 413 JSON error at once, instead
+// of a 100 Continue inviting the body and the 413 after it. Set it as
+// fasthttp.Server.ExpectHandler.
+//
+// fasthttp writes ctx.Response as it stands with the status returned and
+// closes the connection (the client may be sending the body already). Its
+// documentation asks that the response not be modified here; writing the
+// error body is the one way to send JSON rather than an empty 413, and
+// TestExpectContinueTooLarge checks that fasthttp still sends it.
+func (h *Handler) Expect(ctx *fasthttp.RequestCtx) int {
+	if n := ctx.Request.Header.ContentLength(); n <= h.opts.MaxBodyBytes {
+		return fasthttp.StatusContinue // also -1, chunked: fasthttp enforces the limit as it reads
 	}
-	h.writeError(ctx, e)
-	h.other.record(ctx, start)
+	start := time.Now()
+	h.writeError(ctx, bodyTooLarge(h.opts.MaxBodyBytes))
+	h.route(ctx).record(ctx, start)
+	return ctx.Response.StatusCode()
+}
+
+// route returns the endpoint of the route whose path (undecoded, as the
+// router matches it) is exactly the request's, or h.other: parameterised
+// routes and unmatched paths are counted as other. fasthttp resets the
+// request when it cannot read its header or body, so a request cut off
+// then, or with a malformed header or chunked body, has no path left and is
+// counted as other too.
+func (h *Handler) route(ctx *fasthttp.RequestCtx) *endpoint {
+	if len(ctx.Request.Header.RawHeaders()) == 0 {
+		return h.other // never parsed, or reset: the "/" it reports is a default
+	}
+	if e, ok := h.byPath[string(ctx.Request.URI().PathOriginal())]; ok {
+		return e
+	}
+	return h.other
 }
 
 // Printf lets the Handler serve as fasthttp.Server.Logger: fasthttp's
@@ -169,11 +214,6 @@ func (h *Handler) ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
 // debug level, since they are per-request events already counted.
 func (h *Handler) Printf(format string, args ...any) {
 	h.log.Debug().Msgf(format, args...)
-}
-
-func isSmallBuffer(err error) bool {
-	_, ok := err.(*fasthttp.ErrSmallBuffer)
-	return ok
 }
 
 // endpoint is one route's method check, metrics and error mapping.

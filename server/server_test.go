@@ -1,14 +1,17 @@
 package server
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"ai-load-service/shard"
 
@@ -341,5 +344,156 @@ func TestMetricRouteWindowSizeFromRule(t *testing.T) {
 	m = s.json(t, "POST", "/metric", `{"cpu":2,"rps":1}`, 200)
 	if m["window_size"].(float64) != 50 {
 		t.Fatalf("window_size %v; want WINDOW_SIZE 50 for cpu", m["window_size"])
+	}
+}
+
+// rawGet sends GET target exactly as given (no client-side escaping) and
+// returns the status and body.
+func rawGet(tb testing.TB, base, target string) (int, []byte) {
+	tb.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET "+target+" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); err != nil {
+		tb.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		tb.Fatalf("GET %s: %v", target, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return resp.StatusCode, b
+}
+
+// Clients that escape path segments send aa%3Abb for aa:bb: the device
+// routes unescape the segment once, then validate it.
+func TestDevicePathEscapes(t *testing.T) {
+	s := MustOpenServer(t, shard.Options{Shards: 2}, 1<<20)
+	s.json(t, "POST", "/api/v1/ingest", sample("aa:bb:cc", 1, `"t":1`), 200)
+	cases := []struct {
+		target string
+		status int
+		has    string // in the body
+	}{
+		{"/api/v1/devices/aa:bb:cc", 200, `"device":"aa:bb:cc"`},
+		{"/api/v1/devices/aa%3Abb%3Acc", 200, `"device":"aa:bb:cc"`},
+		{"/api/v1/devices/aa%3abb%3acc", 200, `"device":"aa:bb:cc"`},
+		{"/api/v1/devices/%61a:bb:cc?x=%3A", 200, `"device":"aa:bb:cc"`},
+		{"/api/v1/devices/aa%3Abb%3Acc/anomalies", 200, `"anomalies":[]`},
+		{"/api/v1/devices/aa%3Abb%3Acd", 404, `device \"aa:bb:cd\" not found`},
+		// Decoded once: %253A is the literal %3A, and % is not a device character.
+		{"/api/v1/devices/aa%253Abb%253Acc", 400, "device ID must be"},
+		{"/api/v1/devices/aa%253Abb%253Acc/anomalies", 400, "device ID must be"},
+		{"/api/v1/devices/%ZZ", 400, `invalid URL escape \"%ZZ\"`},
+		{"/api/v1/devices/aa%3/anomalies", 400, `invalid URL escape \"%3\"`},
+		// An escaped slash stays inside the segment, and is not a device character.
+		{"/api/v1/devices/aa%2Fanomalies", 400, "device ID must be"},
+		{"/api/v1/devices/aa%20bb", 400, "device ID must be"},
+		{"/api/v1/devices/aa+bb", 400, "device ID must be"},
+	}
+	for _, c := range cases {
+		code, body := rawGet(t, s.URL, c.target)
+		if code != c.status || !bytes.Contains(body, []byte(c.has)) {
+			t.Errorf("GET %s: got %d %s; want %d with %s", c.target, code, body, c.status, c.has)
+		}
+	}
+}
+
+// Requests fasthttp rejects before routing are counted under the route
+// their path names when fasthttp still has the request line.
+func TestRejectedRequestsCountedByRoute(t *testing.T) {
+	s := MustOpenServer(t, shard.Options{Shards: 2}, 1024)
+	addr := strings.TrimPrefix(s.URL, "http://")
+	send := func(req string) string {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := io.WriteString(c, req); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(c)
+		return string(b)
+	}
+	for _, c := range []struct{ req, status string }{
+		{"POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n", "413"},
+		{"POST /api/v1/ingest?pretty=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n", "413"},
+		{"POST /metric HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n", "413"},
+		{"POST /no/such/route HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n", "413"},
+		{"NOT A REQUEST\r\n\r\n", "400"},
+	} {
+		if got := send(c.req); !strings.HasPrefix(got, "HTTP/1.1 "+c.status) {
+			t.Fatalf("%q: got %q; want %s", c.req, got, c.status)
+		}
+	}
+	_, page := s.do(t, "GET", "/metrics", "")
+	for _, want := range []string{
+		`requests_total{endpoint="/api/v1/ingest",method="POST",status="413"} 2`,
+		`requests_total{endpoint="/metric",method="POST",status="413"} 1`,
+		`requests_total{endpoint="other",method="POST",status="413"} 1`,
+		`request_duration_seconds_count{endpoint="/api/v1/ingest"} 2`,
+	} {
+		if !bytes.Contains(page, []byte(want)) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if !regexp.MustCompile(`requests_total\{endpoint="other",method="[A-Z]+",status="400"\} 1`).Match(page) {
+		t.Errorf("/metrics lacks the unparsable request under endpoint=\"other\"")
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", page)
+	}
+}
+
+// /metrics carries one TYPE line per family, with the family's type,
+// including the families written by hand.
+func TestMetricsTypeLines(t *testing.T) {
+	s := MustOpenServer(t, shard.Options{Shards: 2}, 1<<20)
+	s.json(t, "POST", "/api/v1/ingest", sample("d1", 1, `"temp":1,"hum":2`), 200)
+	_, page := s.do(t, "GET", "/metrics", "")
+	for family, typ := range map[string]string{
+		"devices_evicted_total":    "counter",
+		"rolling_average_current":  "gauge",
+		"requests_total":           "counter",
+		"request_duration_seconds": "histogram",
+		"samples_ingested_total":   "counter",
+		"active_devices":           "gauge",
+		"go_goroutines":            "gauge",
+	} {
+		if n := bytes.Count(page, []byte("# TYPE "+family+" ")); n != 1 {
+			t.Errorf("%d TYPE lines for %s; want 1", n, family)
+		}
+		if !bytes.Contains(page, []byte("# TYPE "+family+" "+typ+"\n")) {
+			t.Errorf("%s is not typed %s", family, typ)
+		}
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", page)
+	}
+}
+
+// TestStreamLimitAnswers429: a request naming a new metric for a device at
+// MAX_STREAMS_PER_DEVICE gets 429 with a JSON error naming the setting and
+// the sample's index, and nothing of it is applied.
+func TestStreamLimitAnswers429(t *testing.T) {
+	s := MustOpenServer(t, shard.Options{Shards: 4, MaxStreams: 2}, 1<<20)
+	s.json(t, "POST", "/api/v1/ingest", sample("d", 1, `"a":1,"b":2`), 200)
+	m := s.json(t, "POST", "/api/v1/ingest", "["+sample("other", 1, `"a":1`)+","+sample("d", 2, `"a":1,"c":3`)+"]", 429)
+	if msg, _ := m["error"].(string); !strings.Contains(msg, "MAX_STREAMS_PER_DEVICE") || !strings.Contains(msg, `"c"`) || m["index"].(float64) != 1 {
+		t.Fatalf("unexpected error %v", m)
+	}
+	s.json(t, "GET", "/api/v1/devices/other", "", 404)
+	d := s.json(t, "GET", "/api/v1/devices/d", "", 200)
+	if a := d["metrics"].(map[string]any)["a"].(map[string]any); a["count"].(float64) != 1 {
+		t.Fatalf("d changed by a refused request: %v", d)
 	}
 }

@@ -139,7 +139,7 @@ func (sh *shard) onLoaded(l loadResult) {
 			d.index, d.history, d.hnext = nil, nil, 0
 			sh.restore(d, l.snap)
 			for _, k := range replay {
-				st := d.stream([]byte(k.metric), sh)
+				st := d.stream([]byte(k.metric), sh, 0)
 				sh.room(&st.Win)
 				sc := st.Observe(k.v, k.ts, st.p)
 				st.track()
@@ -185,7 +185,7 @@ func (sh *shard) restore(d *device, snap *Snapshot) {
 	}()
 	for i := range snap.Streams {
 		ss := &snap.Streams[i]
-		st := d.stream([]byte(ss.Name), sh)
+		st := d.stream([]byte(ss.Name), sh, len(snap.Streams))
 		sh.makeRoom(&st.Win, len(ss.Values))
 		st.load(ss)
 		st.track()

@@ -87,6 +87,24 @@ func TestStreamLimitWide(t *testing.T) {
 	if err := s.Ingest(b); err != nil {
 		t.Fatalf("90 values of 3 names: %v", err)
 	}
+	mixed := func(samples ...[]string) error { // device, then its names
+		b := new(Batch)
+		for _, smp := range samples {
+			b.Add([]byte(smp[0]), 0)
+			for _, n := range smp[1:] {
+				b.AddMetric([]byte(n), 1)
+			}
+		}
+		return s.Ingest(b)
+	}
+	if err := mixed([]string{"x", "a", "b"}, []string{"y", "c", "e"}, []string{"x", "f"}); err != nil {
+		t.Fatalf("3 names for x and 2 for y: %v", err)
+	}
+	err := mixed([]string{"z", "a", "b"}, []string{"y", "c"}, []string{"z", "e", "f", "g"})
+	var le *StreamLimitError
+	if !errors.As(err, &le) || le.Device != "z" || le.Metric != "g" || le.Index != 2 {
+		t.Fatalf("5 names for z: %v", err)
+	}
 }
 
 // TestStreamLimitConcurrent: requests racing to add names to one device

@@ -739,7 +739,11 @@ func (sh *shard) apply(d *device, o *op, i int32) {
 	sh.touch(d, b.received)
 	for j := smp.ms.lo; j < smp.ms.hi; j++ {
 		m := &b.metrics[j]
-		st := d.stream(b.bytes(m.name), sh)
+		name := b.bytes(m.name)
+		st := d.find(name)
+		if st == nil {
+			st = d.add(name, sh, len(d.streams)+d.missing(b, j, smp.ms.hi))
+		}
 		sh.room(&st.Win)
 		sc := st.Observe(m.v, smp.ts, st.p)
 		st.track()
@@ -938,18 +942,38 @@ func (ns *namedStream) is(name []byte) bool {
 // indexAt is the stream count past which a map beats a linear scan.
 const indexAt = 16
 
-func (d *device) stream(name []byte, sh *shard) *namedStream {
+// stream returns d's stream for name, adding it if d has none; want is
+// the capacity to give d's streams if they must grow (see add).
+func (d *device) stream(name []byte, sh *shard, want int) *namedStream {
+	if st := d.find(name); st != nil {
+		return st
+	}
+	return d.add(name, sh, want)
+}
+
+// find returns d's stream for name, or nil.
+func (d *device) find(name []byte) *namedStream {
 	if d.index != nil {
 		if i, ok := d.index[string(name)]; ok {
 			return &d.streams[i]
 		}
-	} else {
-		for i := range d.streams {
-			if d.streams[i].is(name) {
-				return &d.streams[i]
-			}
+		return nil
+	}
+	for i := range d.streams {
+		if d.streams[i].is(name) {
+			return &d.streams[i]
 		}
 	}
+	return nil
+}
+
+// add appends a new stream for name. If d's streams are full they grow to
+// want (at least one more): callers pass how many streams d will have
+// once the sample being applied is in, so a device whose first sample
+// names five metrics grows once, not five times. Growing one at a time
+// left arrays of 1 to 4 streams unused in the slabs for a fleet that grew
+// together (~480 bytes a stream at 5 metrics).
+func (d *device) add(name []byte, sh *shard, want int) *namedStream {
 	s := sh.set
 	p := s.paramsFor(name)
 	agg := sh.names[string(name)]
@@ -961,13 +985,13 @@ func (d *device) stream(name []byte, sh *shard) *namedStream {
 	ns := namedStream{p: p, agg: agg, Stream: Stream{Win: sh.newRing(p.Window)}}
 	ns.setName(string(name))
 	if len(d.streams) == cap(d.streams) {
-		// Most devices have a few metrics: grow one at a time rather than
-		// doubling, which would leave up to half the slots (and their
-		// ~200 bytes each) unused for the device's lifetime; past indexAt,
-		// double. The old array goes back to the slabs either way.
-		n := len(d.streams) + 1
+		// Most devices have a few metrics: grow to what is wanted rather
+		// than doubling, which would leave up to half the slots (and
+		// their ~240 bytes each) unused for the device's lifetime; past
+		// indexAt, double. The old array goes back to the slabs.
+		n := max(want, len(d.streams)+1)
 		if n > indexAt {
-			n = 2 * len(d.streams)
+			n = max(n, 2*len(d.streams))
 		}
 		grown := append(sh.streamArrays.get(n), d.streams...)
 		sh.streamArrays.put(d.streams)
@@ -986,6 +1010,17 @@ func (d *device) stream(name []byte, sh *shard) *namedStream {
 		d.index[string(name)] = int32(len(d.streams) - 1)
 	}
 	return &d.streams[len(d.streams)-1]
+}
+
+// missing counts the metrics j to hi of b that d has no stream for.
+func (d *device) missing(b *Batch, j, hi int32) int {
+	n := 0
+	for ; j < hi; j++ {
+		if d.find(b.bytes(b.metrics[j].name)) == nil {
+			n++
+		}
+	}
+	return n
 }
 
 func (d *device) remember(a Anomaly, limit int) {
