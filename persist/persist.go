@@ -5,6 +5,7 @@
 package persist
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -356,14 +357,15 @@ func (w *Writer) loop() {
 	tick := min(w.opts.Interval, retryEvery)
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	var retryAt, lastRound time.Time
+	var retryAt, lastRound, lastRetry time.Time
 	backoff := w.opts.Interval
 	for {
 		select {
 		case <-w.loopCtx.Done():
 			return
 		case now := <-t.C:
-			if w.set.Unrestored() > 0 {
+			if w.set.Unrestored() > 0 && now.Sub(lastRetry) >= retryEvery-tick/2 {
+				lastRetry = now
 				_, _ = w.set.Retry(false)
 			}
 			if now.Sub(lastRound) < w.opts.Interval-tick/2 {
@@ -515,9 +517,7 @@ func (w *Writer) Stop(ctx context.Context) (StopReport, error) {
 		c.Close()
 	}
 	if rep.Pending > 0 || rep.Unreconciled > 0 {
-		if err == nil {
-			err = ctx.Err()
-		}
+		err = cmp.Or(err, ctx.Err(), errors.New("stopped before they could be"))
 		return rep, fmt.Errorf("final snapshot incomplete: %d devices not written, %d not reconciled with redis: %w",
 			rep.Pending, rep.Unreconciled, err)
 	}
