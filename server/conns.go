@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"os"
@@ -186,6 +187,30 @@ type conn struct {
 	// the deadline after it was armed, never before. Only those two take it:
 	// the phase change on the hot path is a lone atomic swap.
 	mu sync.Mutex
+
+	// line holds the first bytes of the request being read, so that a
+	// request fasthttp rejects mid-way (a 408 in its body, a broken chunk),
+	// after it has reset the request, is still counted under its route.
+	// Only the goroutine serving the connection uses it.
+	line    [64]byte
+	lineLen uint8
+}
+
+// requestLine returns the method and path of the request being read, from
+// its first bytes, or nils when they did not hold them (a pipelined
+// request, or a request line longer than line).
+func (c *conn) requestLine() (method, path []byte) {
+	b := c.line[:c.lineLen]
+	sp := bytes.IndexByte(b, ' ')
+	if sp <= 0 {
+		return nil, nil
+	}
+	method, b = b[:sp], b[sp+1:]
+	end := bytes.IndexAny(b, " ?")
+	if end <= 0 {
+		return nil, nil
+	}
+	return method, b[:end]
 }
 
 // fire arms a past deadline on c if it is still in state s.
@@ -229,7 +254,10 @@ func (c *conn) cutOff(s int64, err error) {
 
 // handling marks the start of a request's handler: the request has been
 // read, and the handler's run is not the client's to answer for.
-func (c *conn) handling() { c.enter(phaseHandle) }
+func (c *conn) handling() {
+	c.enter(phaseHandle)
+	c.lineLen = 0 // a pipelined request after this one is not in line
+}
 
 func (c *conn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
@@ -237,8 +265,10 @@ func (c *conn) Read(p []byte) (int, error) {
 		switch s := c.state.Load(); s & phaseMask {
 		case phaseIdle: // a new request: its bound starts at its first byte
 			c.enter(phaseRead)
+			c.lineLen = uint8(copy(c.line[:], p[:n]))
 		case phaseNew: // the first request keeps counting from accept, fired or not
 			c.state.CompareAndSwap(s, s&^phaseMask|phaseRead)
+			c.lineLen = uint8(copy(c.line[:], p[:n]))
 		}
 	}
 	if err != nil {

@@ -384,3 +384,30 @@ func BenchmarkPhaseChange(b *testing.B) {
 		c.enter(int64(i & 3))
 	}
 }
+
+// TestCutOffRequestsCountedByRoute: requests fasthttp rejects after it has
+// reset them (a 408 in the body, a broken chunked body) are still counted
+// under the route their request line names, with its method; they were
+// all endpoint="other".
+func TestCutOffRequestsCountedByRoute(t *testing.T) {
+	ln, ms, _ := timeoutServer(t, Timeouts{Read: 300 * time.Millisecond}, nil)
+	addr := ln.Addr().String()
+	got := rawExchange(t, addr, "POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"device\":", 3*time.Second)
+	if !strings.HasPrefix(got, "HTTP/1.1 408") {
+		t.Fatalf("half a body: %q; want 408", got)
+	}
+	got = rawExchange(t, addr, "POST /metric HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 3*time.Second)
+	if !strings.HasPrefix(got, "HTTP/1.1 400") {
+		t.Fatalf("broken chunk: %q; want 400", got)
+	}
+	for name, want := range map[string]uint64{
+		`requests_total{endpoint="/api/v1/ingest",method="POST",status="408"}`: 1,
+		`requests_total{endpoint="/metric",method="POST",status="400"}`:        1,
+		`requests_total{endpoint="other",method="GET",status="408"}`:           0,
+		`requests_total{endpoint="other",method="GET",status="400"}`:           0,
+	} {
+		if n := ms.GetOrCreateCounter(name).Get(); n != want {
+			t.Errorf("%s = %d; want %d", name, n, want)
+		}
+	}
+}

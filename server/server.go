@@ -201,7 +201,18 @@ func (h *Handler) Expect(ctx *fasthttp.RequestCtx) int {
 // counted as other too.
 func (h *Handler) route(ctx *fasthttp.RequestCtx) *endpoint {
 	if len(ctx.Request.Header.RawHeaders()) == 0 {
-		return h.other // never parsed, or reset: the "/" it reports is a default
+		// Never parsed, or reset (fasthttp resets a request whose body
+		// fails): the "/" it reports is a default. The connection kept the
+		// request's first bytes; the method label comes from them too.
+		if c, ok := ctx.Conn().(*conn); ok {
+			if method, path := c.requestLine(); path != nil {
+				ctx.Request.Header.SetMethodBytes(method)
+				if e, ok := h.byPath[string(path)]; ok {
+					return e
+				}
+			}
+		}
+		return h.other
 	}
 	if e, ok := h.byPath[string(ctx.Request.URI().PathOriginal())]; ok {
 		return e
