@@ -124,3 +124,26 @@ func TestReviewPoisonedKeyFailsOtherLoads(t *testing.T) {
 		t.Fatalf("%d of 10 devices stored in a healthy Redis were served unrestored because one other key is unreadable", fresh)
 	}
 }
+
+// TestReviewEvictionAfterTTLForgetsDevice (low severity, configuration):
+// SNAPSHOT_TTL and IDLE_EVICT are validated separately (each >= 1 s), and
+// nothing refreshes the key of a device that sits clean in memory. With
+// TTL < IDLE_EVICT the key expires while the device is still held; the
+// eviction then drops the only copy and the next sample reloads nothing:
+// the device restarts from scratch although it never left the service.
+// (Timing: TTL 1 s, eviction after 2 s idle, checked at 3.5 s.)
+func TestReviewEvictionAfterTTLForgetsDevice(t *testing.T) {
+	r := MustStartRedis(t)
+	s := MustOpenStackWith(t, Options{Addrs: []string{r.addr}, Interval: 50 * time.Millisecond, TTL: time.Second, Timeout: 500 * time.Millisecond},
+		shard.Options{Shards: 2, IdleEvict: 2 * time.Second})
+	s.ingest(t, "d", 1, 2, 3)
+	time.Sleep(3500 * time.Millisecond)
+	if s.set.Evicted() != 1 {
+		t.Fatalf("test premise: evicted %d", s.set.Evicted())
+	}
+	s.ingest(t, "d", 4)
+	st, _ := s.state(t, "d")
+	if st.Count != 4 {
+		t.Fatalf("after eviction the device holds %d samples; want 4 (it lost the 3 it had in memory when its key expired)", st.Count)
+	}
+}
