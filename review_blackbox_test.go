@@ -1,0 +1,192 @@
+package main
+
+// Review (branch review-b): failing black-box tests against the built
+// binary that demonstrate defects. They do not fix anything.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestReviewInfiniteZLosesDeviceOnRestart: MIN_STDDEV accepts any positive
+// number down to 4.9e-324 (-h: "want a number from 4.9e-324 to 1e+300").
+// With MIN_STDDEV=1e-300 a flat window and then a valid value give
+// z = (value - mean) / 1e-300 = +Inf: the alert says "z": null (README:
+// z = (value - mean) / stddev holds for every alert), last_z is null, and
+// the snapshot written at SIGTERM holds LastZ = +Inf, which the decoder
+// refuses as corrupt: after a restart the device, answered 200 before the
+// stop, is gone (404) and restore_corrupt_total counts it.
+func TestReviewInfiniteZLosesDeviceOnRestart(t *testing.T) {
+	bin := buildService(t)
+	addr := startRedis(t)
+	env := []string{"REDIS_ADDR=" + addr, "SNAPSHOT_INTERVAL=1h", "DETECTOR=zscore", "MIN_STDDEV=1e-300", "ALERT_COOLDOWN=0"}
+	s := startService(t, bin, env...)
+	var b strings.Builder
+	b.WriteString("[")
+	for i := range 10 {
+		fmt.Fprintf(&b, `{"device":"flat","ts":%d,"metrics":{"x":0}},`, i+1)
+	}
+	b.WriteString(`{"device":"flat","ts":11,"metrics":{"x":1e10}}]`)
+	resp, err := http.Post(s.base+"/api/v1/ingest", "application/json", strings.NewReader(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("ingest: %d %s", resp.StatusCode, body)
+	}
+	var out struct {
+		Anomalies []struct {
+			Value, Mean, Stddev float64
+			Z                   *float64
+		}
+	}
+	if err := json.Unmarshal(body, &out); err != nil || len(out.Anomalies) != 1 {
+		t.Fatalf("want one alert: %s (%v)", body, err)
+	}
+	if a := out.Anomalies[0]; a.Z == nil {
+		t.Errorf("alert has z null with value %g, mean %g, stddev %g: %s", a.Value, a.Mean, a.Stddev, body)
+	}
+	s.stop(t, syscall.SIGTERM)
+	again := startService(t, bin, env...)
+	if got := again.get(t, "/api/v1/devices/flat"); !strings.HasPrefix(got, "200 ") || !strings.Contains(got, `"count":11`) {
+		m := again.get(t, "/metrics")
+		corrupt := ""
+		for _, l := range strings.Split(m, "\n") {
+			if strings.HasPrefix(l, "restore_corrupt_total ") {
+				corrupt = l
+			}
+		}
+		t.Fatalf("device answered 200 before SIGTERM; after a restart: %s (%s)\nlog:\n%s", got, corrupt, again.logs)
+	}
+}
+
+// TestReviewPprofCmdlineShowsRedisPassword: README: "REDIS_PASSWORD ...
+// never printed". -redis-password is a documented way to give it, and with
+// PPROF=true /debug/pprof/cmdline serves the command line verbatim.
+func TestReviewPprofCmdlineShowsRedisPassword(t *testing.T) {
+	bin := buildService(t)
+	const secret = "hunter2-review-secret"
+	addr := freeAddr(t)
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, "-addr", addr, "-redis-password", secret)
+	cmd.Env = append(os.Environ(), "PPROF=true")
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() }) //nolint:errcheck
+	var got []byte
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		resp, err := http.Get("http://" + addr + "/debug/pprof/cmdline")
+		if err != nil {
+			continue
+		}
+		got, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		break
+	}
+	if got == nil {
+		t.Fatalf("service never answered:\n%s", logs.String())
+	}
+	if bytes.Contains(got, []byte(secret)) {
+		t.Fatalf("/debug/pprof/cmdline prints the Redis password: %q", bytes.ReplaceAll(got, []byte{0}, []byte{' '}))
+	}
+}
+
+// TestReviewMalformedIPv4AddrExits2: README: ADDR is "checked at start,
+// offline"; an invalid value exits 2 naming it. A malformed dotted quad
+// such as 999.999.999.999 is neither an IP nor a host name (a top-level
+// label cannot be all-numeric), but hostName accepts it as a DNS name: the
+// process starts its shards, sends a DNS query from net.Listen, and exits
+// 1 with "lookup 999.999.999.999: no such host".
+func TestReviewMalformedIPv4AddrExits2(t *testing.T) {
+	bin := buildService(t)
+	for _, addr := range []string{"999.999.999.999:8080", "256.0.0.1:8080"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		cmd := exec.CommandContext(ctx, bin)
+		cmd.Env = append(os.Environ(), "ADDR="+addr)
+		out, err := cmd.CombinedOutput()
+		cancel()
+		ee, ok := err.(*exec.ExitError)
+		if !ok || ee.ExitCode() != 2 {
+			t.Errorf("ADDR=%s: exit %v; want status 2 from the offline check\n%s", addr, err, out)
+		}
+	}
+}
+
+// TestReviewPipelinedRequestHangsBinary: the built binary with
+// READ_TIMEOUT=200ms and IDLE_TIMEOUT=500ms. A client pipelines one whole
+// ingest request and the header plus part of the body of a second, then
+// stalls. Neither bound ever fires: after 3 s the connection is still
+// open and the first request, applied, has had no response.
+func TestReviewPipelinedRequestHangsBinary(t *testing.T) {
+	bin := buildService(t)
+	s := startService(t, bin, "READ_TIMEOUT=200ms", "IDLE_TIMEOUT=500ms")
+	c, err := net.Dial("tcp", strings.TrimPrefix(s.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	good := `{"device":"pipe-1","metrics":{"t":1}}`
+	req := func(body string, n int) string {
+		return fmt.Sprintf("POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", n, body)
+	}
+	if _, err := io.WriteString(c, req(good, len(good))+req(`{"device":"pipe-2"`, 40)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_ = c.SetReadDeadline(start.Add(3 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil {
+		dev := s.get(t, "/api/v1/devices/pipe-1")
+		m := s.get(t, "/metrics")
+		open := ""
+		for _, l := range strings.Split(m, "\n") {
+			if strings.HasPrefix(l, "http_open_connections ") || strings.HasPrefix(l, "http_connection_timeouts_total{") {
+				open += l + "; "
+			}
+		}
+		t.Fatalf("connection still open after %v with READ_TIMEOUT=200ms IDLE_TIMEOUT=500ms; received %q; device pipe-1: %.60s...; %s",
+			time.Since(start).Round(time.Millisecond), got, dev, open)
+	}
+}
+
+// TestReviewSecondSignalLosesAcknowledgedSamples: run() calls
+// signal.Stop after the first SIGTERM/SIGINT, so a second one (Ctrl-C
+// pressed twice, a supervisor repeating SIGTERM) during DRAIN_DELAY or
+// STOP_TIMEOUT kills the process by the default action: no seal, no final
+// snapshot. With SNAPSHOT_INTERVAL=1h every sample answered 200 is lost,
+// though README's Lifecycle promises the last snapshot on SIGTERM or SIGINT
+// (and only SIGKILL loses up to SNAPSHOT_INTERVAL of updates).
+func TestReviewSecondSignalLosesAcknowledgedSamples(t *testing.T) {
+	bin := buildService(t)
+	addr := startRedis(t)
+	env := []string{"REDIS_ADDR=" + addr, "SNAPSHOT_INTERVAL=1h", "DRAIN_DELAY=2s"}
+	s := startService(t, bin, env...)
+	s.post(t, `{"device":"twice","metrics":{"t":1}}`)
+	if err := s.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // /ready is 503: the stop has begun
+	if err := s.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	err := s.cmd.Wait()
+	again := startService(t, bin, env...)
+	if got := again.get(t, "/api/v1/devices/twice"); !strings.HasPrefix(got, "200 ") {
+		t.Fatalf("a sample answered 200 is gone after a second SIGINT during the stop (exit: %v): %s\nlog:\n%s", err, got, s.logs)
+	}
+}
