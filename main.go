@@ -26,7 +26,6 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/rs/zerolog"
-	"github.com/valyala/fasthttp"
 )
 
 // config is every setting; each has an environment variable and a flag, and
@@ -101,7 +100,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	v(intIn(&c.WindowSize, 2, shard.MaxWindow), "window-size", "WINDOW_SIZE", "values kept per (device, metric) window")
 	v(intIn(&c.MinSamples, 1, shard.MaxWindow), "min-samples", "MIN_SAMPLES", "values a window needs before a sample can be anomalous")
 	v(floatIn(&c.ZThreshold, math.SmallestNonzeroFloat64, 1e6), "z-threshold", "Z_THRESHOLD", "|z| at or above which a sample is anomalous")
-	v(floatIn(&c.MinStddev, math.SmallestNonzeroFloat64, 1e300), "min-stddev", "MIN_STDDEV", "floor under the window stddev in the z-score")
+	v(floatIn(&c.MinStddev, shard.MinMinStddev, 1e300), "min-stddev", "MIN_STDDEV", "floor under the window stddev in the z-score")
 	v(intIn(&c.Shards, 1, 4096), "shards", "SHARDS", "shard goroutines owning device state (default 4 × GOMAXPROCS)")
 	v(intIn(&c.QueueLen, 1, 1<<20), "queue-len", "QUEUE_LEN", "requests queued per shard before ingest answers 503")
 	v(intIn(&c.MaxStreams, 1, shard.MaxStreamsLimit), "max-streams-per-device", "MAX_STREAMS_PER_DEVICE", "metric names one device may have; a request naming more gets 429")
@@ -142,6 +141,13 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	})
 	if envErr != nil {
 		return c, envErr
+	}
+	if c.RedisAddr != "" && c.SnapshotTTL <= c.IdleEvict+2*c.SnapshotInterval {
+		// A clean device's key is only refreshed when the device changes: it
+		// would expire while the device sits in memory, and eviction would
+		// then drop the only copy.
+		return c, fmt.Errorf("SNAPSHOT_TTL=%s must exceed IDLE_EVICT=%s plus two SNAPSHOT_INTERVAL=%s, or an idle device's key expires before it leaves memory",
+			c.SnapshotTTL, c.IdleEvict, c.SnapshotInterval)
 	}
 	if c.MinSamples > c.WindowSize {
 		return c, fmt.Errorf("MIN_SAMPLES=%d exceeds WINDOW_SIZE=%d: no sample could ever be anomalous", c.MinSamples, c.WindowSize)
@@ -228,7 +234,11 @@ func hostName(s string) bool {
 	if len(s) > 253 {
 		return false
 	}
-	for label := range strings.SplitSeq(strings.TrimSuffix(s, "."), ".") {
+	labels := strings.Split(strings.TrimSuffix(s, "."), ".")
+	if strings.Trim(labels[len(labels)-1], "0123456789") == "" {
+		return false // an all-numeric top label: a malformed IPv4 address, not a name
+	}
+	for _, label := range labels {
 		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
 			return false
 		}
@@ -386,16 +396,7 @@ func run(c config, log zerolog.Logger) error {
 		Timeouts: server.Timeouts{Read: c.ReadTimeout, Write: c.WriteTimeout, Idle: c.IdleTimeout}})
 	// No ReadTimeout, WriteTimeout or IdleTimeout: the Listener from
 	// h.Listen enforces them without a timer update per request.
-	srv := &fasthttp.Server{
-		Handler:            h.Handler(),
-		ErrorHandler:       h.ErrorHandler,
-		ExpectHandler:      h.Expect,
-		Logger:             h,
-		Name:               "ai-load-service",
-		MaxRequestBodySize: c.MaxBodyBytes,
-		CloseOnShutdown:    true,
-		NoDefaultDate:      true,
-	}
+	srv := h.NewServer()
 	nl, err := net.Listen("tcp", c.Addr)
 	if err != nil {
 		stopState(store, set, log)
@@ -420,7 +421,22 @@ func run(c config, log zerolog.Logger) error {
 		stopState(store, set, log)
 		return fmt.Errorf("server failed: %w", err)
 	}
-	signal.Stop(sig)
+	// Later signals must not kill the stop half-way (the default action
+	// would, once signal.Stop restored it): the final snapshot is what
+	// keeps acknowledged samples. SIGKILL still ends the process.
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() {
+		for {
+			select {
+			case s := <-sig:
+				log.Warn().Str("signal", s.String()).Msg("already stopping: writing the final snapshot (SIGKILL abandons it)")
+			case <-stopped:
+				signal.Stop(sig)
+				return
+			}
+		}
+	}()
 
 	h.SetDraining()
 	if c.DrainDelay > 0 {

@@ -93,6 +93,14 @@ func TestParseConfig(t *testing.T) {
 	})
 	f(map[string]string{"MAX_STREAMS_PER_DEVICE": "12"}, nil, "", func(c config) bool { return c.shardOptions().MaxStreams == 12 })
 	f(map[string]string{"MAX_STREAMS_PER_DEVICE": "0"}, nil, "invalid MAX_STREAMS_PER_DEVICE=", nil)
+	f(map[string]string{"MIN_STDDEV": "1e-200"}, nil, "invalid MIN_STDDEV=", nil) // z would overflow
+	f(map[string]string{"MIN_STDDEV": "1e-150"}, nil, "", func(c config) bool { return c.MinStddev == 1e-150 })
+	f(map[string]string{"REDIS_ADDR": "127.0.0.1:1", "SNAPSHOT_TTL": "10m"}, nil, "SNAPSHOT_TTL=10m0s must exceed IDLE_EVICT=15m0s", nil)
+	f(map[string]string{"REDIS_ADDR": "127.0.0.1:1", "SNAPSHOT_TTL": "20m", "IDLE_EVICT": "5m"}, nil, "", func(c config) bool { return c.SnapshotTTL == 20*time.Minute })
+	f(map[string]string{"SNAPSHOT_TTL": "10m"}, nil, "", func(c config) bool { return true }) // no Redis, no eviction
+	f(map[string]string{"ADDR": "999.999.999.999:8080"}, nil, "invalid ADDR=", nil)
+	f(map[string]string{"ADDR": "10.0.0.1:8080"}, nil, "", func(c config) bool { return c.Addr == "10.0.0.1:8080" })
+	f(map[string]string{"ADDR": "pod-1.svc.cluster.local:8080"}, nil, "", func(c config) bool { return true })
 	f(map[string]string{"MAX_STREAMS_PER_DEVICE": "65537"}, nil, "invalid MAX_STREAMS_PER_DEVICE=", nil)
 	f(map[string]string{"ALERT_COOLDOWN": "-1"}, nil, "invalid ALERT_COOLDOWN=", nil)
 	dir := t.TempDir()

@@ -19,25 +19,30 @@ import (
 	"time"
 )
 
-// TestReviewInfiniteZLosesDeviceOnRestart: MIN_STDDEV accepts any positive
-// number down to 4.9e-324 (-h: "want a number from 4.9e-324 to 1e+300").
-// With MIN_STDDEV=1e-300 a flat window and then a valid value give
-// z = (value - mean) / 1e-300 = +Inf: the alert says "z": null (README:
-// z = (value - mean) / stddev holds for every alert), last_z is null, and
-// the snapshot written at SIGTERM holds LastZ = +Inf, which the decoder
-// refuses as corrupt: after a restart the device, answered 200 before the
-// stop, is gone (404) and restore_corrupt_total counts it.
+// TestReviewInfiniteZLosesDeviceOnRestart: MIN_STDDEV accepted any
+// positive number down to 4.9e-324. With MIN_STDDEV=1e-300 a flat window
+// and then a valid value gave z = +Inf: the alert said "z": null, and the
+// snapshot written at SIGTERM held LastZ = +Inf, which the decoder refused
+// as corrupt: after a restart the device was gone. MIN_STDDEV below 1e-150
+// now exits 2; at 1e-150, the largest jump valid values allow keeps z
+// finite and the device survives a restart.
 func TestReviewInfiniteZLosesDeviceOnRestart(t *testing.T) {
 	bin := buildService(t)
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "MIN_STDDEV=1e-300")
+	msg, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !bytes.Contains(msg, []byte("MIN_STDDEV")) {
+		t.Fatalf("MIN_STDDEV=1e-300: %v %s; want exit 2 naming MIN_STDDEV", err, msg)
+	}
 	addr := startRedis(t)
-	env := []string{"REDIS_ADDR=" + addr, "SNAPSHOT_INTERVAL=1h", "DETECTOR=zscore", "MIN_STDDEV=1e-300", "ALERT_COOLDOWN=0"}
+	env := []string{"REDIS_ADDR=" + addr, "SNAPSHOT_INTERVAL=1h", "DETECTOR=zscore", "MIN_STDDEV=1e-150", "ALERT_COOLDOWN=0"}
 	s := startService(t, bin, env...)
 	var b strings.Builder
 	b.WriteString("[")
 	for i := range 10 {
-		fmt.Fprintf(&b, `{"device":"flat","ts":%d,"metrics":{"x":0}},`, i+1)
+		fmt.Fprintf(&b, `{"device":"flat","ts":%d,"metrics":{"x":-1e150}},`, i+1)
 	}
-	b.WriteString(`{"device":"flat","ts":11,"metrics":{"x":1e10}}]`)
+	b.WriteString(`{"device":"flat","ts":11,"metrics":{"x":1e150}}]`)
 	resp, err := http.Post(s.base+"/api/v1/ingest", "application/json", strings.NewReader(b.String()))
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -306,6 +307,7 @@ func (w *Writer) get(batch []load) {
 		cmds[i] = c.B().Get().Key(w.Key(l.id)).Build()
 	}
 	var firstErr error
+	down := false
 	for i, r := range c.DoMulti(ctx, cmds...) {
 		l := batch[i]
 		b, err := r.AsBytes()
@@ -313,10 +315,22 @@ func (w *Writer) get(batch []load) {
 		case rueidis.IsRedisNil(err):
 			w.misses.Inc()
 			l.done(nil, nil)
+		case isWrongType(err):
+			// The key holds something else than a snapshot: as corrupt as
+			// a bad value, and as permanent. Retrying it every second kept
+			// the device unrestored for good, and a whole stop's budget.
+			l.done(w.corruptValue(l.id, err))
 		case err != nil:
 			w.loadFailures.Inc()
 			if firstErr == nil {
 				firstErr = err
+			}
+			// Only a failure of Redis itself (no answer) says other loads
+			// would fail too; an error reply is about its own key, and
+			// marking Redis down for it failed every other load for a
+			// second.
+			if _, reply := rueidis.IsRedisErr(err); !reply {
+				down = true
 			}
 			l.done(nil, fmt.Errorf("cannot load %q: %w", l.id, err))
 		default:
@@ -325,7 +339,9 @@ func (w *Writer) get(batch []load) {
 	}
 	if firstErr != nil {
 		w.redisErrors.Inc()
-		w.markDown()
+		if down {
+			w.markDown()
+		}
 		w.logf(firstErr, "cannot load devices from redis; serving them unrestored until redis answers")
 	}
 }
@@ -338,12 +354,24 @@ func (w *Writer) decode(id string, b []byte) (*shard.Snapshot, error) {
 		err = fmt.Errorf("%w: holds device %q", shard.ErrCorrupt, s.Device)
 	}
 	if err != nil {
-		w.corrupt.Inc()
-		w.logf(err, "corrupt snapshot in redis for device "+id+"; starting it fresh")
-		return nil, nil
+		return w.corruptValue(id, err)
 	}
 	w.hits.Inc()
 	return s, nil
+}
+
+// corruptValue counts and logs a key that holds no valid snapshot and
+// answers as if it held nothing.
+func (w *Writer) corruptValue(id string, err error) (*shard.Snapshot, error) {
+	w.corrupt.Inc()
+	w.logf(err, "corrupt snapshot in redis for device "+id+"; starting it fresh")
+	return nil, nil
+}
+
+// isWrongType reports a WRONGTYPE reply: the key holds another type.
+func isWrongType(err error) bool {
+	re, ok := rueidis.IsRedisErr(err)
+	return ok && strings.HasPrefix(re.Error(), "WRONGTYPE")
 }
 
 // retryEvery is how often unrestored devices are retried, whatever the
@@ -354,24 +382,22 @@ const retryEvery = time.Second
 // retryEvery, until Stop.
 func (w *Writer) loop() {
 	defer close(w.loopDone)
-	tick := min(w.opts.Interval, retryEvery)
-	t := time.NewTicker(tick)
-	defer t.Stop()
-	var retryAt, lastRound, lastRetry time.Time
+	rounds := time.NewTicker(w.opts.Interval)
+	defer rounds.Stop()
+	retries := time.NewTicker(retryEvery)
+	defer retries.Stop()
+	var retryAt time.Time
 	backoff := w.opts.Interval
 	for {
 		select {
 		case <-w.loopCtx.Done():
 			return
-		case now := <-t.C:
-			if w.set.Unrestored() > 0 && now.Sub(lastRetry) >= retryEvery-tick/2 {
-				lastRetry = now
+		case <-retries.C:
+			if w.set.Unrestored() > 0 {
 				_, _ = w.set.Retry(false)
 			}
-			if now.Sub(lastRound) < w.opts.Interval-tick/2 {
-				continue
-			}
-			lastRound = now
+			continue
+		case <-rounds.C:
 		}
 		w.collect(true)
 		if time.Now().Before(retryAt) {
@@ -492,7 +518,15 @@ func (w *Writer) Stop(ctx context.Context) (StopReport, error) {
 	}
 	var err error
 	if w.set != nil {
-		rep.Reconciled = w.reconcile(ctx)
+		// Reconciling gets at most half of what is left: the flush of
+		// every other changed device must not wait on a device Redis will
+		// not give back.
+		rctx, cancel := context.WithCancel(ctx)
+		if dl, ok := ctx.Deadline(); ok {
+			rctx, cancel = context.WithDeadline(ctx, time.Now().Add(time.Until(dl)/2))
+		}
+		rep.Reconciled = w.reconcile(rctx)
+		cancel()
 		w.collect(false)
 		before := w.written.Get()
 		for {

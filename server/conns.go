@@ -194,6 +194,7 @@ type conn struct {
 	// Only the goroutine serving the connection uses it.
 	line    [64]byte
 	lineLen uint8
+	fresh   bool // line was taken by the Read that began the current request
 }
 
 // requestLine returns the method and path of the request being read, from
@@ -231,8 +232,11 @@ func (c *conn) fire(s int64) {
 // enter stamps phase p and returns the state it replaces. If the bound of
 // the phase left had fired, its I/O finished anyway: the deadline is
 // cleared, or it would cut off the next phase's I/O.
-func (c *conn) enter(p int64) int64 {
-	old := c.state.Swap(c.l.now.Load()<<stateShift | p)
+func (c *conn) enter(p int64) int64 { return c.swap(c.l.now.Load()<<stateShift | p) }
+
+// swap stores state s (see enter) and returns the state it replaces.
+func (c *conn) swap(s int64) int64 {
+	old := c.state.Swap(s)
 	if old&firedBit != 0 {
 		c.mu.Lock() // wait for fire to arm the deadline it decided on
 		if old&phaseMask == phaseWrite {
@@ -254,9 +258,25 @@ func (c *conn) cutOff(s int64, err error) {
 
 // handling marks the start of a request's handler: the request has been
 // read, and the handler's run is not the client's to answer for.
-func (c *conn) handling() {
-	c.enter(phaseHandle)
-	c.lineLen = 0 // a pipelined request after this one is not in line
+func (c *conn) handling() { c.enter(phaseHandle) }
+
+// active marks the start of a request, as fasthttp reports it (see
+// Handler.connState). A request whose first byte came in a Read is in its
+// read phase already; one that was read along with the request before it
+// (pipelined) is not, and its bound starts now. Without this a pipelined
+// request stalled mid-way was bounded by nothing at all.
+func (c *conn) active() {
+	switch s := c.state.Load(); s & phaseMask {
+	case phaseNew: // the first request keeps counting from accept
+		c.state.CompareAndSwap(s, s&^phaseMask|phaseRead)
+	case phaseRead:
+	default:
+		c.enter(phaseRead)
+	}
+	if !c.fresh {
+		c.lineLen = 0 // a pipelined request: its line is not the one kept
+	}
+	c.fresh = false
 }
 
 func (c *conn) Read(p []byte) (int, error) {
@@ -265,10 +285,10 @@ func (c *conn) Read(p []byte) (int, error) {
 		switch s := c.state.Load(); s & phaseMask {
 		case phaseIdle: // a new request: its bound starts at its first byte
 			c.enter(phaseRead)
-			c.lineLen = uint8(copy(c.line[:], p[:n]))
+			c.lineLen, c.fresh = uint8(copy(c.line[:], p[:n])), true
 		case phaseNew: // the first request keeps counting from accept, fired or not
 			c.state.CompareAndSwap(s, s&^phaseMask|phaseRead)
-			c.lineLen = uint8(copy(c.line[:], p[:n]))
+			c.lineLen, c.fresh = uint8(copy(c.line[:], p[:n])), true
 		}
 	}
 	if err != nil {
@@ -277,10 +297,19 @@ func (c *conn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Write bounds the write by WRITE_TIMEOUT; after it the connection is idle,
+// unless the write came while a request was being read (an interim
+// "100 Continue", or an earlier pipelined response flushed before the next
+// request is whole): then that request's read bound goes on from where it
+// was, instead of restarting as an idle wait.
 func (c *conn) Write(p []byte) (int, error) {
-	c.enter(phaseWrite)
+	old := c.enter(phaseWrite)
 	n, err := c.Conn.Write(p)
-	if s := c.enter(phaseIdle); err != nil {
+	next := c.l.now.Load()<<stateShift | phaseIdle
+	if ph := old & phaseMask; ph == phaseRead || ph == phaseNew {
+		next = old &^ firedBit
+	}
+	if s := c.swap(next); err != nil {
 		c.cutOff(s, err)
 	}
 	return n, err

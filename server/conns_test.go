@@ -56,7 +56,8 @@ func timeoutServer(tb testing.TB, t Timeouts, wrap func(api fasthttp.RequestHand
 		tb.Fatal(err)
 	}
 	ln := api.Listen(nl)
-	srv := &fasthttp.Server{Handler: h, ErrorHandler: api.ErrorHandler, Logger: api}
+	srv := api.NewServer()
+	srv.Handler = h
 	go srv.Serve(ln) //nolint:errcheck
 	tb.Cleanup(func() {
 		srv.Shutdown() //nolint:errcheck

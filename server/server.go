@@ -116,6 +116,11 @@ func (h *Handler) routes() *router.Router {
 	r := router.New()
 	r.RedirectTrailingSlash = false
 	r.RedirectFixedPath = false
+	// The router's own OPTIONS answers (an empty 200 with "Allow: *,
+	// OPTIONS" for OPTIONS *) bypass the endpoints: no JSON, no count.
+	// OPTIONS goes to the routes like any method, and gets their 405.
+	r.HandleOPTIONS = false
+	r.HandleMethodNotAllowed = false // every route takes ANY and answers its own 405
 	add := func(path string, methods string, fn func(*fasthttp.RequestCtx) error) {
 		e := h.newEndpoint(path, strings.Split(methods, ","), fn)
 		if !strings.Contains(path, "{") {
@@ -133,10 +138,19 @@ func (h *Handler) routes() *router.Router {
 	add("/api/v1/devices/{device}", "GET", h.device)
 	add("/api/v1/devices/{device}/anomalies", "GET", h.deviceAnomalies)
 	if h.opts.Pprof {
-		r.ANY("/debug/pprof/{profile:*}", pprofhandler.PprofHandler)
+		r.ANY("/debug/pprof/{profile:*}", func(ctx *fasthttp.RequestCtx) {
+			// cmdline echoes os.Args, which may hold -redis-password.
+			if p, _ := ctx.UserValue("profile").(string); strings.HasPrefix(p, "cmdline") {
+				ctx.Error("not served: the command line may hold secrets", fasthttp.StatusNotFound)
+				return
+			}
+			pprofhandler.PprofHandler(ctx)
+		})
 	}
 	h.other = h.newEndpoint("other", nil, func(ctx *fasthttp.RequestCtx) error {
-		return errorf(fasthttp.StatusNotFound, "no route for %s %q; GET / lists the routes", ctx.Method(), clip(ctx.Path()))
+		// The path as sent: routes match it, not fasthttp's normalised
+		// Path (which turns /api/v1//devices/d1 into a route that exists).
+		return errorf(fasthttp.StatusNotFound, "no route for %s %q; GET / lists the routes", ctx.Method(), clip(ctx.Request.URI().PathOriginal()))
 	})
 	r.NotFound = h.other.serve
 	return r
@@ -144,6 +158,36 @@ func (h *Handler) routes() *router.Router {
 
 // Handler returns the fasthttp handler for every route.
 func (h *Handler) Handler() fasthttp.RequestHandler { return h.serve }
+
+// NewServer returns the fasthttp.Server that serves h: every hook it needs
+// wired (handler, error and Expect handlers, the connection-state hook the
+// Listener's read bound relies on, the logger) and the body limit. Serve it
+// on h.Listen's Listener. No ReadTimeout, WriteTimeout or IdleTimeout: the
+// Listener enforces them without a timer update per request.
+func (h *Handler) NewServer() *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler:            h.serve,
+		ErrorHandler:       h.ErrorHandler,
+		ExpectHandler:      h.Expect,
+		ConnState:          h.connState,
+		Logger:             h,
+		Name:               "ai-load-service",
+		MaxRequestBodySize: h.opts.MaxBodyBytes,
+		CloseOnShutdown:    true,
+		NoDefaultDate:      true,
+	}
+}
+
+// connState moves a Listener's connection into its read phase when
+// fasthttp starts on a request: also one whose bytes were already read
+// with the request before it (pipelined), which no Read announces.
+func (h *Handler) connState(c net.Conn, st fasthttp.ConnState) {
+	if st == fasthttp.StateActive {
+		if cc, ok := c.(*conn); ok {
+			cc.active()
+		}
+	}
+}
 
 func (h *Handler) serve(ctx *fasthttp.RequestCtx) {
 	// The request is read: on a Listener's connection the read bound stops

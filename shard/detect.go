@@ -46,6 +46,11 @@ const (
 	stepClip   = 10   // largest change it takes in, in current steps
 )
 
+// MinMinStddev is the smallest MinStddev: values differ by at most
+// 2·MaxValue, so z stays below 2e300, finite (a smaller floor let z
+// overflow to +Inf, which a snapshot cannot hold).
+const MinMinStddev = 1e-150
+
 // escalation is how much larger |z| must be than at the last alert for a
 // new alert to break through the cooldown.
 const escalation = 2
@@ -79,8 +84,8 @@ func (p *Params) Validate() error {
 		return fmt.Errorf("min_samples=%d: want 1 to window=%d", p.MinSamples, p.Window)
 	case !(p.Threshold > 0) || math.IsInf(p.Threshold, 0):
 		return fmt.Errorf("threshold=%g: want a positive number", p.Threshold)
-	case !(p.MinStddev > 0) || math.IsInf(p.MinStddev, 0):
-		return fmt.Errorf("min_stddev=%g: want a positive number", p.MinStddev)
+	case !(p.MinStddev >= MinMinStddev) || math.IsInf(p.MinStddev, 0):
+		return fmt.Errorf("min_stddev=%g: want a number from %g", p.MinStddev, MinMinStddev)
 	case p.Cooldown < 0 || p.Cooldown > 1000000:
 		return fmt.Errorf("cooldown=%d: want 0 to 1000000", p.Cooldown)
 	case !(p.StepFloor >= 0) || p.StepFloor > 100:

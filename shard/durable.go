@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"errors"
 	"time"
 )
 
@@ -80,15 +81,18 @@ func (sh *shard) touch(d *device, now int64) {
 }
 
 // keep remembers a sample of an unrestored device to replay once the
-// stored state can be loaded: a ring of window × streams samples, so about
-// the last window of each metric survives, in O(1) per sample.
+// stored state can be loaded: a ring of W × streams samples, W the largest
+// window of the device's metrics, so at equal rates every metric keeps at
+// least its last window, in O(1) per sample. (With each metric's own
+// window as the bound, a metric with a small window overwrote the samples
+// of one with a large window: 49 of 100 lost.)
 //
 // The limit grows with the device's streams. Once the ring has wrapped, a
 // grown limit must not append after the newest entry, which sits in the
 // middle: the ring is put back in order first (a new metric after a wrap
 // replayed later samples before earlier ones).
-func (d *device) keep(metric string, v float64, ts int64, window int) {
-	limit := window * max(len(d.streams), 1)
+func (d *device) keep(metric string, v float64, ts int64) {
+	limit := d.maxWin * max(len(d.streams), 1)
 	if len(d.replay) < limit {
 		if d.rnext != 0 {
 			d.replay, d.rnext = d.replayed(), 0
@@ -115,29 +119,53 @@ func (sh *shard) onLoaded(l loadResult) {
 	}
 	d := sh.lookup(l.hash, []byte(l.id))
 	if d == nil || !d.loading && !d.retrying {
-		return
+		return // dropped meanwhile, or its load was abandoned (see abandon)
 	}
+	sh.settle(d, l.snap, l.err)
+}
+
+// errAbandoned settles a load the shard stopped waiting for.
+var errAbandoned = errors.New("load abandoned at the stop deadline")
+
+// abandon settles every first load still in flight as failed, so the
+// samples and reads waiting for them run now (on fresh state, kept for
+// replay: the device is unrestored until a retry reconciles it). Seal
+// does this when its deadline passes; the loads' late answers are ignored.
+func (sh *shard) abandon(o *op) {
+	for _, first := range sh.devices {
+		for d, next := first, (*device)(nil); d != nil; d = next {
+			next = d.next // settle may drop d
+			if d.loading {
+				sh.settle(d, nil, errAbandoned)
+				o.started++
+			}
+		}
+	}
+}
+
+// settle ends d's load with its result and runs the ops that waited.
+func (sh *shard) settle(d *device, snap *Snapshot, err error) {
 	d.loading, d.retrying = false, false
 	s := sh.set
 	switch {
-	case l.err != nil && !d.unrestored && len(d.streams) == 0:
+	case err != nil && !d.unrestored && len(d.streams) == 0:
 		// First load failed: serve fresh state, remember samples, retry
-		// at the next collect, and never persist this state meanwhile.
+		// every second, and never persist this state meanwhile.
 		d.unrestored = true
 		s.unrestored.Add(1)
-	case l.err != nil:
+	case err != nil:
 		// A retry failed: stay unrestored.
 	default:
 		if d.unrestored {
 			d.unrestored = false
 			s.unrestored.Add(-1)
 		}
-		if l.snap != nil {
+		if snap != nil {
 			replay := d.replayed()
 			s.streams.Add(-int64(len(d.streams)))
 			sh.release(d)
-			d.index, d.history, d.hnext = nil, nil, 0
-			sh.restore(d, l.snap)
+			d.index, d.history, d.hnext, d.maxWin = nil, nil, 0, 0
+			sh.restore(d, snap)
 			for _, k := range replay {
 				st := d.stream([]byte(k.metric), sh, 0)
 				sh.room(&st.Win)
@@ -155,6 +183,7 @@ func (sh *shard) onLoaded(l loadResult) {
 			sh.touch(d, d.touched) // nothing stored: the fresh state is the state
 		}
 		d.replay, d.rnext = nil, 0
+		sh.noteLoaded(d)
 	}
 	waiting := d.waiting
 	d.waiting = nil
@@ -170,7 +199,7 @@ func (sh *shard) onLoaded(l loadResult) {
 		}
 	}
 	if len(d.streams) == 0 && !d.unrestored {
-		sh.drop(l.hash, d, false) // only read, and the store has nothing
+		sh.drop(d.hash, d, false) // only read, and the store has nothing
 	}
 }
 
@@ -178,11 +207,8 @@ func (sh *shard) onLoaded(l loadResult) {
 // settings the configuration gives each metric now.
 func (sh *shard) restore(d *device, snap *Snapshot) {
 	s := sh.set
-	sh.restoring = true // publish a full device once, below, not per stream
-	defer func() {
-		sh.restoring = false
-		sh.noteStreams(d)
-	}()
+	sh.restoring = true // publish a full device once, after (noteLoaded), not per stream
+	defer func() { sh.restoring = false }()
 	for i := range snap.Streams {
 		ss := &snap.Streams[i]
 		st := d.stream([]byte(ss.Name), sh, len(snap.Streams))

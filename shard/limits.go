@@ -9,17 +9,22 @@ import "sync"
 // Only a device's shard knows its names, and shards apply a request's
 // parts concurrently, so the check cannot run in the shards without a
 // second round trip per request. Instead a shard publishes the names of
-// each device that reaches the limit (a full device gains no names, so
-// the set stays valid), and Ingest checks a request against them before
-// it sends anything, only while some device is full at all.
+// each device that reaches the limit, and Ingest checks a request against
+// them before it sends anything, only while some device is full at all.
+// A full device gains no names, so its published set stays valid; it stays
+// published while the device is out of memory (evicted, or its load failed
+// in an outage), so that a reload or an outage cannot admit new names, and
+// is replaced or dropped by the device's next successful load.
 //
 // The limit is checked against the state a request finds: requests in
-// flight when a device fills, a request that brings a device to the limit,
-// and a request for a full device that must first be loaded from the store
-// still apply, so a device can pass the limit by the new names they carry
-// (fewer than MaxStreams each: a request naming more for one device than a
-// device may hold is refused outright). The shard then republishes. The snapshot format has no stream limit of its own, so
-// such a device persists and restores like any other.
+// flight when a device fills, and a request that brings a device to the
+// limit, still apply, so a device can pass the limit by the new names they
+// carry (fewer than MaxStreams each: a request naming more for one device
+// than a device may hold is refused outright). So can a device whose
+// names were not published because the process restarted: what it takes
+// while unrestored is replayed onto what Redis holds. The shard then
+// republishes. The snapshot format has no stream limit of its own, so such
+// a device persists and restores like any other.
 
 // fullDevice is a device at its stream limit and its metric names, which
 // nothing changes once published (a new set replaces it).
@@ -50,48 +55,54 @@ func (sh *shard) noteStreams(d *device) {
 	if sh.full.m == nil {
 		sh.full.m = make(map[uint64]*fullDevice)
 	}
-	f.next = without(sh.full.m[d.hash], d.id)
+	rest, had := without(sh.full.m[d.hash], d.id)
+	f.next = rest
 	sh.full.m[d.hash] = f
 	sh.full.mu.Unlock()
-	if !d.full {
-		d.full = true
+	if !had {
 		sh.set.nfull.Add(1)
 	}
 }
 
-// forgetFull unpublishes d, which is losing its streams (dropped, or
-// reset for a restore that republishes it).
-func (sh *shard) forgetFull(d *device) {
-	if !d.full {
+// noteLoaded publishes or unpublishes d after a successful load: what it
+// holds now decides (a stale set, from before its key expired or was found
+// corrupt, must not bind it).
+func (sh *shard) noteLoaded(d *device) {
+	if len(d.streams) >= sh.set.opts.MaxStreams {
+		sh.noteStreams(d)
 		return
 	}
 	sh.full.mu.Lock()
-	if f := without(sh.full.m[d.hash], d.id); f != nil {
-		sh.full.m[d.hash] = f
-	} else {
-		delete(sh.full.m, d.hash)
+	rest, had := without(sh.full.m[d.hash], d.id)
+	if had {
+		if rest != nil {
+			sh.full.m[d.hash] = rest
+		} else {
+			delete(sh.full.m, d.hash)
+		}
 	}
 	sh.full.mu.Unlock()
-	d.full = false
-	sh.set.nfull.Add(-1)
+	if had {
+		sh.set.nfull.Add(-1)
+	}
 }
 
 // without returns the chain f without id's entry (copying, not changing,
-// the entries before it: readers may hold them).
-func without(f *fullDevice, id string) *fullDevice {
+// the entries before it: readers may hold them), and whether it had one.
+func without(f *fullDevice, id string) (*fullDevice, bool) {
 	switch {
 	case f == nil:
-		return nil
+		return nil, false
 	case f.id == id:
-		return f.next
+		return f.next, true
 	}
-	rest := without(f.next, id)
-	if rest == f.next {
-		return f
+	rest, had := without(f.next, id)
+	if !had {
+		return f, false
 	}
 	c := *f
 	c.next = rest
-	return &c
+	return &c, true
 }
 
 // checkFull refuses b if one of its samples names a metric new to a device

@@ -55,8 +55,11 @@ func TestStreamLimit(t *testing.T) {
 	// Still full after eviction and a reload from the store.
 	mustCollect(t, s, st, true)
 	mustCollect(t, s, st, true)
-	if s.Evicted() == 0 || s.nfull.Load() != 0 {
-		t.Fatalf("evicted %d, full %d; want d evicted and unpublished", s.Evicted(), s.nfull.Load())
+	if s.Evicted() == 0 || s.nfull.Load() != 1 {
+		t.Fatalf("evicted %d, full %d; want d evicted and still published", s.Evicted(), s.nfull.Load())
+	}
+	if err := ingestNames(s, "d", "m6"); !errors.Is(err, ErrTooManyStreams) {
+		t.Fatalf("while evicted: %v; want ErrTooManyStreams", err)
 	}
 	if _, _, err := s.Device("d"); err != nil { // reloads it
 		t.Fatal(err)

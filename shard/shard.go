@@ -242,16 +242,47 @@ func New(opts Options) *Set {
 // Collect and Retry keep working until Stop. It returns ctx's error if
 // calls are still running when ctx ends (a sample waiting for a load that
 // does not answer).
+//
+// When ctx ends first, Seal stops waiting for the loads those calls wait
+// on: their devices serve fresh state, unrestored (counted by Unrestored,
+// kept for replay until a Retry reconciles them), the calls finish, and
+// Seal returns an error saying how many were cut short. Either way, when
+// Seal returns no admitted call is still running: a request answered
+// after a final Collect is never one that Collect missed unless its device
+// is counted unrestored.
 func (s *Set) Seal(ctx context.Context) error {
 	s.sealed.Store(true)
+	if s.waitClients(ctx) {
+		return nil
+	}
+	waiting := s.clients.Load()
+	abandoned := 0
+	for s.clients.Load() != 0 {
+		ops, err := s.broadcast(op{kind: opAbandon})
+		if err != nil {
+			break // stopped: nothing is waiting any more
+		}
+		for i := range ops {
+			abandoned += ops[i].started
+		}
+		wait, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+		s.waitClients(wait)
+		cancel()
+	}
+	return fmt.Errorf("%d requests still waited for device loads: %d loads abandoned, their devices unrestored: %w",
+		waiting, abandoned, ctx.Err())
+}
+
+// waitClients waits until no client call is running, or until ctx ends.
+func (s *Set) waitClients(ctx context.Context) bool {
 	for s.clients.Load() != 0 {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%d requests still in flight: %w", s.clients.Load(), ctx.Err())
+			return false
 		case <-time.After(time.Millisecond):
 		}
 	}
-	return nil
+	return true
 }
 
 // Stop seals the Set, waits for every admitted call, then ends the shard
@@ -587,6 +618,7 @@ const (
 	opCollect
 	opRetry
 	opNames
+	opAbandon
 )
 
 // op is one message to a shard. The sender owns it again once done has
@@ -704,6 +736,8 @@ func (sh *shard) handle(o *op) bool {
 		sh.collect(o)
 	case opRetry:
 		sh.retry(o)
+	case opAbandon:
+		sh.abandon(o)
 	}
 	return true
 }
@@ -748,7 +782,7 @@ func (sh *shard) apply(d *device, o *op, i int32) {
 		sc := st.Observe(m.v, smp.ts, st.p)
 		st.track()
 		if d.unrestored {
-			d.keep(st.name, m.v, smp.ts, st.Win.Cap())
+			d.keep(st.name, m.v, smp.ts)
 		}
 		if i == 0 && j == smp.ms.lo {
 			mean, _ := st.Win.Stats()
@@ -839,11 +873,20 @@ func (sh *shard) summarizeDevice(d *device, o *op) {
 }
 
 // nameAgg is one metric name's streams in a shard: how many, and the sum of
-// their window means, kept as samples arrive (see namedStream.track). The
-// sum is compensated (Neumaier), so billions of small updates do not drift.
+// their window means, kept as samples arrive (see namedStream.track) so a
+// scrape costs O(names). The sum is compensated (Neumaier), and each
+// change is added as the difference of two means, whose rounding is at
+// most half an ulp of the difference: mag adds up those differences, so
+// the error is at most about eps·mag. Small changes keep that far below
+// the result; a mean that swings by orders of magnitude (one value of 1e17
+// among values near 7) does not, and then the next scrape recomputes the
+// sum from the streams (see copyNames): exact in every case, O(names)
+// unless something swung.
 type nameAgg struct {
 	streams int
 	sum, c  float64
+	mag     float64 // Σ|added| since the sum was last recomputed
+	abs     float64 // about Σ|stream mean|: the scale the error is judged by
 }
 
 func (a *nameAgg) add(x float64) {
@@ -854,12 +897,44 @@ func (a *nameAgg) add(x float64) {
 		a.c += (x - t) + a.sum
 	}
 	a.sum = t
+	a.mag += math.Abs(x)
 }
 
 func (a *nameAgg) total() float64 { return a.sum + a.c }
 
-// names copies the shard's per-name sums.
+// exact reports whether the sum is within 1e-13 of the scale of the means
+// (so their mean within about 1e-13 relative, or absolutely when they
+// cancel).
+func (a *nameAgg) exact() bool { return 0x1p-52*a.mag <= 1e-13*a.abs }
+
+// copyNames copies the shard's per-name sums, first recomputing those whose
+// rounding could show (one pass over the shard's streams, only then).
 func (sh *shard) copyNames(o *op) {
+	var redo map[*nameAgg]bool
+	for _, a := range sh.names {
+		if !a.exact() {
+			if redo == nil {
+				redo = make(map[*nameAgg]bool)
+			}
+			redo[a] = true
+			*a = nameAgg{streams: a.streams}
+		}
+	}
+	if redo != nil {
+		for _, first := range sh.devices {
+			for d := first; d != nil; d = d.next {
+				for i := range d.streams {
+					if st := &d.streams[i]; redo[st.agg] {
+						st.agg.add(st.mean)
+						st.agg.abs += math.Abs(st.mean)
+					}
+				}
+			}
+		}
+		for a := range redo {
+			a.mag = 0
+		}
+	}
 	o.names = make(map[string]nameAgg, len(sh.names))
 	for name, a := range sh.names {
 		o.names[name] = *a
@@ -879,7 +954,7 @@ type device struct {
 	hnext   int              // next slot to overwrite once history is full
 
 	hash       uint64   // of id: its key in the shard's maps
-	full       bool     // at the stream limit, published (see limits.go)
+	maxWin     int      // the largest window of its streams
 	touched    int64    // unix ns of the last request that changed it, for idle eviction
 	dirty      bool     // changed since the last collect
 	loading    bool     // a first load from the store is in flight; ops wait
@@ -913,6 +988,7 @@ type namedStream struct {
 func (ns *namedStream) track() {
 	m := ns.Win.Mean()
 	ns.agg.add(m - ns.mean)
+	ns.agg.abs += math.Abs(m) - math.Abs(ns.mean)
 	ns.mean = m
 }
 
@@ -998,6 +1074,7 @@ func (d *device) add(name []byte, sh *shard, want int) *namedStream {
 		d.streams = grown
 	}
 	d.streams = append(d.streams, ns)
+	d.maxWin = max(d.maxWin, p.Window)
 	s.streams.Add(1)
 	sh.noteStreams(d)
 	if len(d.streams) > indexAt {

@@ -1,6 +1,9 @@
 package shard
 
-import "unsafe"
+import (
+	"math"
+	"unsafe"
+)
 
 // slabs hands out a shard's device structs, stream arrays and window rings,
 // carved from large slabs, so that they sit densely together instead of
@@ -89,11 +92,11 @@ func (s *slabs[T]) put(v []T) {
 // release gives back d's streams and their rings, which are being
 // discarded, and leaves d without streams.
 func (sh *shard) release(d *device) {
-	sh.forgetFull(d)
 	for i := range d.streams {
 		st := &d.streams[i]
 		sh.putRing(st.Win.vals, int(st.Win.size))
 		st.agg.add(-st.mean)
+		st.agg.abs -= math.Abs(st.mean)
 		if st.agg.streams--; st.agg.streams == 0 {
 			delete(sh.names, st.name)
 		}
