@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"sort"
@@ -350,7 +351,10 @@ func (h *histogram) record(d time.Duration) {
 	}
 }
 
-// quantile returns the q-quantile in microseconds (0 and 1: exact min, max).
+// quantile returns the nearest-rank q-quantile in microseconds: the upper
+// edge of the bucket holding the ceil(q*N)-th smallest value, capped at the
+// maximum. It is never below the exact value and at most one bucket width
+// (~3%) above it. q = 0 and 1 give the exact min and max.
 func (h *histogram) quantile(q float64) float64 {
 	if q <= 0 {
 		return float64(max(h.min.Load(), 1) - 1)
@@ -365,12 +369,14 @@ func (h *histogram) quantile(q float64) float64 {
 	if total == 0 {
 		return 0
 	}
-	rank := uint64(q*float64(total-1)) + 1
+	// The epsilon keeps float error from raising an exact rank:
+	// 0.07*100 is 7.000000000000001.
+	rank := max(uint64(math.Ceil(q*float64(total)-1e-9)), 1)
 	var cum uint64
 	for i := range h.counts {
 		cum += h.counts[i].Load()
 		if cum >= rank {
-			return float64(min(max(bucketLow(i), h.min.Load()-1), h.max.Load()))
+			return float64(min(bucketLow(i+1)-1, h.max.Load()))
 		}
 	}
 	return float64(h.max.Load())

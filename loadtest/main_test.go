@@ -2,8 +2,11 @@ package main
 
 import (
 	"io"
+	"math"
+	"math/rand/v2"
 	"net"
 	"regexp"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -99,8 +102,8 @@ func TestHistogram(t *testing.T) {
 	}
 	f := func(q, want float64) {
 		t.Helper()
-		if got := h.quantile(q); got < want*0.96 || got > want*1.01 {
-			t.Fatalf("quantile(%v): got %v; want about %v", q, got, want)
+		if got := h.quantile(q); got < want || got > want*1.033 {
+			t.Fatalf("quantile(%v): got %v; want %v to 3.3%% above", q, got, want)
 		}
 	}
 	f(0, 1)
@@ -108,9 +111,66 @@ func TestHistogram(t *testing.T) {
 	f(0.99, 99000)
 	f(1, 100000)
 	for b := range 40 * 32 {
-		if lo := bucketLow(b); bucketOf(lo) != b {
-			t.Fatalf("bucket %d: low %d maps to %d", b, lo, bucketOf(lo))
+		if lo := bucketLow(b); bucketOf(lo) != b || bucketOf(bucketLow(b+1)-1) != b {
+			t.Fatalf("bucket %d: low %d maps to %d, high %d to %d", b, lo, bucketOf(lo), bucketLow(b+1)-1, bucketOf(bucketLow(b+1)-1))
 		}
+	}
+}
+
+// TestQuantileNearestRank checks percentiles against the exact nearest-rank
+// value (the ceil(q*N)-th smallest): never below it, and above it by at
+// most one bucket (1/32). Rounding the rank down or reporting a bucket's
+// lower edge fails here.
+func TestQuantileNearestRank(t *testing.T) {
+	t.Run("one slow of ten", func(t *testing.T) {
+		var h histogram
+		for range 9 {
+			h.record(time.Millisecond)
+		}
+		h.record(100 * time.Millisecond)
+		for _, c := range []struct{ q, lo, hi float64 }{
+			{0.5, 1000, 1032}, {0.9, 1000, 1032}, {0.95, 100000, 100000}, {0.99, 100000, 100000},
+		} {
+			if got := h.quantile(c.q); got < c.lo || got > c.hi {
+				t.Errorf("quantile(%v): got %vµs; want %v-%vµs", c.q, got, c.lo, c.hi)
+			}
+		}
+	})
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, c := range []struct {
+		name string
+		n    int
+		draw func() uint64 // µs
+	}{
+		{"single", 1, func() uint64 { return 734 }},
+		{"two", 2, func() uint64 { return 1 + rng.Uint64N(5000) }},
+		{"small values", 200, func() uint64 { return rng.Uint64N(40) }},
+		{"uniform", 5000, func() uint64 { return 1 + rng.Uint64N(100000) }},
+		{"exponential", 5000, func() uint64 { return uint64(rng.ExpFloat64() * 2000) }},
+		{"bimodal", 1000, func() uint64 {
+			if rng.IntN(100) < 3 {
+				return 200000 + rng.Uint64N(1000)
+			}
+			return 100 + rng.Uint64N(20)
+		}},
+		{"long tail", 3000, func() uint64 { return uint64(math.Exp(rng.NormFloat64()*2) * 500) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var h histogram
+			v := make([]uint64, c.n)
+			for i := range v {
+				v[i] = c.draw()
+				h.record(time.Duration(v[i]) * time.Microsecond)
+			}
+			slices.Sort(v)
+			for _, pm := range []int{10, 70, 500, 900, 950, 990, 999} { // per mille
+				want := float64(v[(pm*c.n+999)/1000-1]) // ceil(pm*n/1000)-th smallest
+				got := h.quantile(float64(pm) / 1000)
+				if got < want || got > want+want/32 {
+					t.Errorf("q=%v: got %vµs; want %vµs (nearest rank) to 1/32 above", float64(pm)/1000, got, want)
+				}
+			}
+		})
 	}
 }
 
