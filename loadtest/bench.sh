@@ -160,7 +160,8 @@ import json, sys
 s = json.load(open(sys.argv[1]))
 l = s["latency_ms"]
 print(f"| {sys.argv[2]} | {sys.argv[3]}% | {int(sys.argv[4]):,} | {s['rps']:,.0f} | {s['samples_per_second']:,.0f} | "
-      f"{l['p50']:.2f} ms | {l['p95']:.2f} ms | {l['p99']:.2f} ms | {s['errors']} |")
+      f"{l['p50']:.2f} ms | {l['p95']:.2f} ms | {l['p99']:.2f} ms | {s['errors']}"
+      + (f" (+{s['dropped']} dropped)" if s.get("dropped") else "") + " |")
 PY
 	done
 done
