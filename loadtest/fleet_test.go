@@ -18,7 +18,7 @@ import (
 func TestFleetSpikesOnlyWarmDevices(t *testing.T) {
 	node, err := exec.LookPath("node")
 	if err != nil {
-		t.Skip("node not installed")
+		t.Fatal("node not found: make test installs it (Debian package nodejs)")
 	}
 	// Opened here so that go test's cache sees when they change.
 	for _, f := range []string{"fleet.js", "testdata/fleet_sim.mjs"} {
