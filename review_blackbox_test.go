@@ -1,7 +1,7 @@
 package main
 
-// Review (branch review-b): failing black-box tests against the built
-// binary that demonstrate defects. They do not fix anything.
+// Regression tests from a hostile review of the built binary, black-box: each comment tells
+// the defect as it was found; the test checks that it stays fixed.
 
 import (
 	"bytes"

@@ -1,7 +1,7 @@
 package server
 
-// Review (branch review-b): failing tests that demonstrate defects in the
-// connection phases of conns.go. They do not fix anything.
+// Regression tests from a hostile review of connection phases (conns.go): each comment tells
+// the defect as it was found; the test checks that it stays fixed.
 
 import (
 	"io"

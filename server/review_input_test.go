@@ -1,7 +1,7 @@
 package server
 
-// Review (branch review-b): failing tests that demonstrate defects in what
-// bad input gets back. They do not fix anything.
+// Regression tests from a hostile review of what bad input gets back: each comment tells
+// the defect as it was found; the test checks that it stays fixed.
 
 import (
 	"encoding/json"

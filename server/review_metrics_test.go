@@ -1,7 +1,7 @@
 package server
 
-// Review (branch review-b): failing tests that demonstrate defects on the
-// /metrics page. They do not fix anything.
+// Regression tests from a hostile review of the /metrics page: each comment tells
+// the defect as it was found; the test checks that it stays fixed.
 
 import (
 	"bytes"

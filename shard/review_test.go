@@ -1,6 +1,7 @@
 package shard
 
-// Review tests: each demonstrates a defect in the current code and fails.
+// Regression tests from a hostile review of the shards: each comment tells
+// the defect as it was found; the test checks that it stays fixed.
 
 import (
 	"context"
