@@ -778,7 +778,9 @@ func (sh *shard) apply(d *device, o *op, i int32) {
 		if st == nil {
 			st = d.add(name, sh, len(d.streams)+d.missing(b, j, smp.ms.hi))
 		}
-		sh.room(&st.Win)
+		if w := &st.Win; cap(w.vals) < int(w.size) && len(w.vals) == cap(w.vals) {
+			sh.makeRoom(w, len(w.vals)+1) // see room
+		}
 		sc := st.Observe(m.v, smp.ts, st.p)
 		st.track()
 		if d.unrestored {
@@ -879,14 +881,14 @@ func (sh *shard) summarizeDevice(d *device, o *op) {
 // most half an ulp of the difference: mag adds up those differences, so
 // the error is at most about eps·mag. Small changes keep that far below
 // the result; a mean that swings by orders of magnitude (one value of 1e17
-// among values near 7) does not, and then the next scrape recomputes the
-// sum from the streams (see copyNames): exact in every case, O(names)
-// unless something swung.
+// among values near 7) does not, nor do means that cancel out, and then
+// the next scrape recomputes the sum from the streams (see copyNames, one
+// pass over the shard's streams, not their values): exact in every case,
+// O(names) unless something swung.
 type nameAgg struct {
 	streams int
 	sum, c  float64
 	mag     float64 // Σ|added| since the sum was last recomputed
-	abs     float64 // about Σ|stream mean|: the scale the error is judged by
 }
 
 func (a *nameAgg) add(x float64) {
@@ -902,10 +904,8 @@ func (a *nameAgg) add(x float64) {
 
 func (a *nameAgg) total() float64 { return a.sum + a.c }
 
-// exact reports whether the sum is within 1e-13 of the scale of the means
-// (so their mean within about 1e-13 relative, or absolutely when they
-// cancel).
-func (a *nameAgg) exact() bool { return 0x1p-52*a.mag <= 1e-13*a.abs }
+// exact reports whether the sum is within about 1e-13 of itself.
+func (a *nameAgg) exact() bool { return 0x1p-52*a.mag <= 1e-13*math.Abs(a.total()) }
 
 // copyNames copies the shard's per-name sums, first recomputing those whose
 // rounding could show (one pass over the shard's streams, only then).
@@ -926,13 +926,12 @@ func (sh *shard) copyNames(o *op) {
 				for i := range d.streams {
 					if st := &d.streams[i]; redo[st.agg] {
 						st.agg.add(st.mean)
-						st.agg.abs += math.Abs(st.mean)
 					}
 				}
 			}
 		}
 		for a := range redo {
-			a.mag = 0
+			a.mag = 0 // (a sum of zeros stays marked, and is recomputed again: cheap)
 		}
 	}
 	o.names = make(map[string]nameAgg, len(sh.names))
@@ -985,10 +984,20 @@ type namedStream struct {
 
 // track moves the stream's share of its name's sum to the window's mean
 // now; call it after every change to the window.
+//
+// It runs for every metric value, so it is kept small enough to inline:
+// the compensation is Fast2Sum, exact when |sum| >= |x| (a change of one
+// stream's mean against the sum of all of them, nearly always); otherwise
+// its error is within eps·|x|, which mag counts anyway.
 func (ns *namedStream) track() {
-	m := ns.Win.Mean()
-	ns.agg.add(m - ns.mean)
-	ns.agg.abs += math.Abs(m) - math.Abs(ns.mean)
+	w := &ns.Win
+	m := w.ref + w.s1*recip(len(w.vals))
+	a := ns.agg
+	x := m - ns.mean
+	t := a.sum + x
+	a.c += (a.sum - t) + x
+	a.sum = t
+	a.mag += math.Abs(x)
 	ns.mean = m
 }
 
