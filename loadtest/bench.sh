@@ -134,8 +134,9 @@ done
 
 echo
 echo "Open-model latency (go run ./loadtest on CPU 1, after 1 s at the same rate) at 50% and 90% of the service's saturation rate above:"
-echo "| request | load | target rate | req/s | samples/s | p50 | p95 | p99 | errors |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "(send lag: how late the generator sent, part of every latency; drops: due while every connection was busy)"
+echo "| request | load | target rate | req/s | samples/s | p50 | p95 | p99 | send lag p99 | errors | dropped |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for mode in $MODES; do
 	# The generator draws each batch's devices at random: its batch rate is
 	# scaled by wrk's random-order rate when that was measured.
@@ -159,9 +160,10 @@ for mode in $MODES; do
 import json, sys
 s = json.load(open(sys.argv[1]))
 l = s["latency_ms"]
+g = s.get("send_lag_ms", {})
 print(f"| {sys.argv[2]} | {sys.argv[3]}% | {int(sys.argv[4]):,} | {s['rps']:,.0f} | {s['samples_per_second']:,.0f} | "
-      f"{l['p50']:.2f} ms | {l['p95']:.2f} ms | {l['p99']:.2f} ms | {s['errors']}"
-      + (f" (+{s['dropped']} dropped)" if s.get("dropped") else "") + " |")
+      f"{l['p50']:.2f} ms | {l['p95']:.2f} ms | {l['p99']:.2f} ms | {g.get('p99', 0):.2f} ms | {s['errors']} | "
+      f"{s.get('dropped', 0):,} of {s.get('scheduled', s['requests']):,} |")
 PY
 	done
 done
