@@ -157,3 +157,55 @@ func TestReviewDIdleClosedConnectionsCountedAsErrors(t *testing.T) {
 			s.Errors, s.Requests, s.ErrorsByStatus, thresholds(cfg, s), served.Load())
 	}
 }
+
+// countingListener counts the connections accepted and not yet closed.
+type countingListener struct {
+	net.Listener
+	open atomic.Int64
+}
+
+type countedConn struct {
+	net.Conn
+	l    *countingListener
+	once sync.Once
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.open.Add(1)
+	return &countedConn{Conn: c, l: l}, nil
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.l.open.Add(-1) })
+	return c.Conn.Close()
+}
+
+// TestReviewDRunLeavesConnectionsOpen: run builds its own fasthttp.Client
+// (main.go:141) and returns without closing its connections
+// (CloseIdleConnections is never called). Every run leaves up to
+// -connections keep-alive connections, their file descriptors and the
+// client's reaper goroutine behind until fasthttp's MaxIdleConnDuration
+// (10 s) passes; the service under test sees them in
+// http_open_connections long after the load ended. The timerfd is closed
+// (pacer.close): that part holds.
+func TestReviewDRunLeavesConnectionsOpen(t *testing.T) {
+	nl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := &countingListener{Listener: nl}
+	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) { time.Sleep(time.Millisecond) }}
+	go srv.Serve(ln)                     //nolint:errcheck
+	t.Cleanup(func() { srv.Shutdown() }) //nolint:errcheck
+	cfg := config{URL: "http://" + nl.Addr().String(), Route: "metric", Rate: 2000, Duration: 300 * time.Millisecond, Grace: time.Second,
+		Devices: 1, Batch: 1, Metrics: 1, Connections: 16, Quiet: true}
+	s := run(cfg, io.Discard)
+	time.Sleep(time.Second)
+	if n := ln.open.Load(); n > 0 {
+		t.Errorf("1 s after run returned (%d requests sent), the server still has %d of its connections open", s.Requests, n)
+	}
+}
