@@ -5,7 +5,8 @@ run:
 	go run .
 
 # The README's second command: installs what the tests need when missing
-# (redis-server; .ci/deps says how when it cannot), then runs them all.
+# (redis-server, promtool, node; .ci/deps says how when it cannot), then
+# runs them all.
 test:
 	./.ci/deps
 	go test -race ./...

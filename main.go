@@ -149,7 +149,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		return c, fmt.Errorf("SNAPSHOT_TTL=%s must exceed IDLE_EVICT=%s plus two SNAPSHOT_INTERVAL=%s, or an idle device's key expires before it leaves memory",
 			c.SnapshotTTL, c.IdleEvict, c.SnapshotInterval)
 	}
-	if c.MinSamples > c.WindowSize {
+	if c.MinSamples > c.WindowSize && c.Detector != shard.EWMA.String() {
+		// EWMA counts samples seen, not values in the window (as a rule's
+		// settings are checked: Params.Validate).
 		return c, fmt.Errorf("MIN_SAMPLES=%d exceeds WINDOW_SIZE=%d: no sample could ever be anomalous", c.MinSamples, c.WindowSize)
 	}
 	if c.RulesFile != "" {

@@ -78,6 +78,7 @@ func TestParseConfig(t *testing.T) {
 	f(map[string]string{"Z_THRESHOLD": "NaN"}, nil, "invalid Z_THRESHOLD", nil)
 	f(nil, []string{"-shards", "0"}, "-shards", nil)
 	f(map[string]string{"MIN_SAMPLES": "60"}, nil, "MIN_SAMPLES=60 exceeds WINDOW_SIZE=50", nil)
+	f(map[string]string{"MIN_SAMPLES": "60", "DETECTOR": "ewma"}, nil, "", func(c config) bool { return c.shardOptions().Validate() == nil })
 	f(nil, []string{"extra"}, "unexpected argument", nil)
 	f(nil, nil, "", func(c config) bool {
 		return c.Detector == "winsor" && c.Cooldown == 50 && c.StepFloor == 0.5 && c.shardOptions().Validate() == nil

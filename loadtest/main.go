@@ -138,14 +138,23 @@ type SendLag struct {
 // run sends the load and returns what it measured. It returns by
 // c.Duration + c.Grace (plus the time to dial or close a connection).
 func run(c config, progress io.Writer) Summary {
-	client := &fasthttp.Client{MaxConnsPerHost: c.Connections, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second}
+	// LIFO: the connection used last is the one least likely to have been
+	// closed by the service as idle meanwhile (with FIFO, the oldest idle
+	// one was taken first, and a closed one cost a request a "network"
+	// error).
+	client := &fasthttp.Client{MaxConnsPerHost: c.Connections, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
+		ConnPoolStrategy: fasthttp.LIFO}
+	defer client.CloseIdleConnections()
 	path := "/api/v1/ingest"
 	if c.Route == "metric" {
 		path = "/metric"
 	}
 	url := strings.TrimRight(c.URL, "/") + path
 	interval := time.Duration(float64(time.Second) / c.Rate)
-	total := uint64(c.Rate * c.Duration.Seconds())
+	// Request i is due at i/rate, from 0: those due before the end are
+	// ceil(rate × duration) (rounding down scheduled none at -rate 1
+	// -duration 500ms).
+	total := uint64(math.Ceil(c.Rate*c.Duration.Seconds() - 1e-9))
 
 	var (
 		sent, ok, errs, late     atomic.Uint64
@@ -257,7 +266,16 @@ func run(c config, progress io.Writer) Summary {
 	defer p.close()
 	var wakeLate time.Duration // moving average
 	maxLead := min(interval/4, 2*time.Millisecond)
+	sendEnd := start.Add(c.Duration)
 	for i := range total {
+		if time.Now().After(sendEnd) {
+			// Behind schedule at the end (the generator short of CPU):
+			// sending stops at -duration, and what is left was not sent
+			// on time. (Sent anyway, it met a cutoff already past and
+			// counted as sent and interrupted without leaving.)
+			dropped.Add(total - i)
+			break
+		}
 		at := start.Add(time.Duration(float64(i) * float64(time.Second) / c.Rate))
 		wake := at.Add(-min(2*wakeLate+20*time.Microsecond, maxLead))
 		p.wait(wake)

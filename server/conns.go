@@ -207,6 +207,14 @@ func (c *conn) requestLine() (method, path []byte) {
 		return nil, nil
 	}
 	method, b = b[:sp], b[sp+1:]
+	if i := bytes.Index(b, []byte("://")); i > 0 && i < bytes.IndexByte(b, ' ') {
+		// absolute form, http://host/path: the route is the path
+		b = b[i+3:]
+		if i = bytes.IndexByte(b, '/'); i < 0 {
+			return nil, nil
+		}
+		b = b[i:]
+	}
 	end := bytes.IndexAny(b, " ?")
 	if end <= 0 {
 		return nil, nil
@@ -262,16 +270,22 @@ func (c *conn) handling() { c.enter(phaseHandle) }
 
 // active marks the start of a request, as fasthttp reports it (see
 // Handler.connState). A request whose first byte came in a Read is in its
-// read phase already; one that was read along with the request before it
-// (pipelined) is not, and its bound starts now. Without this a pipelined
-// request stalled mid-way was bounded by nothing at all.
+// read phase already. Bytes read along with the request before it are
+// either a pipelined request or the CRLF some clients send after a body,
+// which fasthttp skips (RFC 9112 2.2) and this cannot tell apart: they are
+// held to the idle bound, as a connection waiting for its next request,
+// until more bytes arrive and start the read bound. Before the hook, a
+// pipelined request stalled mid-way was bounded by nothing; with a read
+// bound, clients sending the CRLF were cut off at READ_TIMEOUT, counted as
+// read timeouts.
 func (c *conn) active() {
 	switch s := c.state.Load(); s & phaseMask {
 	case phaseNew: // the first request keeps counting from accept
 		c.state.CompareAndSwap(s, s&^phaseMask|phaseRead)
 	case phaseRead:
+	case phaseIdle:
 	default:
-		c.enter(phaseRead)
+		c.enter(phaseIdle)
 	}
 	if !c.fresh {
 		c.lineLen = 0 // a pipelined request: its line is not the one kept

@@ -4,6 +4,7 @@
 package server
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"strings"
@@ -138,14 +139,7 @@ func (h *Handler) routes() *router.Router {
 	add("/api/v1/devices/{device}", "GET", h.device)
 	add("/api/v1/devices/{device}/anomalies", "GET", h.deviceAnomalies)
 	if h.opts.Pprof {
-		r.ANY("/debug/pprof/{profile:*}", func(ctx *fasthttp.RequestCtx) {
-			// cmdline echoes os.Args, which may hold -redis-password.
-			if p, _ := ctx.UserValue("profile").(string); strings.HasPrefix(p, "cmdline") {
-				ctx.Error("not served: the command line may hold secrets", fasthttp.StatusNotFound)
-				return
-			}
-			pprofhandler.PprofHandler(ctx)
-		})
+		add("/debug/pprof/{profile:*}", "GET", h.pprof)
 	}
 	h.other = h.newEndpoint("other", nil, func(ctx *fasthttp.RequestCtx) error {
 		// The path as sent: routes match it, not fasthttp's normalised
@@ -154,6 +148,18 @@ func (h *Handler) routes() *router.Router {
 	})
 	r.NotFound = h.other.serve
 	return r
+}
+
+// pprof serves Go's profiles, except the command line: it echoes os.Args,
+// which may hold -redis-password. The handler picks its page from the
+// cleaned, decoded path (/debug/pprof//cmdline and /%63mdline are
+// cmdline too), so that is the path checked.
+func (h *Handler) pprof(ctx *fasthttp.RequestCtx) error {
+	if p := ctx.Path(); bytes.HasPrefix(p, []byte("/debug/pprof/cmdline")) {
+		return errorf(fasthttp.StatusNotFound, "the command line is not served: it may hold secrets")
+	}
+	pprofhandler.PprofHandler(ctx)
+	return nil
 }
 
 // Handler returns the fasthttp handler for every route.

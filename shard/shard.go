@@ -880,15 +880,18 @@ func (sh *shard) summarizeDevice(d *device, o *op) {
 // change is added as the difference of two means, whose rounding is at
 // most half an ulp of the difference: mag adds up those differences, so
 // the error is at most about eps·mag. Small changes keep that far below
-// the result; a mean that swings by orders of magnitude (one value of 1e17
-// among values near 7) does not, nor do means that cancel out, and then
-// the next scrape recomputes the sum from the streams (see copyNames, one
-// pass over the shard's streams, not their values): exact in every case,
-// O(names) unless something swung.
+// the scale of the means (abs, their absolute values summed: not the sum
+// itself, which means centred on zero cancel to nearly nothing and would
+// make every scrape recompute); a mean that swings by orders of magnitude
+// (one value of 1e17 among values near 7) does not, and then the next
+// scrape recomputes the sum from the streams (see copyNames, one pass over
+// the shard's streams, not their values): exact in every case, O(names)
+// unless something swung.
 type nameAgg struct {
 	streams int
 	sum, c  float64
 	mag     float64 // Σ|added| since the sum was last recomputed
+	abs     float64 // about Σ|stream mean|
 }
 
 func (a *nameAgg) add(x float64) {
@@ -904,8 +907,9 @@ func (a *nameAgg) add(x float64) {
 
 func (a *nameAgg) total() float64 { return a.sum + a.c }
 
-// exact reports whether the sum is within about 1e-13 of itself.
-func (a *nameAgg) exact() bool { return 0x1p-52*a.mag <= 1e-13*math.Abs(a.total()) }
+// exact reports whether the sum's error is within 1e-13 of the means'
+// scale: the mean of means within 1e-13 of the typical |stream mean|.
+func (a *nameAgg) exact() bool { return 0x1p-52*a.mag <= 1e-13*a.abs }
 
 // copyNames copies the shard's per-name sums, first recomputing those whose
 // rounding could show (one pass over the shard's streams, only then).
@@ -926,12 +930,13 @@ func (sh *shard) copyNames(o *op) {
 				for i := range d.streams {
 					if st := &d.streams[i]; redo[st.agg] {
 						st.agg.add(st.mean)
+						st.agg.abs += math.Abs(st.mean)
 					}
 				}
 			}
 		}
 		for a := range redo {
-			a.mag = 0 // (a sum of zeros stays marked, and is recomputed again: cheap)
+			a.mag = 0
 		}
 	}
 	o.names = make(map[string]nameAgg, len(sh.names))
@@ -998,6 +1003,7 @@ func (ns *namedStream) track() {
 	a.c += (a.sum - t) + x
 	a.sum = t
 	a.mag += math.Abs(x)
+	a.abs += math.Abs(m) - math.Abs(ns.mean)
 	ns.mean = m
 }
 

@@ -1,6 +1,9 @@
 package shard
 
-import "unsafe"
+import (
+	"math"
+	"unsafe"
+)
 
 // slabs hands out a shard's device structs, stream arrays and window rings,
 // carved from large slabs, so that they sit densely together instead of
@@ -93,6 +96,7 @@ func (sh *shard) release(d *device) {
 		st := &d.streams[i]
 		sh.putRing(st.Win.vals, int(st.Win.size))
 		st.agg.add(-st.mean)
+		st.agg.abs -= math.Abs(st.mean)
 		if st.agg.streams--; st.agg.streams == 0 {
 			delete(sh.names, st.name)
 		}
