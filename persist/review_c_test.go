@@ -203,7 +203,13 @@ func TestReviewCReconcileGivesUpWithBudgetLeft(t *testing.T) {
 		t.Fatalf("test premise: redis back at 2.3 s did not get the dirty device either")
 	}
 	if u == nil {
-		t.Fatalf("redis answered from 2.3 s of the 4 s stop (the dirty device was written), but the unrestored device's 2 acknowledged samples were dropped: reconcile had stopped at 2 s for good (%+v)", rep)
+		silent := ""
+		if err == nil && rep.Unreconciled == 0 && rep.Pending == 0 {
+			// A retry issued just before 2 s waited for the reconnect and
+			// landed after the final collect: TestReviewCRetryAfterFinalCollectUnreported.
+			silent = ", and the report claims nothing was lost"
+		}
+		t.Fatalf("redis answered from 2.3 s of the 4 s stop (the dirty device was written), but the unrestored device's 2 acknowledged samples were dropped%s: reconcile had stopped at 2 s for good (%+v, %v)", silent, rep, err)
 	}
 }
 
