@@ -1,7 +1,9 @@
 package shard
 
 import (
+	"cmp"
 	"errors"
+	"slices"
 	"time"
 )
 
@@ -20,6 +22,7 @@ type loadResult struct {
 	snap  *Snapshot
 	err   error
 	retry bool
+	seq   uint32 // the device's load it answers (see device.loadSeq)
 }
 
 // parked is an op waiting for its device to load: sample i of an ingest
@@ -29,11 +32,24 @@ type parked struct {
 	sample int32
 }
 
-// kept is a sample taken while the device is unrestored.
+// kept is a sample taken while the device is unrestored; seq orders the
+// samples of all its metrics.
 type kept struct {
+	v   float64
+	ts  int64
+	seq uint64
+}
+
+// keptRing is one metric's kept samples: the last window of them.
+type keptRing struct {
+	vals []kept
+	next int // oldest slot, next to overwrite once full
+}
+
+// replayed is a kept sample and its metric, for replay.
+type replayed struct {
 	metric string
-	v      float64
-	ts     int64
+	kept
 }
 
 // getDevice returns the device with hash h and ID id, creating it when
@@ -64,9 +80,10 @@ func (sh *shard) startLoad(d *device, h uint64, retry bool) {
 		d.loading = true
 	}
 	sh.loading++
-	id, ch := d.id, sh.loaded
+	d.loadSeq++
+	id, ch, seq := d.id, sh.loaded, d.loadSeq
 	sh.set.opts.Store.Load(id, func(snap *Snapshot, err error) {
-		ch <- loadResult{hash: h, id: id, snap: snap, err: err, retry: retry}
+		ch <- loadResult{hash: h, id: id, snap: snap, err: err, retry: retry, seq: seq}
 	})
 }
 
@@ -81,34 +98,40 @@ func (sh *shard) touch(d *device, now int64) {
 }
 
 // keep remembers a sample of an unrestored device to replay once the
-// stored state can be loaded: a ring of W × streams samples, W the largest
-// window of the device's metrics, so at equal rates every metric keeps at
-// least its last window, in O(1) per sample. (With each metric's own
-// window as the bound, a metric with a small window overwrote the samples
-// of one with a large window: 49 of 100 lost.)
-//
-// The limit grows with the device's streams. Once the ring has wrapped, a
-// grown limit must not append after the newest entry, which sits in the
-// middle: the ring is put back in order first (a new metric after a wrap
-// replayed later samples before earlier ones).
-func (d *device) keep(metric string, v float64, ts int64) {
-	limit := d.maxWin * max(len(d.streams), 1)
-	if len(d.replay) < limit {
-		if d.rnext != 0 {
-			d.replay, d.rnext = d.replayed(), 0
-		}
-		d.replay = append(d.replay, kept{metric, v, ts})
+// stored state can be loaded: each metric keeps its last window of samples
+// (its own W), in O(1) per sample. One ring for the whole device, sized by
+// one window, let a metric with a small window overwrite the samples of
+// one with a large window (49 of 100 lost); sized by the largest window
+// times the metrics, it held 19 times what the windows hold.
+func (d *device) keep(st *namedStream, v float64, ts int64) {
+	if d.replay == nil {
+		d.replay = make(map[string]*keptRing)
+	}
+	r := d.replay[st.name]
+	if r == nil {
+		r = new(keptRing)
+		d.replay[st.name] = r
+	}
+	d.rseq++
+	k := kept{v, ts, d.rseq}
+	if len(r.vals) < st.Win.Cap() {
+		r.vals = append(r.vals, k)
 		return
 	}
-	d.replay[d.rnext] = kept{metric, v, ts}
-	d.rnext = (d.rnext + 1) % len(d.replay)
+	r.vals[r.next] = k
+	r.next = (r.next + 1) % len(r.vals)
 }
 
-// replayed returns the kept samples, oldest first, in a new slice.
-func (d *device) replayed() []kept {
-	out := make([]kept, 0, len(d.replay))
-	out = append(out, d.replay[d.rnext:]...)
-	return append(out, d.replay[:d.rnext]...)
+// replayed returns the kept samples of every metric in arrival order.
+func (d *device) replayed() []replayed {
+	var out []replayed
+	for name, r := range d.replay {
+		for _, k := range r.vals {
+			out = append(out, replayed{name, k})
+		}
+	}
+	slices.SortFunc(out, func(a, b replayed) int { return cmp.Compare(a.seq, b.seq) })
+	return out
 }
 
 // onLoaded applies a finished load and runs the ops that waited for it.
@@ -118,8 +141,10 @@ func (sh *shard) onLoaded(l loadResult) {
 		defer sh.set.retries.Add(-1) // after the device is reconciled
 	}
 	d := sh.lookup(l.hash, []byte(l.id))
-	if d == nil || !d.loading && !d.retrying {
-		return // dropped meanwhile, or its load was abandoned (see abandon)
+	if d == nil || !d.loading && !d.retrying || l.seq != d.loadSeq {
+		// Dropped meanwhile, or the load was abandoned (see abandon): a
+		// late answer, which must not settle a newer load in its place.
+		return
 	}
 	sh.settle(d, l.snap, l.err)
 }
@@ -131,12 +156,22 @@ var errAbandoned = errors.New("load abandoned at the stop deadline")
 // samples and reads waiting for them run now (on fresh state, kept for
 // replay: the device is unrestored until a retry reconciles it). Seal
 // does this when its deadline passes; the loads' late answers are ignored.
+//
+// With o.all it also abandons retries in flight (the devices stay
+// unrestored): Writer.Stop does this when it stops reconciling, so no retry
+// can land after the final Collect, restoring and changing a device that
+// no snapshot then holds.
 func (sh *shard) abandon(o *op) {
 	for _, first := range sh.devices {
 		for d, next := first, (*device)(nil); d != nil; d = next {
 			next = d.next // settle may drop d
-			if d.loading {
+			switch {
+			case d.loading:
 				sh.settle(d, nil, errAbandoned)
+				o.started++
+			case d.retrying && o.all:
+				d.retrying = false
+				d.loadSeq++ // its answer is now late
 				o.started++
 			}
 		}
@@ -164,10 +199,10 @@ func (sh *shard) settle(d *device, snap *Snapshot, err error) {
 			replay := d.replayed()
 			s.streams.Add(-int64(len(d.streams)))
 			sh.release(d)
-			d.index, d.history, d.hnext, d.maxWin = nil, nil, 0, 0
+			d.index, d.history, d.hnext = nil, nil, 0
 			sh.restore(d, snap)
 			for _, k := range replay {
-				st := d.stream([]byte(k.metric), sh, 0)
+				st := d.stream([]byte(k.metric), sh, len(d.streams)+1)
 				sh.room(&st.Win)
 				sc := st.Observe(k.v, k.ts, st.p)
 				st.track()
@@ -182,7 +217,7 @@ func (sh *shard) settle(d *device, snap *Snapshot, err error) {
 		} else if len(d.streams) > 0 {
 			sh.touch(d, d.touched) // nothing stored: the fresh state is the state
 		}
-		d.replay, d.rnext = nil, 0
+		d.replay = nil
 		sh.noteLoaded(d)
 	}
 	waiting := d.waiting
@@ -369,6 +404,7 @@ func (sh *shard) drop(h uint64, d *device, idle bool) {
 	}
 	if idle {
 		sh.set.evicted.Add(1)
+		sh.noteEvicted(d)
 	}
 	sh.freeDevice(d)
 }

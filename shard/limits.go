@@ -1,6 +1,10 @@
 package shard
 
-import "sync"
+import (
+	"hash/maphash"
+	"slices"
+	"sync"
+)
 
 // Stream limits: a device may hold Options.MaxStreams metric names, and a
 // request that names a new metric for a device that has them all is
@@ -10,28 +14,44 @@ import "sync"
 // parts concurrently, so the check cannot run in the shards without a
 // second round trip per request. Instead a shard publishes the names of
 // each device that reaches the limit, and Ingest checks a request against
-// them before it sends anything, only while some device is full at all.
-// A full device gains no names, so its published set stays valid; it stays
-// published while the device is out of memory (evicted, or its load failed
-// in an outage), so that a reload or an outage cannot admit new names, and
-// is replaced or dropped by the device's next successful load.
+// them before it sends anything, only while some device is full at all. A
+// full device gains no names, so its published set stays valid.
+//
+// When a full device leaves memory (evicted) its set stays, marked away, so
+// that the request that reloads it cannot bring new names past the limit.
+// But while it is away its key may expire or be replaced, so an away set
+// decides nothing: Ingest first loads the device (one extra round trip,
+// only for such requests), which republishes or drops the set, and checks
+// again. A shard keeps at most maxAway away sets, dropping the oldest: a
+// fleet's worth of devices that once filled up must not hold memory
+// forever (the price: one of those, reloaded, can pass the limit once by
+// the new names of the request that reloads it).
 //
 // The limit is checked against the state a request finds: requests in
 // flight when a device fills, and a request that brings a device to the
 // limit, still apply, so a device can pass the limit by the new names they
-// carry (fewer than MaxStreams each: a request naming more for one device
-// than a device may hold is refused outright). So can a device whose
-// names were not published because the process restarted: what it takes
-// while unrestored is replayed onto what Redis holds. The shard then
-// republishes. The snapshot format has no stream limit of its own, so such
-// a device persists and restores like any other.
+// carry (fewer than MaxStreams each: a request naming more new metrics for
+// one device than a device may hold is refused outright). So can a device
+// whose names were not published because the process restarted: what it
+// takes while Redis cannot load it is replayed onto what Redis holds. The
+// shard then republishes. The snapshot format has no stream limit of its
+// own, so such a device persists and restores like any other.
 
-// fullDevice is a device at its stream limit and its metric names, which
-// nothing changes once published (a new set replaces it).
+// maxAway bounds the away sets a shard keeps (each 8 bytes a name).
+const maxAway = 1024
+
+// fullDevice is a device at its stream limit and the hashes of its metric
+// names, sorted; nothing changes one once published (a new one replaces it).
 type fullDevice struct {
 	id    string
-	names map[string]struct{}
+	names []uint64
+	away  bool        // the device is out of memory: load it before deciding
 	next  *fullDevice // another full device whose ID hash collides
+}
+
+func (f *fullDevice) has(h uint64) bool {
+	_, ok := slices.BinarySearch(f.names, h)
+	return ok
 }
 
 // fullSet is a shard's full devices by ID hash. The shard goroutine
@@ -39,7 +59,18 @@ type fullDevice struct {
 type fullSet struct {
 	mu sync.RWMutex
 	m  map[uint64]*fullDevice // guarded by mu
+	// away lists the IDs of away sets, oldest first (may hold IDs no longer
+	// away); owned by the shard goroutine.
+	away []awayID
 }
+
+type awayID struct {
+	id   string
+	hash uint64
+}
+
+// nameHash is the hash a published set holds for a metric name.
+func (s *Set) nameHash(name []byte) uint64 { return maphash.Bytes(s.seed, name) }
 
 // noteStreams publishes d's names if it holds MaxStreams or more; call it
 // whenever d gains a stream.
@@ -47,21 +78,55 @@ func (sh *shard) noteStreams(d *device) {
 	if sh.restoring || len(d.streams) < sh.set.opts.MaxStreams {
 		return
 	}
-	f := &fullDevice{id: d.id, names: make(map[string]struct{}, len(d.streams))}
+	f := &fullDevice{id: d.id, names: make([]uint64, len(d.streams))}
 	for i := range d.streams {
-		f.names[d.streams[i].name] = struct{}{}
+		f.names[i] = sh.set.nameHash([]byte(d.streams[i].name))
 	}
+	slices.Sort(f.names)
+	sh.publish(d.hash, f)
+}
+
+// publish replaces f.id's set with f.
+func (sh *shard) publish(h uint64, f *fullDevice) { sh.setFull(h, f.id, f) }
+
+// unpublish removes id's set, if it has one.
+func (sh *shard) unpublish(h uint64, id string) { sh.setFull(h, id, nil) }
+
+// setFull replaces id's set with f, or removes it when f is nil, and keeps
+// nfull the number of sets.
+func (sh *shard) setFull(h uint64, id string, f *fullDevice) {
 	sh.full.mu.Lock()
 	if sh.full.m == nil {
 		sh.full.m = make(map[uint64]*fullDevice)
 	}
-	rest, had := without(sh.full.m[d.hash], d.id)
-	f.next = rest
-	sh.full.m[d.hash] = f
-	sh.full.mu.Unlock()
-	if !had {
-		sh.set.nfull.Add(1)
+	rest, had := without(sh.full.m[h], id)
+	switch {
+	case f != nil:
+		f.next = rest
+		sh.full.m[h] = f
+	case rest != nil:
+		sh.full.m[h] = rest
+	default:
+		delete(sh.full.m, h)
 	}
+	sh.full.mu.Unlock()
+	switch {
+	case f != nil && !had:
+		sh.set.nfull.Add(1)
+	case f == nil && had:
+		sh.set.nfull.Add(-1)
+	}
+}
+
+// lookupFull returns id's published set, or nil.
+func (sh *shard) lookupFull(h uint64, id string) *fullDevice {
+	sh.full.mu.RLock()
+	defer sh.full.mu.RUnlock()
+	f := sh.full.m[h]
+	for f != nil && f.id != id {
+		f = f.next
+	}
+	return f
 }
 
 // noteLoaded publishes or unpublishes d after a successful load: what it
@@ -70,20 +135,28 @@ func (sh *shard) noteStreams(d *device) {
 func (sh *shard) noteLoaded(d *device) {
 	if len(d.streams) >= sh.set.opts.MaxStreams {
 		sh.noteStreams(d)
+	} else {
+		sh.unpublish(d.hash, d.id)
+	}
+}
+
+// noteEvicted marks d's set away, if it has one, and drops the oldest away
+// sets past maxAway.
+func (sh *shard) noteEvicted(d *device) {
+	f := sh.lookupFull(d.hash, d.id)
+	if f == nil {
 		return
 	}
-	sh.full.mu.Lock()
-	rest, had := without(sh.full.m[d.hash], d.id)
-	if had {
-		if rest != nil {
-			sh.full.m[d.hash] = rest
-		} else {
-			delete(sh.full.m, d.hash)
+	c := *f
+	c.away = true
+	sh.publish(d.hash, &c)
+	sh.full.away = append(sh.full.away, awayID{d.id, d.hash})
+	for len(sh.full.away) > maxAway {
+		a := sh.full.away[0]
+		sh.full.away = sh.full.away[1:]
+		if f := sh.lookupFull(a.hash, a.id); f != nil && f.away {
+			sh.unpublish(a.hash, a.id)
 		}
-	}
-	sh.full.mu.Unlock()
-	if had {
-		sh.set.nfull.Add(-1)
 	}
 }
 
@@ -106,33 +179,55 @@ func without(f *fullDevice, id string) (*fullDevice, bool) {
 }
 
 // checkFull refuses b if one of its samples names a metric new to a device
-// at its stream limit. It runs before b's ops are sent.
+// at its stream limit. It runs before b's ops are sent. A device whose set
+// is away is loaded first (and its set republished or dropped), then b is
+// checked again; an away set that is still away then (its load failed)
+// binds as it stands.
 func (s *Set) checkFull(b *Batch) error {
+	load, err := s.checkFullOnce(b, true)
+	if err != nil || len(load) == 0 {
+		return err
+	}
+	for _, id := range load {
+		if _, _, err := s.Device(id); err != nil {
+			return err
+		}
+	}
+	_, err = s.checkFullOnce(b, false)
+	return err
+}
+
+// checkFullOnce checks b against the published sets; with deferAway it
+// returns the IDs of away devices instead of deciding for them.
+func (s *Set) checkFullOnce(b *Batch, deferAway bool) (load []string, err error) {
 	for i := range b.samples {
 		smp := &b.samples[i]
 		sh := s.shards[smp.shard]
-		sh.full.mu.RLock()
-		f := sh.full.m[smp.hash]
-		for f != nil && f.id != string(b.bytes(smp.dev)) {
-			f = f.next
+		f := sh.lookupFull(smp.hash, string(b.bytes(smp.dev)))
+		if f == nil {
+			continue
 		}
-		if f != nil {
-			for j := smp.ms.lo; j < smp.ms.hi; j++ {
-				name := b.bytes(b.metrics[j].name)
-				if _, ok := f.names[string(name)]; !ok {
-					sh.full.mu.RUnlock()
-					return &StreamLimitError{Device: f.id, Metric: string(name), Limit: s.opts.MaxStreams, Index: i}
-				}
+		if f.away && deferAway {
+			if !slices.Contains(load, f.id) {
+				load = append(load, f.id)
+			}
+			continue
+		}
+		for j := smp.ms.lo; j < smp.ms.hi; j++ {
+			name := b.bytes(b.metrics[j].name)
+			if !f.has(s.nameHash(name)) {
+				return nil, &StreamLimitError{Device: f.id, Metric: string(name), Limit: s.opts.MaxStreams, Index: i}
 			}
 		}
-		sh.full.mu.RUnlock()
 	}
-	return nil
+	return load, nil
 }
 
-// checkWide refuses b if it names more metrics for one device than a
-// device may hold, which no state could accept. Only a batch with more
-// metric values than that can, so most batches skip it.
+// checkWide refuses b if it names more metrics new to one device than a
+// device may hold, which no state could accept (names a published set
+// holds are not new: a device kept over a lowered limit sends them all).
+// Only a batch with more metric values than that can, so most batches
+// skip it.
 func (s *Set) checkWide(b *Batch) error {
 	limit := s.opts.MaxStreams
 	if len(b.metrics) <= limit || b.sameNames() && b.SampleMetrics(0) <= limit {
@@ -153,9 +248,11 @@ func (s *Set) checkWide(b *Batch) error {
 	for i := range b.samples {
 		smp := &b.samples[i]
 		dev := string(b.bytes(smp.dev))
+		f := s.shards[smp.shard].lookupFull(smp.hash, dev)
 		for j := smp.ms.lo; j < smp.ms.hi; j++ {
-			k := key{dev, string(b.bytes(b.metrics[j].name))}
-			if _, ok := seen[k]; ok {
+			name := b.bytes(b.metrics[j].name)
+			k := key{dev, string(name)}
+			if _, ok := seen[k]; ok || f != nil && f.has(s.nameHash(name)) {
 				continue
 			}
 			seen[k] = struct{}{}

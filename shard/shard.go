@@ -784,7 +784,7 @@ func (sh *shard) apply(d *device, o *op, i int32) {
 		sc := st.Observe(m.v, smp.ts, st.p)
 		st.track()
 		if d.unrestored {
-			d.keep(st.name, m.v, smp.ts)
+			d.keep(st, m.v, smp.ts)
 		}
 		if i == 0 && j == smp.ms.lo {
 			mean, _ := st.Win.Stats()
@@ -957,16 +957,16 @@ type device struct {
 	history []Anomaly        // ring of the latest anomalies
 	hnext   int              // next slot to overwrite once history is full
 
-	hash       uint64   // of id: its key in the shard's maps
-	maxWin     int      // the largest window of its streams
-	touched    int64    // unix ns of the last request that changed it, for idle eviction
-	dirty      bool     // changed since the last collect
-	loading    bool     // a first load from the store is in flight; ops wait
-	retrying   bool     // a retry of a failed load is in flight; ops go on
-	unrestored bool     // the load failed: serving fresh state, never persisted
-	waiting    []parked // ops waiting for the load, in arrival order
-	replay     []kept   // samples taken while unrestored, to replay on the stored state
-	rnext      int      // oldest replay slot, next to overwrite once full
+	hash       uint64               // of id: its key in the shard's maps
+	touched    int64                // unix ns of the last request that changed it, for idle eviction
+	dirty      bool                 // changed since the last collect
+	loading    bool                 // a first load from the store is in flight; ops wait
+	retrying   bool                 // a retry of a failed load is in flight; ops go on
+	unrestored bool                 // the load failed: serving fresh state, never persisted
+	waiting    []parked             // ops waiting for the load, in arrival order
+	replay     map[string]*keptRing // per metric: samples taken while unrestored, to replay on the stored state
+	rseq       uint64               // orders the replay samples of all metrics
+	loadSeq    uint32               // counts loads started, so a late answer is known
 }
 
 const headLen = 32
@@ -1089,7 +1089,6 @@ func (d *device) add(name []byte, sh *shard, want int) *namedStream {
 		d.streams = grown
 	}
 	d.streams = append(d.streams, ns)
-	d.maxWin = max(d.maxWin, p.Window)
 	s.streams.Add(1)
 	sh.noteStreams(d)
 	if len(d.streams) > indexAt {
