@@ -170,6 +170,11 @@ func (w *Writer) connect() {
 		}
 		w.redisErrors.Inc()
 		w.logf(err, "cannot connect to redis; retrying (ingest goes on, snapshots wait)")
+		if w.stopping.Load() {
+			// The stop waits for this connection to reconcile and write:
+			// dial again soon, not after a backoff longer than its budget.
+			backoff = 100 * time.Millisecond
+		}
 		select {
 		case <-w.ctx.Done():
 			return
@@ -350,7 +355,14 @@ func (w *Writer) get(batch []load) {
 // its next snapshot replaces the garbage.
 func (w *Writer) decode(id string, b []byte) (*shard.Snapshot, error) {
 	s, err := shard.DecodeSnapshot(b)
-	if err == nil && s.Device != id {
+	if errors.Is(err, shard.ErrNewerVersion) && s.Device == id {
+		// Served unrestored, never written over, retried every second: a
+		// rollback keeps what the newer version saved.
+		w.loadFailures.Inc()
+		w.logf(err, "device "+id+" was saved by a newer version; serving it unrestored, not writing over it")
+		return nil, fmt.Errorf("cannot load %q: %w", id, err)
+	}
+	if err == nil && s.Device != id || errors.Is(err, shard.ErrNewerVersion) {
 		err = fmt.Errorf("%w: holds device %q", shard.ErrCorrupt, s.Device)
 	}
 	if err != nil {
@@ -378,37 +390,56 @@ func isWrongType(err error) bool {
 // snapshot interval: with SNAPSHOT_INTERVAL=1h they waited an hour.
 const retryEvery = time.Second
 
-// loop snapshots every Interval and retries unrestored devices every
-// retryEvery, until Stop.
+// flushRetryFirst and flushRetryMax bound the backoff of a failed flush,
+// which runs on its own timer: retried only at the next round, a failure
+// waited up to two intervals (two hours at SNAPSHOT_INTERVAL=1h).
+const (
+	flushRetryFirst = time.Second
+	flushRetryMax   = 30 * time.Second
+)
+
+// loop snapshots every Interval, retries a failed flush with backoff, and
+// retries unrestored devices every retryEvery, until Stop.
 func (w *Writer) loop() {
 	defer close(w.loopDone)
 	rounds := time.NewTicker(w.opts.Interval)
 	defer rounds.Stop()
 	retries := time.NewTicker(retryEvery)
 	defer retries.Stop()
-	var retryAt time.Time
-	backoff := w.opts.Interval
+	var retry *time.Timer // armed while a failed flush waits
+	backoff := flushRetryFirst
+	flush := func() {
+		if err := w.flush(w.loopCtx); err != nil {
+			retry = time.NewTimer(backoff)
+			backoff = min(2*backoff, flushRetryMax)
+			return
+		}
+		backoff = flushRetryFirst
+	}
 	for {
+		var retryC <-chan time.Time
+		if retry != nil {
+			retryC = retry.C
+		}
 		select {
 		case <-w.loopCtx.Done():
+			if retry != nil {
+				retry.Stop()
+			}
 			return
 		case <-retries.C:
 			if w.set.Unrestored() > 0 {
 				_, _ = w.set.Retry(false)
 			}
-			continue
 		case <-rounds.C:
+			w.collect(true)
+			if retry == nil { // else the retry writes this round's too
+				flush()
+			}
+		case <-retryC:
+			retry = nil
+			flush()
 		}
-		w.collect(true)
-		if time.Now().Before(retryAt) {
-			continue
-		}
-		if err := w.flush(w.loopCtx); err != nil {
-			retryAt = time.Now().Add(backoff)
-			backoff = min(2*backoff, 30*time.Second)
-			continue
-		}
-		backoff = w.opts.Interval
 	}
 }
 
@@ -441,7 +472,7 @@ func (w *Writer) flush(ctx context.Context) error {
 		return ErrNotConnected
 	}
 	start := time.Now()
-	var firstErr error
+	var firstErr, downErr error
 	failed := 0
 	cmds := make(rueidis.Commands, 0, min(len(ids), flushChunk))
 	// Bounded pipelines, because requests run while each one waits for
@@ -460,9 +491,13 @@ func (w *Writer) flush(ctx context.Context) error {
 		for k, r := range res {
 			i := lo + k
 			if err := r.Error(); err != nil {
+				// An error reply is about its key (an ACL refusal, say):
+				// that snapshot stays pending and the others go on. Any
+				// other error is Redis not answering.
 				failed++
-				if firstErr == nil {
-					firstErr = err
+				firstErr = cmp.Or(firstErr, err)
+				if _, reply := rueidis.IsRedisErr(err); !reply {
+					downErr = cmp.Or(downErr, err)
 				}
 				continue
 			}
@@ -474,7 +509,7 @@ func (w *Writer) flush(ctx context.Context) error {
 			}
 		}
 		w.mu.Unlock()
-		if firstErr != nil {
+		if downErr != nil {
 			failed += len(ids) - hi // Redis is in trouble: the rest waits for the retry
 			break
 		}
@@ -483,9 +518,14 @@ func (w *Writer) flush(ctx context.Context) error {
 	if failed > 0 {
 		w.failures.Add(failed)
 		w.redisErrors.Inc()
-		w.markDown()
 		w.logf(firstErr, fmt.Sprintf("%d of %d snapshots not written; kept for retry", failed, len(ids)))
-		return firstErr
+	}
+	if downErr != nil {
+		// Only Redis not answering fails the flush (and loads, for a
+		// second); a key Redis refuses stays pending without holding up
+		// the others (one such key made the whole of Redis look down).
+		w.markDown()
+		return downErr
 	}
 	return nil
 }
@@ -518,28 +558,44 @@ func (w *Writer) Stop(ctx context.Context) (StopReport, error) {
 	}
 	var err error
 	if w.set != nil {
-		// Reconciling gets at most half of what is left: the flush of
-		// every other changed device must not wait on a device Redis will
-		// not give back.
-		rctx, cancel := context.WithCancel(ctx)
-		if dl, ok := ctx.Deadline(); ok {
-			rctx, cancel = context.WithDeadline(ctx, time.Now().Add(time.Until(dl)/2))
-		}
-		rep.Reconciled = w.reconcile(rctx)
-		cancel()
-		w.collect(false)
 		before := w.written.Get()
+		first := w.set.Unrestored()
 		for {
-			if err = w.flush(ctx); err == nil || ctx.Err() != nil {
+			// Reconciling gets at most half of what is left: the flush of
+			// every other changed device must not wait on a device Redis
+			// will not give back. Retries still in flight at its end are
+			// abandoned, so none lands after the collect below, restoring
+			// and changing a device no snapshot then holds.
+			rctx, cancel := context.WithCancel(ctx)
+			if dl, ok := ctx.Deadline(); ok {
+				rctx, cancel = context.WithDeadline(ctx, time.Now().Add(time.Until(dl)/2))
+			}
+			w.reconcile(rctx)
+			cancel()
+			_ = w.set.AbandonRetries()
+			w.collect(false)
+			for {
+				if err = w.flush(ctx); err == nil || ctx.Err() != nil {
+					break
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+			// Everything written and time left, but devices still
+			// unrestored: Redis may be back now; go round again.
+			if err != nil || ctx.Err() != nil || w.set.Unrestored() == 0 || w.Pending() > 0 {
 				break
 			}
 			select {
 			case <-ctx.Done():
-			case <-time.After(200 * time.Millisecond):
+			case <-time.After(100 * time.Millisecond):
 			}
 		}
 		rep.Written = int(w.written.Get() - before)
 		rep.Unreconciled = w.set.Unrestored()
+		rep.Reconciled = first - rep.Unreconciled
 	}
 	w.mu.Lock()
 	w.closed = true // from now on Load answers at once; loaders drain the rest

@@ -519,3 +519,26 @@ func TestUnrestoredRetriedWithinSeconds(t *testing.T) {
 	waitFor(t, "reconciled", func() bool { return s.set.Unrestored() == 0 })
 	t.Logf("reconciled %v after redis came back", time.Since(start).Round(time.Millisecond))
 }
+
+// TestNewerVersionNotOverwritten: a snapshot written by a newer version of
+// the service (a deploy rolled back) is not corrupt: its device is served
+// unrestored and its key is never written over (it was overwritten).
+func TestNewerVersionNotOverwritten(t *testing.T) {
+	r := MustStartRedis(t)
+	c := r.client(t)
+	newer := []byte{2, 1, 'd', 0, 0}
+	if err := c.Do(context.Background(), c.B().Set().Key("aiload:dev:d").Value(rueidis.BinaryString(newer)).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	s := MustOpenStack(t, r.addr, shard.Options{Shards: 2})
+	s.ingest(t, "d", 1, 2)
+	if s.set.Unrestored() != 1 || s.w.corrupt.Get() != 0 {
+		t.Fatalf("unrestored %d, corrupt %d; want 1 and 0", s.set.Unrestored(), s.w.corrupt.Get())
+	}
+	time.Sleep(300 * time.Millisecond) // several rounds
+	s.close(t)
+	got, err := c.Do(context.Background(), c.B().Get().Key("aiload:dev:d").Build()).AsBytes()
+	if err != nil || string(got) != string(newer) {
+		t.Fatalf("the newer version's snapshot was replaced: %x, %v", got, err)
+	}
+}

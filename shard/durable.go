@@ -460,6 +460,14 @@ func (s *Set) Retry(all bool) (int, error) {
 	return n, nil
 }
 
+// AbandonRetries stops waiting for the loads Retry started: their devices
+// stay unrestored, and the answers, when they come, are ignored. A stop
+// calls it before its final Collect, so no retry can land after it.
+func (s *Set) AbandonRetries() error {
+	_, err := s.broadcast(op{kind: opAbandon, all: true})
+	return err
+}
+
 // Retrying returns how many loads started by Retry have not finished.
 func (s *Set) Retrying() int { return int(s.retries.Load()) }
 

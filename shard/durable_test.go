@@ -308,10 +308,15 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if again := got.AppendBinary(nil); string(again) != string(b) {
 		t.Fatalf("round trip changed the encoding")
 	}
-	for _, bad := range [][]byte{nil, {2}, b[:len(b)-1], append(slices.Clone(b), 0), {1, 200, 200, 200, 200, 200, 200}} {
+	for _, bad := range [][]byte{nil, {2}, {200, 1, 'd'}, []byte("garbage"), b[:len(b)-1], append(slices.Clone(b), 0), {1, 200, 200, 200, 200, 200, 200}} {
 		if _, err := DecodeSnapshot(bad); !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("%v: got %v; want ErrCorrupt", bad, err)
 		}
+	}
+	// A newer version: its version byte and device ID, then what this one
+	// cannot read.
+	if s, err := DecodeSnapshot([]byte{2, 5, 'd', 'e', 'v', ':', '1', 0xff}); !errors.Is(err, ErrNewerVersion) || s.Device != "dev:1" {
+		t.Fatalf("newer version: %+v, %v; want ErrNewerVersion with the device", s, err)
 	}
 }
 
@@ -325,8 +330,8 @@ func FuzzDecodeSnapshot(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got, err := DecodeSnapshot(b)
 		if err != nil {
-			if !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("error does not wrap ErrCorrupt: %v", err)
+			if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrNewerVersion) {
+				t.Fatalf("error wraps neither ErrCorrupt nor ErrNewerVersion: %v", err)
 			}
 			return
 		}

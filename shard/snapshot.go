@@ -140,8 +140,15 @@ func appendString(dst []byte, s string) []byte {
 	return append(dst, s...)
 }
 
-// ErrCorrupt wraps every error of DecodeSnapshot.
+// ErrCorrupt wraps every error of DecodeSnapshot but ErrNewerVersion.
 var ErrCorrupt = errors.New("corrupt snapshot")
+
+// ErrNewerVersion means the snapshot was written by a newer version of the
+// service: not garbage, and not to be written over (rolling a deploy back
+// must not destroy what the newer version saved). Every version starts
+// with its version byte (below 128) and the device ID, so DecodeSnapshot
+// returns that much with this error, for the caller to check the ID.
+var ErrNewerVersion = errors.New("snapshot written by a newer version")
 
 // DecodeSnapshot parses an encoding made by AppendBinary. It rejects a
 // wrong version, truncation, trailing bytes, non-minimal varints, absurd
@@ -150,6 +157,11 @@ var ErrCorrupt = errors.New("corrupt snapshot")
 func DecodeSnapshot(b []byte) (*Snapshot, error) {
 	d := decoder{b: b}
 	if v := d.byte(); d.err == nil && v != snapshotVersion {
+		if v > snapshotVersion && v < 128 {
+			if id := d.string(); d.err == nil {
+				return &Snapshot{Device: id}, fmt.Errorf("%w: version %d, this one reads %d", ErrNewerVersion, v, snapshotVersion)
+			}
+		}
 		return nil, fmt.Errorf("%w: version %d, want %d", ErrCorrupt, v, snapshotVersion)
 	}
 	s := &Snapshot{Device: d.string()}
