@@ -164,3 +164,69 @@ func TestReviewELoweredLimitRefusedAfterRestart(t *testing.T) {
 			"ever published", refused, last)
 	}
 }
+
+// latencyStore answers every load after a fixed delay, as Redis does a
+// round trip; loads run in parallel, as the persister's pipelines do.
+type latencyStore struct {
+	*memStore
+	rtt time.Duration
+}
+
+func (l latencyStore) Load(id string, done func(*Snapshot, error)) {
+	l.memStore.Load(id, func(s *Snapshot, err error) {
+		time.Sleep(l.rtt)
+		done(s, err)
+	})
+}
+
+// TestReviewEAwayDevicesLoadedOneByOne: limits.go: a request for an away
+// device costs "one extra round trip, only for such requests". checkFull
+// (limits.go:185-189) loads the away devices a batch names one after the
+// other, each with its own s.Device call, so a gateway's batch naming N
+// away devices waits N round trips before anything is applied, where the
+// same batch for N evicted devices that were never full waits one (their
+// loads run together). 300 devices at a 2 ms round trip: ~0.7 s against
+// ~3 ms (timing-dependent; margin 20 round trips). (Also: the dedup is
+// slices.Contains over the list, O(N^2) in the batch's away devices.)
+func TestReviewEAwayDevicesLoadedOneByOne(t *testing.T) {
+	st := newMemStore()
+	const n, rtt = 300, 2 * time.Millisecond
+	s := MustNewSet(t, Options{Shards: 1, MaxStreams: 2, Store: latencyStore{st, rtt}, IdleEvict: time.Nanosecond})
+	batch := func(prefix string, names ...string) *Batch {
+		b := new(Batch)
+		for i := range n {
+			b.Add([]byte(fmt.Sprint(prefix, i)), int64(i))
+			for _, m := range names {
+				b.AddMetric([]byte(m), 1)
+			}
+		}
+		return b
+	}
+	if err := s.Ingest(batch("full-", "m0", "m1")); err != nil { // at the limit: published
+		t.Fatal(err)
+	}
+	if err := s.Ingest(batch("plain-", "m0")); err != nil {
+		t.Fatal(err)
+	}
+	evictAll(t, s, st)
+	if s.nfull.Load() != n {
+		t.Fatalf("test premise: %d away sets", s.nfull.Load())
+	}
+	t0 := time.Now()
+	if err := s.Ingest(batch("plain-", "m0")); err != nil {
+		t.Fatal(err)
+	}
+	plain := time.Since(t0)
+	t0 = time.Now()
+	if err := s.Ingest(batch("full-", "m0", "m1")); err != nil {
+		t.Fatal(err)
+	}
+	away := time.Since(t0)
+	t.Logf("a batch naming %d evicted devices: %v; naming %d away (full) devices: %v (round trip %v)",
+		n, plain.Round(time.Microsecond), n, away.Round(time.Microsecond), rtt)
+	if away > 20*rtt+plain {
+		t.Fatalf("a batch naming %d away devices took %v, about %d round trips (the same batch for devices never full: %v): "+
+			"checkFull loads the away devices one by one, not \"one extra round trip\"", n, away.Round(time.Millisecond),
+			int(away/rtt), plain.Round(time.Millisecond))
+	}
+}
