@@ -58,7 +58,7 @@ func denyWrites(tb testing.TB, c rueidis.Client, dev string) {
 // or reconcile; the log says exactly that". A device whose key Redis
 // refuses to write (an ACL tightened while running; reads still work) is
 // counted not written, correctly, but the error Stop returns says why as
-// "stopped before they could be" (persist.go:589-590: flush returned nil
+// "stopped before they could be" (persist.go:610: flush returned nil
 // for a per-key refusal, so err is nil and ctx has not ended), within a
 // few ms of a 4 s budget: a deadline is blamed, and the NOPERM appears
 // nowhere in it. The flush's own log line, the one place the NOPERM went,
@@ -98,7 +98,7 @@ func TestReviewEWriteDeniedStopBlamesDeadline(t *testing.T) {
 // 1.5 s and more): README: "After SIGKILL at most SNAPSHOT_INTERVAL of
 // updates are lost"; failed writes "are retried with backoff (1 s doubling
 // to 30 s)". While a retry is armed the rounds only collect (persist.go:
-// 420-423), so the backoff grown during an outage keeps running after
+// 434-438), so the backoff grown during an outage keeps running after
 // Redis is back: a 4 s outage leaves changes unwritten for ~3 s more with
 // Redis healthy (a 40 s one, up to 30 s more), and a SIGKILL then loses
 // all of it, at SNAPSHOT_INTERVAL=200ms. A round after Redis returns would

@@ -31,7 +31,7 @@ func evictAll(tb testing.TB, s *Set, st *memStore) {
 // keeps at most 1,024 away sets, dropping the oldest", and a full device's
 // away names bind while its reload fails, "so neither a reload nor an
 // outage admits names past the limit". (REVIEW_E_CONTROL=1 runs it without
-// the cycles: quiet's set then binds.) noteEvicted (limits.go:147-162)
+// the cycles: quiet's set then binds.) noteEvicted (limits.go:145-162)
 // appends the device to the away queue at every eviction, and the cap
 // counts queue entries, not away sets: one device evicted and reloaded
 // 1,024 times (a sensor reporting every IDLE_EVICT and a bit) pushes the
@@ -93,7 +93,7 @@ func TestReviewEAwayCapCountsEvictionsNotSets(t *testing.T) {
 
 // TestReviewEStaleAwaySetWidensRequest: limits.go: "a request naming more
 // new metrics for one device than a device may hold is refused outright"
-// (checkWide). checkWide (limits.go:231-246) treats every name of a
+// (checkWide). checkWide (limits.go:231-258) treats every name of a
 // published set as not new, away sets included, but an away set "decides
 // nothing" (limits.go:21-24): the device's key may have expired. checkFull
 // then loads the device, the stale set is dropped, and the recheck
@@ -181,7 +181,7 @@ func (l latencyStore) Load(id string, done func(*Snapshot, error)) {
 
 // TestReviewEAwayDevicesLoadedOneByOne: limits.go: a request for an away
 // device costs "one extra round trip, only for such requests". checkFull
-// (limits.go:185-189) loads the away devices a batch names one after the
+// (limits.go:186-193) loads the away devices a batch names one after the
 // other, each with its own s.Device call, so a gateway's batch naming N
 // away devices waits N round trips before anything is applied, where the
 // same batch for N evicted devices that were never full waits one (their
