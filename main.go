@@ -490,7 +490,7 @@ func stopState(store *persist.Writer, set *shard.Set, log zerolog.Logger) {
 			msg = "final snapshot incomplete: not_written devices lose their changes since the last snapshot, not_reconciled ones their samples since redis failed them"
 		}
 		ev.Dur("took", time.Since(t)).Int("written", rep.Written).Int("reconciled", rep.Reconciled).
-			Int("not_written", rep.Pending).Int("not_reconciled", rep.Unreconciled).Msg(msg)
+			Int("not_written", rep.Pending).Int("not_reconciled", rep.Unreconciled).Int("newer_version", rep.Newer).Msg(msg)
 	}
 	t = time.Now()
 	set.Stop()

@@ -59,9 +59,10 @@ type Writer struct {
 	loopCtx    context.Context
 	loopCancel context.CancelFunc
 	loopDone   chan struct{}
-	stopping   atomic.Bool   // Stop began: loads wait for a connection instead of failing fast
-	wake       chan struct{} // cuts the connector's backoff short
-	logAt      atomic.Int64  // unix ns of the last rate-limited log line
+	stopping   atomic.Bool            // Stop began: loads wait for a connection instead of failing fast
+	keyErr     error                  // the last flush's error reply about a key, if only such; used by loop, then Stop
+	wake       chan struct{}          // cuts the connector's backoff short
+	logAt      [logKinds]atomic.Int64 // unix ns of the last rate-limited log line of each kind
 	born       time.Time
 	// downUntil (unix ns) makes loads fail at once after a Redis error, so
 	// an outage costs new devices one fast failure each, not a Timeout
@@ -169,7 +170,7 @@ func (w *Writer) connect() {
 			return
 		}
 		w.redisErrors.Inc()
-		w.logf(err, "cannot connect to redis; retrying (ingest goes on, snapshots wait)")
+		w.logf(logConnect, err, "cannot connect to redis; retrying (ingest goes on, snapshots wait)")
 		if w.stopping.Load() {
 			// The stop waits for this connection to reconcile and write:
 			// dial again soon, not after a backoff longer than its budget.
@@ -210,7 +211,7 @@ func (w *Writer) Load(id string, done func(*shard.Snapshot, error)) {
 	case w.loads <- load{id, done}:
 	default:
 		w.loadFailures.Inc()
-		w.logf(errLoadQueueFull, "load queue full; serving the device unrestored until a retry loads it")
+		w.logf(logLoad, errLoadQueueFull, "load queue full; serving the device unrestored until a retry loads it")
 		go done(nil, errLoadQueueFull)
 	}
 }
@@ -347,7 +348,7 @@ func (w *Writer) get(batch []load) {
 		if down {
 			w.markDown()
 		}
-		w.logf(firstErr, "cannot load devices from redis; serving them unrestored until redis answers")
+		w.logf(logLoad, firstErr, "cannot load devices from redis; serving them unrestored until redis answers")
 	}
 }
 
@@ -359,7 +360,7 @@ func (w *Writer) decode(id string, b []byte) (*shard.Snapshot, error) {
 		// Served unrestored, never written over, retried every second: a
 		// rollback keeps what the newer version saved.
 		w.loadFailures.Inc()
-		w.logf(err, "device "+id+" was saved by a newer version; serving it unrestored, not writing over it")
+		w.logf(logNewer, err, "device "+id+" was saved by a newer version; serving it unrestored, not writing over it")
 		return nil, fmt.Errorf("cannot load %q: %w", id, err)
 	}
 	if err == nil && s.Device != id || errors.Is(err, shard.ErrNewerVersion) {
@@ -376,7 +377,7 @@ func (w *Writer) decode(id string, b []byte) (*shard.Snapshot, error) {
 // answers as if it held nothing.
 func (w *Writer) corruptValue(id string, err error) (*shard.Snapshot, error) {
 	w.corrupt.Inc()
-	w.logf(err, "corrupt snapshot in redis for device "+id+"; starting it fresh")
+	w.logf(logCorrupt, err, "corrupt snapshot in redis for device "+id+"; starting it fresh")
 	return nil, nil
 }
 
@@ -390,9 +391,10 @@ func isWrongType(err error) bool {
 // snapshot interval: with SNAPSHOT_INTERVAL=1h they waited an hour.
 const retryEvery = time.Second
 
-// flushRetryFirst and flushRetryMax bound the backoff of a failed flush,
-// which runs on its own timer: retried only at the next round, a failure
-// waited up to two intervals (two hours at SNAPSHOT_INTERVAL=1h).
+// flushRetryFirst and flushRetryMax bound the backoff of a failed flush
+// (and the interval bounds it too), which runs on its own timer: retried
+// only at the next round, a failure waited up to two intervals (two hours
+// at SNAPSHOT_INTERVAL=1h).
 const (
 	flushRetryFirst = time.Second
 	flushRetryMax   = 30 * time.Second
@@ -406,15 +408,19 @@ func (w *Writer) loop() {
 	defer rounds.Stop()
 	retries := time.NewTicker(retryEvery)
 	defer retries.Stop()
+	// The backoff never exceeds the interval: once Redis is back, what a
+	// SIGKILL loses is again at most one interval of changes (with 30 s
+	// at SNAPSHOT_INTERVAL=200ms, changes waited 3 s after a 4 s outage).
+	first, most := min(flushRetryFirst, w.opts.Interval), min(flushRetryMax, w.opts.Interval)
 	var retry *time.Timer // armed while a failed flush waits
-	backoff := flushRetryFirst
+	backoff := first
 	flush := func() {
 		if err := w.flush(w.loopCtx); err != nil {
 			retry = time.NewTimer(backoff)
-			backoff = min(2*backoff, flushRetryMax)
+			backoff = min(2*backoff, most)
 			return
 		}
-		backoff = flushRetryFirst
+		backoff = first
 	}
 	for {
 		var retryC <-chan time.Time
@@ -518,7 +524,11 @@ func (w *Writer) flush(ctx context.Context) error {
 	if failed > 0 {
 		w.failures.Add(failed)
 		w.redisErrors.Inc()
-		w.logf(firstErr, fmt.Sprintf("%d of %d snapshots not written; kept for retry", failed, len(ids)))
+		w.logf(logWrite, firstErr, fmt.Sprintf("%d of %d snapshots not written; kept for retry", failed, len(ids)))
+	}
+	w.keyErr = nil
+	if failed > 0 && downErr == nil {
+		w.keyErr = firstErr // only replies about keys: kept for the stop's report
 	}
 	if downErr != nil {
 		// Only Redis not answering fails the flush (and loads, for a
@@ -536,6 +546,7 @@ type StopReport struct {
 	Written      int // snapshots written by the final flush
 	Pending      int // devices whose latest changes were not written: lost
 	Unreconciled int // devices whose load never succeeded: their samples since are lost
+	Newer        int // of those, devices a newer version saved: left alone, never written over
 }
 
 // Stop ends the snapshot loop, reconciles the devices whose load failed
@@ -585,7 +596,7 @@ func (w *Writer) Stop(ctx context.Context) (StopReport, error) {
 			}
 			// Everything written and time left, but devices still
 			// unrestored: Redis may be back now; go round again.
-			if err != nil || ctx.Err() != nil || w.set.Unrestored() == 0 || w.Pending() > 0 {
+			if err != nil || ctx.Err() != nil || w.set.Unrestored() == w.set.Newer() || w.Pending() > 0 {
 				break
 			}
 			select {
@@ -595,6 +606,7 @@ func (w *Writer) Stop(ctx context.Context) (StopReport, error) {
 		}
 		rep.Written = int(w.written.Get() - before)
 		rep.Unreconciled = w.set.Unrestored()
+		rep.Newer = w.set.Newer()
 		rep.Reconciled = first - rep.Unreconciled
 	}
 	w.mu.Lock()
@@ -607,9 +619,15 @@ func (w *Writer) Stop(ctx context.Context) (StopReport, error) {
 		c.Close()
 	}
 	if rep.Pending > 0 || rep.Unreconciled > 0 {
-		err = cmp.Or(err, ctx.Err(), errors.New("stopped before they could be"))
-		return rep, fmt.Errorf("final snapshot incomplete: %d devices not written, %d not reconciled with redis: %w",
-			rep.Pending, rep.Unreconciled, err)
+		// Name the cause: Redis refusing keys, newer versions' snapshots,
+		// or the budget.
+		why := cmp.Or(err, w.keyErr)
+		if why == nil && rep.Newer == rep.Unreconciled && rep.Pending == 0 {
+			why = fmt.Errorf("%w: left alone", shard.ErrNewerVersion)
+		}
+		why = cmp.Or(why, ctx.Err(), errors.New("stopped before they could be"))
+		return rep, fmt.Errorf("final snapshot incomplete: %d devices not written, %d not reconciled with redis (%d saved by a newer version): %w",
+			rep.Pending, rep.Unreconciled, rep.Newer, why)
 	}
 	return rep, nil
 }
@@ -620,8 +638,9 @@ func (w *Writer) reconcile(ctx context.Context) int {
 	first := w.set.Unrestored()
 	for w.set.Unrestored() > 0 && ctx.Err() == nil {
 		left := w.set.Unrestored()
-		if _, err := w.set.Retry(true); err != nil {
-			break
+		started, err := w.set.Retry(true)
+		if err != nil || started == 0 && w.set.Retrying() == 0 {
+			break // nothing left that a retry can load (saved by a newer version)
 		}
 		for w.set.Retrying() > 0 && ctx.Err() == nil {
 			time.Sleep(2 * time.Millisecond)
@@ -644,11 +663,26 @@ func (w *Writer) Pending() int {
 }
 
 // logf logs at most one line a second, so an outage does not flood logs.
-func (w *Writer) logf(err error, msg string) {
+//
+// Each kind of trouble has its own second, so one that recurs (a key Redis
+// refuses, every round) does not silence the others (a corrupt snapshot).
+func (w *Writer) logf(kind logKind, err error, msg string) {
 	now := time.Now().UnixNano()
-	last := w.logAt.Load()
-	if now-last < int64(time.Second) || !w.logAt.CompareAndSwap(last, now) {
+	at := &w.logAt[kind]
+	last := at.Load()
+	if now-last < int64(time.Second) || !at.CompareAndSwap(last, now) {
 		return
 	}
 	w.opts.Log.Warn().Err(err).Msg(msg)
 }
+
+type logKind uint8
+
+const (
+	logConnect logKind = iota
+	logLoad
+	logNewer
+	logCorrupt
+	logWrite
+	logKinds
+)

@@ -526,7 +526,7 @@ func TestUnrestoredRetriedWithinSeconds(t *testing.T) {
 func TestNewerVersionNotOverwritten(t *testing.T) {
 	r := MustStartRedis(t)
 	c := r.client(t)
-	newer := []byte{2, 1, 'd', 0, 0}
+	newer := []byte("\x02aisv\x01d\x00\x00")
 	if err := c.Do(context.Background(), c.B().Set().Key("aiload:dev:d").Value(rueidis.BinaryString(newer)).Build()).Error(); err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@ import (
 
 // stopLikeMain runs main.go's stopState against s: a 4 s budget, Seal gets
 // a quarter of it, then Writer.Stop, then the shards stop.
-func stopLikeMain(t *testing.T, s *stack) (StopReport, error, time.Duration) {
+func stopLikeMain(t *testing.T, s *stack) (StopReport, time.Duration, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second) // flushTimeout
 	defer cancel()
@@ -29,7 +29,7 @@ func stopLikeMain(t *testing.T, s *stack) (StopReport, error, time.Duration) {
 	took := time.Since(start)
 	s.set.Stop()
 	s.w = nil
-	return rep, err, took
+	return rep, took, err
 }
 
 // TestReviewCRetryAfterFinalCollectUnreported (timing-dependent, with
@@ -83,7 +83,7 @@ func TestReviewCRetryAfterFinalCollectUnreported(t *testing.T) {
 			}
 		}
 	}()
-	rep, err, took := stopLikeMain(t, s)
+	rep, took, err := stopLikeMain(t, s)
 	st := stored(t, c, "late")
 	t.Logf("stop took %v: %+v, err %v; redis holds late: %v", took.Round(time.Millisecond), rep, err, st != nil)
 	if st == nil && err == nil && rep.Unreconciled == 0 && rep.Pending == 0 {
@@ -115,7 +115,7 @@ func TestReviewCStopDoesNotRedialWhenRedisReturns(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 		r.Start()
 	}()
-	rep, err, took := stopLikeMain(t, s)
+	rep, took, err := stopLikeMain(t, s)
 	c := r.client(t)
 	st := stored(t, c, "d")
 	t.Logf("stop took %v: %+v, %v; redis holds d: %+v", took.Round(time.Millisecond), rep, err, st)
@@ -195,7 +195,7 @@ func TestReviewCReconcileGivesUpWithBudgetLeft(t *testing.T) {
 		time.Sleep(2300 * time.Millisecond)
 		r.Start()
 	}()
-	rep, err, took := stopLikeMain(t, s)
+	rep, took, err := stopLikeMain(t, s)
 	c := r.client(t)
 	d, u := stored(t, c, "dirty"), stored(t, c, "unrestored")
 	t.Logf("stop took %v: %+v, %v; redis holds dirty: %v, unrestored: %v", took.Round(time.Millisecond), rep, err, d != nil, u != nil)

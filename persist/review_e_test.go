@@ -80,7 +80,7 @@ func TestReviewEWriteDeniedStopBlamesDeadline(t *testing.T) {
 	s.ingest(t, "g-ok", 2)
 	time.Sleep(1500 * time.Millisecond) // rounds fail to write bad, every 100 ms
 	mark := len(logs.String())
-	rep, err, took := stopLikeMain(t, s)
+	rep, took, err := stopLikeMain(t, s)
 	stopLogs := logs.String()[mark:]
 	t.Logf("stop took %v: %+v; error: %v", took.Round(time.Millisecond), rep, err)
 	t.Logf("log lines written during the stop: %q", stopLogs)
@@ -156,7 +156,7 @@ func TestReviewENewerVersionFalsePositive(t *testing.T) {
 	s.ingest(t, "d", 1, 2)
 	time.Sleep(300 * time.Millisecond) // rounds
 	w := s.w
-	rep, err, took := stopLikeMain(t, s)
+	rep, took, err := stopLikeMain(t, s)
 	st := stored(t, c, "d")
 	t.Logf("garbage %q: corrupt %d, restore_failures %d; stop took %v: %+v, %v; redis holds a snapshot of d: %v",
 		garbage, w.corrupt.Get(), w.loadFailures.Get(), took.Round(time.Millisecond), rep, err, st != nil)

@@ -195,6 +195,7 @@ type conn struct {
 	line    [64]byte
 	lineLen uint8
 	fresh   bool // line was taken by the Read that began the current request
+	tail    bool // the request began in an earlier Read: the next bytes are not its first
 }
 
 // requestLine returns the method and path of the request being read, from
@@ -266,7 +267,10 @@ func (c *conn) cutOff(s int64, err error) {
 
 // handling marks the start of a request's handler: the request has been
 // read, and the handler's run is not the client's to answer for.
-func (c *conn) handling() { c.enter(phaseHandle) }
+func (c *conn) handling() {
+	c.enter(phaseHandle)
+	c.tail = false
+}
 
 // active marks the start of a request, as fasthttp reports it (see
 // Handler.connState). A request whose first byte came in a Read is in its
@@ -283,12 +287,15 @@ func (c *conn) active() {
 	case phaseNew: // the first request keeps counting from accept
 		c.state.CompareAndSwap(s, s&^phaseMask|phaseRead)
 	case phaseRead:
-	case phaseIdle:
 	default:
 		c.enter(phaseIdle)
 	}
 	if !c.fresh {
-		c.lineLen = 0 // a pipelined request: its line is not the one kept
+		// Its first bytes came with an earlier request: its line is not
+		// the one kept, and the bytes that come next are its rest, not a
+		// line (a stalled pipelined request was counted under the route
+		// its late body bytes happened to spell).
+		c.lineLen, c.tail = 0, true
 	}
 	c.fresh = false
 }
@@ -299,7 +306,10 @@ func (c *conn) Read(p []byte) (int, error) {
 		switch s := c.state.Load(); s & phaseMask {
 		case phaseIdle: // a new request: its bound starts at its first byte
 			c.enter(phaseRead)
-			c.lineLen, c.fresh = uint8(copy(c.line[:], p[:n])), true
+			if !c.tail {
+				c.lineLen, c.fresh = uint8(copy(c.line[:], p[:n])), true
+			}
+			c.tail = false
 		case phaseNew: // the first request keeps counting from accept, fired or not
 			c.state.CompareAndSwap(s, s&^phaseMask|phaseRead)
 			c.lineLen, c.fresh = uint8(copy(c.line[:], p[:n])), true

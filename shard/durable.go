@@ -182,6 +182,11 @@ func (sh *shard) abandon(o *op) {
 func (sh *shard) settle(d *device, snap *Snapshot, err error) {
 	d.loading, d.retrying = false, false
 	s := sh.set
+	if err != nil && !d.newer && errors.Is(err, ErrNewerVersion) {
+		// A newer version saved it: no retry can load it; leave it alone.
+		d.newer = true
+		s.newer.Add(1)
+	}
 	switch {
 	case err != nil && !d.unrestored && len(d.streams) == 0:
 		// First load failed: serve fresh state, remember samples, retry
@@ -362,7 +367,7 @@ func (sh *shard) retry(o *op) {
 			if !o.all && o.started >= maxRetries {
 				return
 			}
-			if d.unrestored && !d.retrying && !d.loading {
+			if d.unrestored && !d.retrying && !d.loading && !d.newer {
 				sh.startLoad(d, h, true)
 				o.started++
 			}
@@ -401,6 +406,9 @@ func (sh *shard) drop(h uint64, d *device, idle bool) {
 	sh.set.streams.Add(-int64(len(d.streams)))
 	if d.unrestored {
 		sh.set.unrestored.Add(-1)
+	}
+	if d.newer {
+		sh.set.newer.Add(-1)
 	}
 	if idle {
 		sh.set.evicted.Add(1)
@@ -467,6 +475,10 @@ func (s *Set) AbandonRetries() error {
 	_, err := s.broadcast(op{kind: opAbandon, all: true})
 	return err
 }
+
+// Newer returns how many unrestored devices were saved by a newer version
+// of the service: they are never retried, nor written over.
+func (s *Set) Newer() int { return int(s.newer.Load()) }
 
 // Retrying returns how many loads started by Retry have not finished.
 func (s *Set) Retrying() int { return int(s.retries.Load()) }

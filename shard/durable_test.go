@@ -315,7 +315,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}
 	// A newer version: its version byte and device ID, then what this one
 	// cannot read.
-	if s, err := DecodeSnapshot([]byte{2, 5, 'd', 'e', 'v', ':', '1', 0xff}); !errors.Is(err, ErrNewerVersion) || s.Device != "dev:1" {
+	if s, err := DecodeSnapshot(append([]byte{2}, "aisv\x05dev:1\xff"...)); !errors.Is(err, ErrNewerVersion) || s.Device != "dev:1" {
 		t.Fatalf("newer version: %+v, %v; want ErrNewerVersion with the device", s, err)
 	}
 }

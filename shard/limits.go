@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"errors"
 	"hash/maphash"
 	"slices"
 	"sync"
@@ -59,14 +60,19 @@ func (f *fullDevice) has(h uint64) bool {
 type fullSet struct {
 	mu sync.RWMutex
 	m  map[uint64]*fullDevice // guarded by mu
-	// away lists the IDs of away sets, oldest first (may hold IDs no longer
-	// away); owned by the shard goroutine.
-	away []awayID
+	// The rest is owned by the shard goroutine. away lists the away sets,
+	// oldest first, with the eviction it records; an entry whose seq is
+	// not awaySeq[id] is stale (that set was reloaded, or evicted again
+	// later), and does not count towards maxAway.
+	away    []awayID
+	awaySeq map[string]uint64
+	seq     uint64
 }
 
 type awayID struct {
 	id   string
 	hash uint64
+	seq  uint64
 }
 
 // nameHash is the hash a published set holds for a metric name.
@@ -133,6 +139,7 @@ func (sh *shard) lookupFull(h uint64, id string) *fullDevice {
 // holds now decides (a stale set, from before its key expired or was found
 // corrupt, must not bind it).
 func (sh *shard) noteLoaded(d *device) {
+	delete(sh.full.awaySeq, d.id) // back: no longer away
 	if len(d.streams) >= sh.set.opts.MaxStreams {
 		sh.noteStreams(d)
 	} else {
@@ -141,7 +148,7 @@ func (sh *shard) noteLoaded(d *device) {
 }
 
 // noteEvicted marks d's set away, if it has one, and drops the oldest away
-// sets past maxAway.
+// sets past maxAway. A device evicted again and again counts once.
 func (sh *shard) noteEvicted(d *device) {
 	f := sh.lookupFull(d.hash, d.id)
 	if f == nil {
@@ -150,13 +157,33 @@ func (sh *shard) noteEvicted(d *device) {
 	c := *f
 	c.away = true
 	sh.publish(d.hash, &c)
-	sh.full.away = append(sh.full.away, awayID{d.id, d.hash})
-	for len(sh.full.away) > maxAway {
-		a := sh.full.away[0]
-		sh.full.away = sh.full.away[1:]
+	fs := &sh.full
+	if fs.awaySeq == nil {
+		fs.awaySeq = make(map[string]uint64)
+	}
+	fs.seq++
+	fs.awaySeq[d.id] = fs.seq
+	fs.away = append(fs.away, awayID{d.id, d.hash, fs.seq})
+	for len(fs.awaySeq) > maxAway {
+		a := fs.away[0]
+		fs.away = fs.away[1:]
+		if fs.awaySeq[a.id] != a.seq {
+			continue // stale
+		}
+		delete(fs.awaySeq, a.id)
 		if f := sh.lookupFull(a.hash, a.id); f != nil && f.away {
 			sh.unpublish(a.hash, a.id)
 		}
+	}
+	if len(fs.away) > 2*len(fs.awaySeq)+64 { // drop the stale entries
+		live := fs.away[:0]
+		for _, a := range fs.away {
+			if fs.awaySeq[a.id] == a.seq {
+				live = append(live, a)
+			}
+		}
+		clear(fs.away[len(live):])
+		fs.away = live
 	}
 }
 
@@ -178,49 +205,96 @@ func without(f *fullDevice, id string) (*fullDevice, bool) {
 	return &c, true
 }
 
-// checkFull refuses b if one of its samples names a metric new to a device
-// at its stream limit. It runs before b's ops are sent. A device whose set
-// is away is loaded first (and its set republished or dropped), then b is
-// checked again; an away set that is still away then (its load failed)
-// binds as it stands.
-func (s *Set) checkFull(b *Batch) error {
-	load, err := s.checkFullOnce(b, true)
-	if err != nil || len(load) == 0 {
-		return err
+// checkLimits refuses b, before any of it is applied, if it would give a
+// device more metrics than MaxStreams (see checkFull and checkWide).
+//
+// Both decide on published sets, and a set can be stale or missing while
+// its device is out of memory: away (evicted: its key may have expired
+// since) or never published since a restart (a device kept over a lowered
+// limit). So the devices such a check would refuse, or cannot decide for,
+// are loaded first, all at once, and b is checked again on what they
+// hold: one extra round trip, only for requests the published sets alone
+// would refuse or defer.
+func (s *Set) checkLimits(b *Batch) error {
+	var load []string
+	if s.nfull.Load() > 0 {
+		load = s.awayIn(b)
 	}
-	for _, id := range load {
-		if _, _, err := s.Device(id); err != nil {
+	if len(load) == 0 {
+		err := s.checkWide(b)
+		if err == nil && s.nfull.Load() > 0 {
+			err = s.checkFull(b)
+		}
+		var le *StreamLimitError
+		if err == nil || s.opts.Store == nil || !errors.As(err, &le) {
 			return err
 		}
+		load = append(load, le.Device)
 	}
-	_, err = s.checkFullOnce(b, false)
-	return err
+	if err := s.loadAll(load); err != nil {
+		return err
+	}
+	if err := s.checkWide(b); err != nil {
+		return err
+	}
+	return s.checkFull(b)
 }
 
-// checkFullOnce checks b against the published sets; with deferAway it
-// returns the IDs of away devices instead of deciding for them.
-func (s *Set) checkFullOnce(b *Batch, deferAway bool) (load []string, err error) {
+// awayIn returns the devices of b whose published sets are away.
+func (s *Set) awayIn(b *Batch) []string {
+	var ids []string
+	var seen map[string]bool
 	for i := range b.samples {
 		smp := &b.samples[i]
-		sh := s.shards[smp.shard]
-		f := sh.lookupFull(smp.hash, string(b.bytes(smp.dev)))
-		if f == nil {
-			continue
-		}
-		if f.away && deferAway {
-			if !slices.Contains(load, f.id) {
-				load = append(load, f.id)
+		id := b.bytes(smp.dev)
+		if f := s.shards[smp.shard].lookupFull(smp.hash, string(id)); f != nil && f.away && !seen[f.id] {
+			if seen == nil {
+				seen = make(map[string]bool)
 			}
+			seen[f.id] = true
+			ids = append(ids, f.id)
+		}
+	}
+	return ids
+}
+
+// loadAll brings the devices ids into memory (reads load them, and a
+// successful load republishes or drops their sets), one read per device,
+// all in flight at once.
+func (s *Set) loadAll(ids []string) error {
+	if !s.admit() {
+		return ErrStopped
+	}
+	defer s.done()
+	done := new(latch)
+	done.add(int32(len(ids)))
+	for _, id := range ids {
+		o := &op{kind: opDevice, id: id, done: done, hash: maphash.String(s.seed, id)}
+		sh := s.shards[s.shardOfHash(o.hash)]
+		sh.pending.Add(1)
+		sh.inbox <- o
+	}
+	done.wait()
+	return nil
+}
+
+// checkFull refuses b if one of its samples names a metric new to a device
+// at its stream limit, as its published set (away or not) stands.
+func (s *Set) checkFull(b *Batch) error {
+	for i := range b.samples {
+		smp := &b.samples[i]
+		f := s.shards[smp.shard].lookupFull(smp.hash, string(b.bytes(smp.dev)))
+		if f == nil {
 			continue
 		}
 		for j := smp.ms.lo; j < smp.ms.hi; j++ {
 			name := b.bytes(b.metrics[j].name)
 			if !f.has(s.nameHash(name)) {
-				return nil, &StreamLimitError{Device: f.id, Metric: string(name), Limit: s.opts.MaxStreams, Index: i}
+				return &StreamLimitError{Device: f.id, Metric: string(name), Limit: s.opts.MaxStreams, Index: i}
 			}
 		}
 	}
-	return load, nil
+	return nil
 }
 
 // checkWide refuses b if it names more metrics new to one device than a

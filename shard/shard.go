@@ -192,6 +192,7 @@ type Set struct {
 	clock      atomic.Int64 // unix ns, advanced by Collect: the idle-eviction clock
 	unrestored atomic.Int64
 	retries    atomic.Int64 // retried loads of unrestored devices in flight
+	newer      atomic.Int64 // unrestored devices a newer version saved
 	evicted    atomic.Uint64
 
 	// clients counts Ingest, Device, Anomalies and Summarize calls from
@@ -369,13 +370,8 @@ func (s *Set) Ingest(b *Batch) error {
 		smp.shard = int32(s.shardOfHash(smp.hash))
 		b.counts[smp.shard]++
 	}
-	if err := s.checkWide(b); err != nil {
+	if err := s.checkLimits(b); err != nil {
 		return err
-	}
-	if s.nfull.Load() > 0 {
-		if err := s.checkFull(b); err != nil {
-			return err
-		}
 	}
 	// Reserve a place in every shard's queue first, so that a full one
 	// leaves the batch wholly unapplied.
@@ -963,6 +959,7 @@ type device struct {
 	loading    bool                 // a first load from the store is in flight; ops wait
 	retrying   bool                 // a retry of a failed load is in flight; ops go on
 	unrestored bool                 // the load failed: serving fresh state, never persisted
+	newer      bool                 // unrestored because a newer version saved it: not retried
 	waiting    []parked             // ops waiting for the load, in arrival order
 	replay     map[string]*keptRing // per metric: samples taken while unrestored, to replay on the stored state
 	rseq       uint64               // orders the replay samples of all metrics

@@ -145,10 +145,15 @@ var ErrCorrupt = errors.New("corrupt snapshot")
 
 // ErrNewerVersion means the snapshot was written by a newer version of the
 // service: not garbage, and not to be written over (rolling a deploy back
-// must not destroy what the newer version saved). Every version starts
-// with its version byte (below 128) and the device ID, so DecodeSnapshot
-// returns that much with this error, for the caller to check the ID.
+// must not destroy what the newer version saved). Every version after 1
+// starts with its version byte (2 to 127), newerMagic and the device ID,
+// so DecodeSnapshot returns the ID with this error, for the caller to
+// check; without the magic, a first byte and a short ID were enough for
+// garbage to pass as a newer snapshot and never be replaced.
 var ErrNewerVersion = errors.New("snapshot written by a newer version")
+
+// newerMagic follows the version byte of every version after 1.
+const newerMagic = "aisv"
 
 // DecodeSnapshot parses an encoding made by AppendBinary. It rejects a
 // wrong version, truncation, trailing bytes, non-minimal varints, absurd
@@ -157,7 +162,8 @@ var ErrNewerVersion = errors.New("snapshot written by a newer version")
 func DecodeSnapshot(b []byte) (*Snapshot, error) {
 	d := decoder{b: b}
 	if v := d.byte(); d.err == nil && v != snapshotVersion {
-		if v > snapshotVersion && v < 128 {
+		if v > snapshotVersion && v < 128 && len(d.b) >= len(newerMagic) && string(d.b[:len(newerMagic)]) == newerMagic {
+			d.b = d.b[len(newerMagic):]
 			if id := d.string(); d.err == nil {
 				return &Snapshot{Device: id}, fmt.Errorf("%w: version %d, this one reads %d", ErrNewerVersion, v, snapshotVersion)
 			}
