@@ -128,6 +128,17 @@ func (b *Batch) TS(i int) int64 { return b.samples[i].ts }
 // Value returns the value of sample i's j-th metric.
 func (b *Batch) Value(i, j int) float64 { return b.metrics[int(b.samples[i].ms.lo)+j].v }
 
+// AppendSample copies sample i of src (device, ts and metrics) to the end
+// of b: how a request is split by the pod that owns each device.
+func (b *Batch) AppendSample(src *Batch, i int) {
+	smp := &src.samples[i]
+	b.Add(src.bytes(smp.dev), smp.ts)
+	for j := smp.ms.lo; j < smp.ms.hi; j++ {
+		m := &src.metrics[j]
+		b.AddMetric(src.bytes(m.name), m.v)
+	}
+}
+
 // Mark is a point in a Batch's growth that Rewind returns to.
 type Mark struct{ samples, metrics, buf int }
 

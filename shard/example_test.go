@@ -158,3 +158,16 @@ func ExampleSet_Collect() {
 type emptyStore struct{}
 
 func (emptyStore) Load(id string, done func(*shard.Snapshot, error)) { go done(nil, nil) }
+
+func ExampleBatch_AppendSample() {
+	var all, part shard.Batch
+	all.Add([]byte("a"), 1)
+	all.AddMetric([]byte("temp"), 20)
+	all.Add([]byte("b"), 2)
+	all.AddMetric([]byte("temp"), 30)
+	all.AddMetric([]byte("hum"), 40)
+	part.AppendSample(&all, 1)
+	fmt.Println(part.Len(), string(part.Device(0)), part.TS(0), string(part.MetricName(0, 1)), part.Value(0, 1))
+	// Output:
+	// 1 b 2 hum 40
+}

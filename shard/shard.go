@@ -161,6 +161,10 @@ type Anomaly struct {
 	sample int32 // index in its batch, to restore sample order
 }
 
+// Sample returns the index, in the batch that raised it, of the sample a
+// was raised for (in Batch.Anomalies; zero in a device's history).
+func (a *Anomaly) Sample() int { return int(a.sample) }
+
 // MetricState is one stream as the device route shows it.
 type MetricState struct {
 	Name      string
