@@ -452,6 +452,17 @@ func (s *Set) Device(id string) ([]MetricState, bool, error) {
 	return o.metrics, o.found, nil
 }
 
+// Held reports whether device is in memory here: a cluster member applies a
+// forwarded sample for a device it does not own only if it holds it (its
+// view lags the sender's). Unlike Device, it never loads the device.
+func (s *Set) Held(id string) (bool, error) {
+	o, err := s.ask(opHeld, id)
+	if err != nil {
+		return false, err
+	}
+	return o.found, nil
+}
+
 // Anomalies returns device's most recent anomalies, newest first, or false
 // when the device is unknown.
 func (s *Set) Anomalies(id string) ([]Anomaly, bool, error) {
@@ -619,6 +630,7 @@ const (
 	opRetry
 	opNames
 	opAbandon
+	opHeld
 )
 
 // op is one message to a shard. The sender owns it again once done has
@@ -728,6 +740,10 @@ func (sh *shard) handle(o *op) bool {
 		return sh.ingest(o)
 	case opDevice, opAnomalies:
 		return sh.read(o)
+	case opHeld:
+		d := sh.lookup(o.hash, []byte(o.id))
+		o.found = d != nil && !d.loading
+
 	case opSummary:
 		sh.summarize(o)
 	case opNames:

@@ -526,3 +526,20 @@ func BenchmarkScrape(b *testing.B) {
 		}
 	})
 }
+
+// TestHeld: Held tells whether a device is in memory, without loading it.
+func TestHeld(t *testing.T) {
+	st := newMemStore()
+	s := MustNewSet(t, Options{Shards: 2, Store: st})
+	if err := s.Ingest(batchOf([]string{"a"}, "m", []float64{1})); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]bool{"a": true, "b": false} {
+		if got, err := s.Held(id); err != nil || got != want {
+			t.Fatalf("Held(%q) = %v, %v; want %v", id, got, err, want)
+		}
+	}
+	if s.Devices() != 1 {
+		t.Fatalf("Held loaded a device: %d devices", s.Devices())
+	}
+}
