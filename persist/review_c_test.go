@@ -72,7 +72,10 @@ func TestReviewCRetryAfterFinalCollectUnreported(t *testing.T) {
 	// ~2 s into it. At 1.8 s the key becomes readable and Redis stalls for
 	// 500 ms: the next retry's GET is answered at ~2.3 s, after the final
 	// collect.
+	stalled := make(chan struct{})
+	defer func() { <-stalled }() // t.Errorf below must not outlive the test
 	go func() {
+		defer close(stalled)
 		time.Sleep(1800 * time.Millisecond)
 		cmds := []string{"ACL SETUSER default allkeys", "CLIENT PAUSE 500 ALL"}
 		for _, res := range c.DoMulti(context.Background(),
@@ -111,11 +114,14 @@ func TestReviewCStopDoesNotRedialWhenRedisReturns(t *testing.T) {
 		t.Fatalf("test premise: unrestored %d", s.set.Unrestored())
 	}
 	time.Sleep(5 * time.Second) // the outage goes on: the connector's backoff reaches 5 s
+	back := make(chan struct{})
 	go func() {
+		defer close(back)
 		time.Sleep(300 * time.Millisecond)
 		r.Start()
 	}()
 	rep, took, err := stopLikeMain(t, s)
+	<-back // r is the test's again: no race on its process
 	c := r.client(t)
 	st := stored(t, c, "d")
 	t.Logf("stop took %v: %+v, %v; redis holds d: %+v", took.Round(time.Millisecond), rep, err, st)
@@ -191,11 +197,14 @@ func TestReviewCReconcileGivesUpWithBudgetLeft(t *testing.T) {
 	if s.set.Unrestored() != 1 {
 		t.Fatalf("test premise: unrestored %d", s.set.Unrestored())
 	}
+	back := make(chan struct{})
 	go func() {
+		defer close(back)
 		time.Sleep(2300 * time.Millisecond)
 		r.Start()
 	}()
 	rep, took, err := stopLikeMain(t, s)
+	<-back
 	c := r.client(t)
 	d, u := stored(t, c, "dirty"), stored(t, c, "unrestored")
 	t.Logf("stop took %v: %+v, %v; redis holds dirty: %v, unrestored: %v", took.Round(time.Millisecond), rep, err, d != nil, u != nil)
