@@ -22,6 +22,7 @@ import (
 
 	"ai-load-service/persist"
 	"ai-load-service/server"
+	"ai-load-service/server/cluster"
 	"ai-load-service/shard"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -59,6 +60,14 @@ type config struct {
 	SnapshotInterval time.Duration
 	SnapshotTTL      time.Duration
 	IdleEvict        time.Duration
+
+	SelfAddr       string
+	Peers          string
+	PeersFile      string
+	PeersDNS       string
+	PeerPort       string
+	PeersRefresh   time.Duration
+	ForwardTimeout time.Duration
 }
 
 // parseConfig reads args and then, for the settings args leave out, env
@@ -86,6 +95,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		SnapshotInterval: time.Second,
 		SnapshotTTL:      7 * 24 * time.Hour,
 		IdleEvict:        15 * time.Minute,
+
+		PeersRefresh:   5 * time.Second,
+		ForwardTimeout: 2 * time.Second,
 	}
 	fs := flag.NewFlagSet("ai-load-service", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -121,6 +133,13 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	v(durIn(&c.SnapshotInterval, 10*time.Millisecond, time.Hour), "snapshot-interval", "SNAPSHOT_INTERVAL", "how often changed devices are written to Redis")
 	v(durIn(&c.SnapshotTTL, time.Second, 10*365*24*time.Hour), "snapshot-ttl", "SNAPSHOT_TTL", "expiry of each device's Redis key")
 	v(durIn(&c.IdleEvict, time.Second, 365*24*time.Hour), "idle-evict", "IDLE_EVICT", "devices untouched this long are dropped from memory (Redis mode)")
+	v((*strValue)(&c.SelfAddr), "self-addr", "SELF_ADDR", "host:port the other members reach this pod at (cluster mode)")
+	v((*strValue)(&c.Peers), "peers", "PEERS", "cluster members, comma-separated host:port")
+	v((*strValue)(&c.PeersFile), "peers-file", "PEERS_FILE", "file of cluster members, one host:port a line, re-read every PEERS_REFRESH")
+	v((*strValue)(&c.PeersDNS), "peers-dns", "PEERS_DNS", "name whose A/AAAA records are the cluster members (a headless Service), resolved every PEERS_REFRESH")
+	v((*strValue)(&c.PeerPort), "peer-port", "PEER_PORT", "port of the members PEERS_DNS finds (default: ADDR's port)")
+	v(durIn(&c.PeersRefresh, 100*time.Millisecond, time.Hour), "peers-refresh", "PEERS_REFRESH", "how often PEERS_FILE is re-read and PEERS_DNS re-resolved")
+	v(durIn(&c.ForwardTimeout, 10*time.Millisecond, time.Minute), "forward-timeout", "FORWARD_TIMEOUT", "how long a request forwarded to another member may take")
 	v((*strValue)(&c.RulesFile), "detector-config", "DETECTOR_CONFIG", "JSON file of per-metric detector rules")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -141,6 +160,21 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	})
 	if envErr != nil {
 		return c, envErr
+	}
+	sources := 0
+	for _, src := range []string{c.Peers, c.PeersFile, c.PeersDNS} {
+		if src != "" {
+			sources++
+		}
+	}
+	switch {
+	case sources > 1:
+		return c, fmt.Errorf("PEERS, PEERS_FILE and PEERS_DNS are alternatives: set one")
+	case sources == 1 && c.SelfAddr == "":
+		return c, fmt.Errorf("cluster mode needs SELF_ADDR, the host:port the other members reach this pod at (in Kubernetes the pod IP from the downward API)")
+	case c.PeersDNS != "" && c.PeerPort == "":
+		_, port, _ := net.SplitHostPort(c.Addr)
+		c.PeerPort = port
 	}
 	if c.RedisAddr != "" && c.SnapshotTTL <= c.IdleEvict+2*c.SnapshotInterval {
 		// A clean device's key is only refreshed when the device changes: it
@@ -394,8 +428,21 @@ func run(c config, log zerolog.Logger) error {
 	if store != nil {
 		store.Start(set)
 	}
+	clusterMetrics := metrics.NewSet()
+	members, err := c.membership(log, clusterMetrics)
+	if err != nil {
+		stopState(store, set, log)
+		return err
+	}
+	if members != nil {
+		members.Start()
+		defer members.Stop()
+		extra = append(extra, clusterMetrics)
+		state += ", cluster member " + c.SelfAddr
+	}
 	h := server.New(server.Options{Shards: set, MaxBodyBytes: c.MaxBodyBytes, Log: log, Pprof: c.Pprof, Metrics: extra,
-		Timeouts: server.Timeouts{Read: c.ReadTimeout, Write: c.WriteTimeout, Idle: c.IdleTimeout}})
+		Timeouts: server.Timeouts{Read: c.ReadTimeout, Write: c.WriteTimeout, Idle: c.IdleTimeout},
+		Cluster:  members, ForwardTimeout: c.ForwardTimeout})
 	// No ReadTimeout, WriteTimeout or IdleTimeout: the Listener from
 	// h.Listen enforces them without a timer update per request.
 	srv := h.NewServer()
@@ -440,6 +487,12 @@ func run(c config, log zerolog.Logger) error {
 		}
 	}()
 
+	if members != nil {
+		// From its own point of view the pod now owns nothing: what
+		// reaches it goes to the others, while what it holds is still
+		// served to members that send it here.
+		members.Leave()
+	}
 	h.SetDraining()
 	if c.DrainDelay > 0 {
 		time.Sleep(c.DrainDelay)
@@ -495,6 +548,26 @@ func stopState(store *persist.Writer, set *shard.Set, log zerolog.Logger) {
 	t = time.Now()
 	set.Stop()
 	log.Info().Dur("took", time.Since(t)).Msg("shards stopped")
+}
+
+// membership returns the cluster membership the settings describe, or nil
+// for a cluster of one.
+func (c config) membership(log zerolog.Logger, ms *metrics.Set) (*cluster.Membership, error) {
+	if c.Peers == "" && c.PeersFile == "" && c.PeersDNS == "" {
+		return nil, nil
+	}
+	var static []string
+	for _, p := range strings.Split(c.Peers, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			static = append(static, p)
+		}
+	}
+	m, err := cluster.New(cluster.Options{Self: c.SelfAddr, Static: static, File: c.PeersFile, DNS: c.PeersDNS, Port: c.PeerPort,
+		Refresh: c.PeersRefresh, Log: log, Metrics: ms})
+	if err != nil {
+		return nil, fmt.Errorf("cluster settings: %w", err)
+	}
+	return m, nil
 }
 
 func (c config) redisAddrs() []string {

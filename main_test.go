@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -358,7 +359,12 @@ type service struct {
 
 func startService(t *testing.T, bin string, env ...string) *service {
 	t.Helper()
-	addr := freeAddr(t)
+	return startServiceAt(t, bin, freeAddr(t), env...)
+}
+
+// startServiceAt runs the binary on addr and waits until it is ready.
+func startServiceAt(t *testing.T, bin, addr string, env ...string) *service {
+	t.Helper()
 	s := &service{base: "http://" + addr, logs: new(bytes.Buffer)}
 	s.cmd = exec.Command(bin, "-addr", addr)
 	s.cmd.Env = append(os.Environ(), env...)
@@ -992,4 +998,19 @@ func TestMetricsExposition(t *testing.T) {
 			}
 		}
 	})
+}
+
+// devicesHeld reads the devices s holds in memory from /api/v1/cluster.
+func (s *service) devicesHeld(t *testing.T) int {
+	t.Helper()
+	var info struct{ Devices int }
+	resp, err := http.Get(s.base + "/api/v1/cluster")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&info); err != nil {
+		t.Fatal(err)
+	}
+	return info.Devices
 }

@@ -48,6 +48,11 @@ func at(e *Error, i int) *Error {
 func (h *Handler) writeError(ctx *fasthttp.RequestCtx, err error) {
 	var e *Error
 	var limit *shard.StreamLimitError
+	var part *partialError
+	if errors.As(err, &part) {
+		h.writePartial(ctx, part)
+		return
+	}
 	switch {
 	case errors.As(err, &e):
 	case errors.As(err, &limit):
@@ -92,4 +97,45 @@ func (h *Handler) readError(err error) *Error {
 
 func bodyTooLarge(max int) *Error {
 	return errorf(fasthttp.StatusRequestEntityTooLarge, "request body exceeds %d bytes; split the batch", max)
+}
+
+// statusOf is the status writeError answers err with.
+func statusOf(err error) int {
+	var e *Error
+	var limit *shard.StreamLimitError
+	switch {
+	case errors.As(err, &e):
+		return e.Status
+	case errors.As(err, &limit):
+		return fasthttp.StatusTooManyRequests
+	case errors.Is(err, shard.ErrOverloaded), errors.Is(err, shard.ErrStopped):
+		return fasthttp.StatusServiceUnavailable
+	}
+	return fasthttp.StatusInternalServerError
+}
+
+// writePartial answers a request applied in part (cluster mode): the
+// status, the problem, and the indexes of the samples applied, so a client
+// can resend the others and nothing twice.
+func (h *Handler) writePartial(ctx *fasthttp.RequestCtx, e *partialError) {
+	if e.status == fasthttp.StatusServiceUnavailable {
+		ctx.Response.Header.Set("Retry-After", "1")
+	}
+	buf := append(ctx.Response.Body()[:0], `{"error":`...)
+	buf = appendString(buf, e.msg+"; the samples at the indexes in applied were applied, resend the others")
+	buf = append(buf, `,"applied":[`...)
+	first := true
+	for i, ok := range e.applied {
+		if ok {
+			if !first {
+				buf = append(buf, ',')
+			}
+			first = false
+			buf = strconv.AppendInt(buf, int64(i), 10)
+		}
+	}
+	buf = append(buf, "]}\n"...)
+	ctx.SetStatusCode(e.status)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(buf)
 }

@@ -1,10 +1,539 @@
 package server
 
-import (
-	"strconv"
+// Forwarding to the pod that owns a device (cluster mode, Options.Cluster).
+//
+// A pod validates a whole request first, as it always does, then splits it
+// by owner (rendezvous hashing over its membership view): its own part goes
+// to its shards, and each other owner gets one request with its samples,
+// marked with hdrForwarded. A marked request is never forwarded again: the
+// receiver applies it whole if it owns, or still holds, every device in
+// it, and refuses it whole with 421 otherwise. A part refused with 421, or
+// whose owner cannot be dialled (nothing of it can have been applied), is
+// tried once more after the view is refreshed at once; what still fails is
+// answered 503 with the indexes that were applied, so a client can resend
+// the rest. A part whose owner took it but did not answer in time may or
+// may not be applied: it is not retried (that could apply it twice), and
+// the 503 says so.
 
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"ai-load-service/server/cluster"
 	"ai-load-service/shard"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/valyala/fasthttp"
 )
+
+// hdrForwarded marks a request one member forwarded to another; its value
+// is the sender's address.
+const hdrForwarded = "X-Aiload-Forwarded"
+
+// forwarder sends parts of requests to their owners.
+type forwarder struct {
+	members *cluster.Membership
+	client  *fasthttp.Client
+	timeout time.Duration
+	ms      *metrics.Set
+	mu      sync.Mutex // guards the per-peer metrics below, created on first use
+	byPeer  map[string]*peerMetrics
+	// refreshing is set while refreshSoon's refresh runs. (It ends by the
+	// membership's Stop, which ends any Refresh waiting.)
+	refreshing atomic.Bool
+}
+
+type peerMetrics struct {
+	ok, misdirected, failed, ambiguous *metrics.Counter
+	duration                           *metrics.PrometheusHistogram
+}
+
+func newForwarder(m *cluster.Membership, timeout time.Duration, ms *metrics.Set) *forwarder {
+	if timeout <= 0 {
+		timeout = 2 * time.Second
+	}
+	return &forwarder{
+		members: m, timeout: timeout, ms: ms, byPeer: map[string]*peerMetrics{},
+		// Pod addresses, not a Service name: fasthttp caches DNS.
+		client: &fasthttp.Client{Name: "ai-load-service", MaxConnsPerHost: 512, ReadTimeout: timeout, WriteTimeout: timeout,
+			MaxIdleConnDuration: 30 * time.Second, ConnPoolStrategy: fasthttp.LIFO},
+	}
+}
+
+// refreshSoon refreshes the view in the background, at most one at a time:
+// a peer's request says the views disagree.
+func (f *forwarder) refreshSoon() {
+	if !f.refreshing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer f.refreshing.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+		defer cancel()
+		_ = f.members.Refresh(ctx)
+	}()
+}
+
+func (f *forwarder) peer(addr string) *peerMetrics {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p := f.byPeer[addr]
+	if p == nil {
+		c := func(status string) *metrics.Counter {
+			return f.ms.GetOrCreateCounter(fmt.Sprintf(`forwarded_requests_total{peer=%q,result=%q}`, addr, status))
+		}
+		p = &peerMetrics{ok: c("ok"), misdirected: c("misdirected"), failed: c("unreachable"), ambiguous: c("no_answer"),
+			duration: f.ms.GetOrCreatePrometheusHistogramExt(fmt.Sprintf(`forward_duration_seconds{peer=%q}`, addr), durationBuckets)}
+		f.byPeer[addr] = p
+	}
+	return p
+}
+
+// reply is what an owner answers a forwarded ingest part.
+type reply struct {
+	Accepted  int `json:"accepted"`
+	Anomalies []struct {
+		Device, Metric         string
+		TS                     int64
+		Value, Mean, Stddev, Z float64
+		Sample                 int
+	} `json:"anomalies"`
+	Head  *shard.StreamHead `json:"head"`
+	Error string            `json:"error"`
+}
+
+// outcome of one part sent to an owner.
+type outcome int
+
+const (
+	partOK        outcome = iota
+	partRetry             // nothing of it applied (421, or the owner not dialled): try again
+	partAmbiguous         // sent, no answer: it may have been applied
+	partRefused           // the owner answered an error: nothing of it applied
+)
+
+// send forwards the samples idx of b to owner and reports the outcome.
+func (f *forwarder) send(owner, self string, b *shard.Batch, idx []int32, buf []byte) (outcome, *reply, int, string) {
+	p := f.peer(owner)
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI("http://" + owner + "/api/v1/ingest")
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.Header.SetContentType("application/json")
+	req.Header.Set(hdrForwarded, self)
+	req.SetBodyRaw(appendForward(buf[:0], b, idx))
+	start := time.Now()
+	err := f.client.DoTimeout(req, resp, f.timeout)
+	p.duration.UpdateDuration(start)
+	switch {
+	case err != nil && notDialled(err):
+		p.failed.Inc()
+		return partRetry, nil, 0, fmt.Sprintf("member %s could not be reached: %v", owner, err)
+	case err != nil:
+		p.ambiguous.Inc()
+		return partAmbiguous, nil, 0, fmt.Sprintf("member %s took the samples but did not answer (%v): they may or may not have been applied", owner, err)
+	case resp.StatusCode() == fasthttp.StatusMisdirectedRequest:
+		p.misdirected.Inc()
+		return partRetry, nil, 0, fmt.Sprintf("member %s does not own them", owner)
+	}
+	var r reply
+	if err := json.Unmarshal(resp.Body(), &r); err != nil {
+		p.ambiguous.Inc()
+		return partAmbiguous, nil, 0, fmt.Sprintf("member %s answered %d with an unreadable body: %v", owner, resp.StatusCode(), err)
+	}
+	if resp.StatusCode() != fasthttp.StatusOK {
+		p.failed.Inc()
+		return partRefused, nil, resp.StatusCode(), fmt.Sprintf("member %s: %s", owner, r.Error)
+	}
+	p.ok.Inc()
+	return partOK, &r, 0, ""
+}
+
+// notDialled reports an error from which nothing can have reached the
+// peer: the connection was never made.
+func notDialled(err error) bool {
+	var op *net.OpError
+	return errors.Is(err, fasthttp.ErrDialTimeout) || errors.As(err, &op) && op.Op == "dial"
+}
+
+// placed is an anomaly of the whole request with its sample's index there.
+type placed struct {
+	at int
+	a  shard.Anomaly
+}
+
+// applyCluster applies a decoded request in cluster mode; see the top of
+// the file. st.batch holds the request; encode writes the 200 answer.
+func (h *Handler) applyCluster(ctx *fasthttp.RequestCtx, st *ingestState, encode func([]byte, *shard.Batch) []byte) error {
+	b := &st.batch
+	view := h.fwd.members.View()
+	if len(ctx.Request.Header.Peek(hdrForwarded)) > 0 {
+		return h.applyForwarded(ctx, st, view)
+	}
+	n := b.Len()
+	owner := make([]string, n)
+	remote := false
+	for i := range n {
+		owner[i] = view.Owner(b.Device(i))
+		remote = remote || owner[i] != view.Self
+	}
+	if !remote {
+		return h.applyLocal(ctx, st, encode)
+	}
+
+	applied := make([]bool, n)
+	var found []placed
+	var head *shard.StreamHead
+	var status int
+	var problems []string
+	pending := make([]int32, n)
+	for i := range pending {
+		pending[i] = int32(i)
+	}
+	for attempt := 0; attempt < 2 && len(pending) > 0; attempt++ {
+		if attempt > 0 {
+			rctx, cancel := context.WithTimeout(context.Background(), h.fwd.timeout)
+			_ = h.fwd.members.Refresh(rctx) // the view as of now, or the old one
+			cancel()
+			view = h.fwd.members.View()
+			for _, i := range pending {
+				owner[i] = view.Owner(b.Device(int(i)))
+			}
+			problems = problems[:0]
+		}
+		parts := map[string][]int32{}
+		for _, i := range pending {
+			parts[owner[i]] = append(parts[owner[i]], i)
+		}
+		pending = pending[:0]
+		type result struct {
+			owner string
+			idx   []int32
+			out   outcome
+			r     *reply
+			code  int
+			msg   string
+		}
+		results := make(chan result, len(parts))
+		var local []int32
+		for o, idx := range parts {
+			if o == view.Self {
+				local = idx
+				continue
+			}
+			go func() {
+				out, r, code, msg := h.fwd.send(o, view.Self, b, idx, nil)
+				results <- result{o, idx, out, r, code, msg}
+			}()
+		}
+		if local != nil {
+			as, hd, err := h.applyPart(st, local)
+			if err != nil {
+				problems = append(problems, err.Error())
+				status = cmp.Or(status, statusOf(err))
+			} else {
+				for _, i := range local {
+					applied[i] = true
+				}
+				found = append(found, as...)
+				if local[0] == 0 {
+					head = hd
+				}
+			}
+		}
+		for range len(parts) - btoi(local != nil) {
+			res := <-results
+			switch res.out {
+			case partOK:
+				for _, i := range res.idx {
+					applied[i] = true
+				}
+				for _, a := range res.r.Anomalies {
+					if a.Sample < 0 || a.Sample >= len(res.idx) {
+						continue
+					}
+					found = append(found, placed{int(res.idx[a.Sample]), shard.Anomaly{Device: a.Device, Metric: a.Metric, TS: a.TS,
+						Value: a.Value, Mean: a.Mean, Stddev: a.Stddev, Z: a.Z}})
+				}
+				if res.idx[0] == 0 && res.r.Head != nil {
+					head = res.r.Head
+				}
+			case partRetry:
+				pending = append(pending, res.idx...)
+				problems = append(problems, res.msg)
+			default:
+				problems = append(problems, res.msg)
+				status = cmp.Or(status, res.code)
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return &partialError{status: cmp.Or(status, fasthttp.StatusServiceUnavailable), msg: problems[0], applied: applied}
+	}
+	slices.SortStableFunc(found, func(x, y placed) int { return x.at - y.at })
+	b.Anomalies = b.Anomalies[:0]
+	for _, p := range found {
+		b.Anomalies = append(b.Anomalies, p.a)
+	}
+	if head != nil {
+		b.Head = *head
+	}
+	st.out = encode(st.out[:0], b)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(st.out)
+	return nil
+}
+
+func btoi(v bool) int {
+	if v {
+		return 1
+	}
+	return 0
+}
+
+// applyPart applies the samples idx of st.batch here, and returns their
+// anomalies placed at their index in st.batch and the head of the first.
+func (h *Handler) applyPart(st *ingestState, idx []int32) ([]placed, *shard.StreamHead, error) {
+	part := &st.part
+	part.Reset()
+	part.SetReceived(st.batch.Received())
+	for _, i := range idx {
+		part.AppendSample(&st.batch, int(i))
+	}
+	if err := h.set.Ingest(part); err != nil {
+		return nil, nil, err
+	}
+	h.count(part)
+	out := make([]placed, len(part.Anomalies))
+	for k := range part.Anomalies {
+		out[k] = placed{int(idx[part.Anomalies[k].Sample()]), part.Anomalies[k]}
+	}
+	hd := part.Head
+	return out, &hd, nil
+}
+
+// applyForwarded applies a request another member forwarded, whole, if
+// this pod owns or holds each of its devices, and refuses it whole (421)
+// otherwise; it is never forwarded again. The answer places each anomaly
+// by its sample index and carries the first sample's head.
+func (h *Handler) applyForwarded(ctx *fasthttp.RequestCtx, st *ingestState, view *cluster.View) error {
+	b := &st.batch
+	for i := range b.Len() {
+		if view.Owner(b.Device(i)) == view.Self {
+			continue
+		}
+		held, err := h.set.Held(string(b.Device(i)))
+		if err != nil {
+			return err
+		}
+		if !held {
+			h.fwd.refreshSoon() // the sender's view and this one disagree
+			return errorf(fasthttp.StatusMisdirectedRequest, "device %q is not owned here by this member's view (%d members); refresh the view and send it to its owner",
+				b.Device(i), len(view.Members))
+		}
+	}
+	if err := h.set.Ingest(b); err != nil {
+		return err
+	}
+	h.count(b)
+	dst := append(st.out[:0], `{"accepted":`...)
+	dst = strconv.AppendInt(dst, int64(b.Len()), 10)
+	dst = append(dst, `,"anomalies":`...)
+	dst = appendAnomaliesAt(dst, b.Anomalies)
+	dst = append(dst, `,"head":{"Window":`...)
+	dst = strconv.AppendInt(dst, int64(b.Head.Window), 10)
+	dst = append(dst, `,"Size":`...)
+	dst = strconv.AppendInt(dst, int64(b.Head.Size), 10)
+	dst = append(dst, `,"Mean":`...)
+	dst = appendFloat(dst, b.Head.Mean)
+	dst = append(dst, "}}\n"...)
+	st.out = dst
+	ctx.SetContentType("application/json")
+	ctx.SetBody(st.out)
+	return nil
+}
+
+// appendAnomaliesAt is appendAnomalies with each anomaly's sample index.
+func appendAnomaliesAt(dst []byte, as []shard.Anomaly) []byte {
+	dst = append(dst, '[')
+	for i := range as {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		one := appendAnomalies(nil, as[i:i+1])
+		dst = append(dst, one[1:len(one)-2]...) // the object without its closing brace
+		dst = append(dst, `,"sample":`...)
+		dst = strconv.AppendInt(dst, int64(as[i].Sample()), 10)
+		dst = append(dst, '}')
+	}
+	return append(dst, ']')
+}
+
+// partialError is a request applied in part: the status, the first
+// problem, and which samples were applied, for the client to resend the
+// rest.
+type partialError struct {
+	status  int
+	msg     string
+	applied []bool
+}
+
+func (e *partialError) Error() string { return e.msg }
+
+// forwardRead answers a read of device id with its owner's answer when
+// another member owns it (done true). A forwarded read is answered here if
+// this pod owns or holds the device, and refused (421) otherwise; reads
+// load devices, so answering it anyway would make a second copy.
+func (h *Handler) forwardRead(ctx *fasthttp.RequestCtx, id string) (done bool, err error) {
+	if h.fwd == nil {
+		return false, nil
+	}
+	view := h.fwd.members.View()
+	if len(ctx.Request.Header.Peek(hdrForwarded)) > 0 {
+		if view.Owner([]byte(id)) == view.Self {
+			return false, nil
+		}
+		held, err := h.set.Held(id)
+		if err != nil || held {
+			return err != nil, err
+		}
+		return true, errorf(fasthttp.StatusMisdirectedRequest, "device %q is not owned here by this member's view; refresh the view and ask its owner", id)
+	}
+	var last string
+	for attempt := range 2 {
+		if attempt > 0 { // reads change nothing: any failure can be retried
+			rctx, cancel := context.WithTimeout(context.Background(), h.fwd.timeout)
+			_ = h.fwd.members.Refresh(rctx)
+			cancel()
+			view = h.fwd.members.View()
+		}
+		owner := view.Owner([]byte(id))
+		if owner == view.Self {
+			return false, nil
+		}
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		req.SetRequestURI("http://" + owner + string(ctx.RequestURI()))
+		req.Header.Set(hdrForwarded, view.Self)
+		start := time.Now()
+		err := h.fwd.client.DoTimeout(req, resp, h.fwd.timeout)
+		p := h.fwd.peer(owner)
+		p.duration.UpdateDuration(start)
+		switch {
+		case err != nil:
+			p.failed.Inc()
+			last = fmt.Sprintf("member %s could not be asked: %v", owner, err)
+		case resp.StatusCode() == fasthttp.StatusMisdirectedRequest:
+			p.misdirected.Inc()
+			last = fmt.Sprintf("member %s does not own it", owner)
+		default:
+			p.ok.Inc()
+			ctx.SetStatusCode(resp.StatusCode())
+			ctx.SetContentType("application/json")
+			ctx.SetBody(resp.Body())
+		}
+		fasthttp.ReleaseRequest(req)
+		fasthttp.ReleaseResponse(resp)
+		if last == "" {
+			return true, nil
+		}
+	}
+	return true, errorf(fasthttp.StatusServiceUnavailable, "the owner of device %q cannot answer: %s; retry", id, last)
+}
+
+// summarize adds every other member's /analyze?scope=local to s and
+// returns the members that did not answer.
+func (f *forwarder) summarize(s *shard.Summary) (unreachable []string) {
+	view := f.members.View()
+	type part struct {
+		member string
+		a      analyzeBody
+		err    error
+	}
+	parts := make(chan part, len(view.Members))
+	asked := 0
+	for _, m := range view.Members {
+		if m == view.Self {
+			continue
+		}
+		asked++
+		go func() {
+			var a analyzeBody
+			code, body, err := f.client.GetTimeout(nil, "http://"+m+"/analyze?scope=local", f.timeout)
+			if err == nil && code != fasthttp.StatusOK {
+				err = fmt.Errorf("status %d", code)
+			}
+			if err == nil {
+				err = json.Unmarshal(body, &a)
+			}
+			parts <- part{m, a, err}
+		}()
+	}
+	for range asked {
+		p := <-parts
+		if p.err != nil {
+			unreachable = append(unreachable, p.member)
+			continue
+		}
+		s.Merge(shard.Summary{Devices: p.a.Devices, Streams: p.a.Streams, Samples: p.a.TotalMetrics, Anomalies: p.a.AnomalyCount,
+			Values: p.a.WindowValues, Mean: p.a.RollingAverage, Stddev: p.a.StdDev, Min: p.a.Min, Max: p.a.Max})
+	}
+	slices.Sort(unreachable)
+	return unreachable
+}
+
+// analyzeBody is what /analyze answers, as far as a merge needs.
+type analyzeBody struct {
+	RollingAverage float64 `json:"rolling_average"`
+	StdDev         float64 `json:"std_dev"`
+	Min            float64 `json:"min"`
+	Max            float64 `json:"max"`
+	AnomalyCount   uint64  `json:"anomaly_count"`
+	TotalMetrics   uint64  `json:"total_metrics"`
+	Devices        int     `json:"devices"`
+	Streams        int     `json:"streams"`
+	WindowValues   int     `json:"window_values"`
+}
+
+// clusterInfo serves GET /api/v1/cluster: this pod's view, and the devices
+// it holds in memory (owned or not, so a stale copy shows).
+func (h *Handler) clusterInfo(ctx *fasthttp.RequestCtx) error {
+	b := []byte(`{"cluster":`)
+	b = strconv.AppendBool(b, h.fwd != nil)
+	b = append(b, `,"devices":`...)
+	b = strconv.AppendInt(b, int64(h.set.Devices()), 10)
+	if h.fwd != nil {
+		v := h.fwd.members.View()
+		b = append(b, `,"self":`...)
+		b = appendString(b, v.Self)
+		b = append(b, `,"members":[`...)
+		for i, m := range v.Members {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, m)
+		}
+		b = append(b, `],"in_view":`...)
+		b = strconv.AppendBool(b, v.HasSelf())
+		b = append(b, `,"view_seq":`...)
+		b = strconv.AppendUint(b, v.Seq, 10)
+		b = append(b, `,"view_changed_ts":`...)
+		b = strconv.AppendInt(b, v.Changed.UnixMilli(), 10)
+	}
+	b = append(b, "}\n"...)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+	return nil
+}
 
 // appendForward appends samples idx of b as an ingest body for the pod
 // that owns their devices: every ts explicit (a missing one was this pod's

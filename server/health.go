@@ -17,6 +17,7 @@ POST /api/v1/ingest                     one sample or an array: {"device":"senso
 POST /metric                            prototype format: {"rps":123.4,"cpu":55.1,"timestamp":1732560000}
 GET  /api/v1/devices/{device}           rolling stats per metric
 GET  /api/v1/devices/{device}/anomalies recent anomalies, newest first
+GET  /api/v1/cluster                    cluster membership as this pod sees it
 GET  /analyze                           summary over all devices
 GET  /health                            liveness
 GET  /ready                             readiness (503 while starting or draining)
@@ -36,6 +37,9 @@ func (h *Handler) health(ctx *fasthttp.RequestCtx) error {
 }
 
 func (h *Handler) ready(ctx *fasthttp.RequestCtx) error {
+	if h.fwd != nil && h.state.Load() == stateReady && !h.fwd.members.View().HasSelf() {
+		return errorf(fasthttp.StatusServiceUnavailable, "not in the cluster's membership view yet (SELF_ADDR must be among the peers)")
+	}
 	switch h.state.Load() {
 	case stateReady:
 		ctx.SetContentType("application/json")

@@ -40,8 +40,9 @@ func (h *Handler) metric(ctx *fasthttp.RequestCtx) error {
 	})
 }
 
-// apply decodes the body into a pooled batch, hands it to the shards and
-// writes the response. The batch holds copies: nothing of ctx reaches a shard.
+// apply decodes the body into a pooled batch, hands it to the shards (or,
+// in cluster mode, each part to its owner) and writes the response. The
+// batch holds copies: nothing of ctx reaches a shard.
 func (h *Handler) apply(ctx *fasthttp.RequestCtx, decode decodeFunc, encode func([]byte, *shard.Batch) []byte) error {
 	st := h.pool.Get().(*ingestState)
 	defer h.pool.Put(st)
@@ -50,14 +51,27 @@ func (h *Handler) apply(ctx *fasthttp.RequestCtx, decode decodeFunc, encode func
 	if err := decode(&st.scanner, ctx.PostBody(), &st.batch, ctx.Time().UnixMilli()); err != nil {
 		return err
 	}
+	if h.fwd != nil {
+		return h.applyCluster(ctx, st, encode)
+	}
+	return h.applyLocal(ctx, st, encode)
+}
+
+// applyLocal applies st.batch here, whole, and writes the response.
+func (h *Handler) applyLocal(ctx *fasthttp.RequestCtx, st *ingestState, encode func([]byte, *shard.Batch) []byte) error {
 	if err := h.set.Ingest(&st.batch); err != nil {
 		return err
 	}
-	h.samples.Add(st.batch.Metrics())
-	h.anomalies.Add(len(st.batch.Anomalies))
-	h.anomalous.Add(st.batch.Anomalous)
+	h.count(&st.batch)
 	st.out = encode(st.out[:0], &st.batch)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(st.out)
 	return nil
+}
+
+// count adds an applied batch to the ingest counters.
+func (h *Handler) count(b *shard.Batch) {
+	h.samples.Add(b.Metrics())
+	h.anomalies.Add(len(b.Anomalies))
+	h.anomalous.Add(b.Anomalous)
 }

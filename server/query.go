@@ -35,6 +35,9 @@ func (h *Handler) device(ctx *fasthttp.RequestCtx) error {
 	if err != nil {
 		return err
 	}
+	if done, err := h.forwardRead(ctx, id); done || err != nil {
+		return err
+	}
 	ms, ok, err := h.set.Device(id)
 	if err != nil {
 		return err
@@ -83,6 +86,9 @@ func (h *Handler) deviceAnomalies(ctx *fasthttp.RequestCtx) error {
 	if err != nil {
 		return err
 	}
+	if done, err := h.forwardRead(ctx, id); done || err != nil {
+		return err
+	}
 	as, ok, err := h.set.Anomalies(id)
 	if err != nil {
 		return err
@@ -99,11 +105,16 @@ func (h *Handler) deviceAnomalies(ctx *fasthttp.RequestCtx) error {
 	return nil
 }
 
-// analyze serves the prototype's GET /analyze, now over every stream held.
+// analyze serves the prototype's GET /analyze, now over every stream held:
+// in cluster mode, over every member's (?scope=local: this pod's alone).
 func (h *Handler) analyze(ctx *fasthttp.RequestCtx) error {
 	s, err := h.set.Summarize()
 	if err != nil {
 		return err
+	}
+	var unreachable []string
+	if h.fwd != nil && string(ctx.QueryArgs().Peek("scope")) != "local" {
+		unreachable = h.fwd.summarize(&s)
 	}
 	o := h.set.Options()
 	b := []byte(`{"rolling_average":`)
@@ -134,6 +145,16 @@ func (h *Handler) analyze(ctx *fasthttp.RequestCtx) error {
 	b = appendString(b, o.Detector.String())
 	b = append(b, `,"alert_cooldown":`...)
 	b = strconv.AppendInt(b, int64(o.Cooldown), 10)
+	if h.fwd != nil {
+		b = append(b, `,"unreachable":[`...)
+		for i, m := range unreachable {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, m)
+		}
+		b = append(b, ']')
+	}
 	b = append(b, '}')
 	b = append(b, '\n')
 	ctx.SetContentType("application/json")

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"ai-load-service/server/cluster"
 	"ai-load-service/shard"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -37,6 +38,12 @@ type Options struct {
 	// MaxMetricLabels bounds the metric label values of
 	// rolling_average_current; further names share metric="(other)". Zero: 100.
 	MaxMetricLabels int
+	// Cluster is the membership this pod forwards by: samples and reads of
+	// devices another member owns go to it (see forward.go), and /ready
+	// waits for a view that includes this pod. Nil: a cluster of one.
+	Cluster *cluster.Membership
+	// ForwardTimeout bounds one forwarded request; zero: 2s.
+	ForwardTimeout time.Duration
 }
 
 // Handler serves the API. Create it with New.
@@ -53,6 +60,7 @@ type Handler struct {
 	anomalies *metrics.Counter // alerts
 	anomalous *metrics.Counter // anomalous samples, alerted or not
 	other     *endpoint        // requests that match no route
+	fwd       *forwarder       // nil: a cluster of one
 	// byPath holds the routes without parameters, by path, for requests
 	// answered before routing (ErrorHandler, Expect). Filled by routes,
 	// read-only after New.
@@ -71,6 +79,7 @@ const (
 type ingestState struct {
 	scanner scanner
 	batch   shard.Batch
+	part    shard.Batch // cluster mode: the samples this pod owns
 	out     []byte
 }
 
@@ -108,6 +117,9 @@ func New(opts Options) *Handler {
 		}
 		return 0
 	})
+	if opts.Cluster != nil {
+		h.fwd = newForwarder(opts.Cluster, opts.ForwardTimeout, h.ms)
+	}
 	h.router = h.routes()
 	return h
 }
@@ -138,6 +150,7 @@ func (h *Handler) routes() *router.Router {
 	add("/api/v1/ingest", "POST", h.ingest)
 	add("/api/v1/devices/{device}", "GET", h.device)
 	add("/api/v1/devices/{device}/anomalies", "GET", h.deviceAnomalies)
+	add("/api/v1/cluster", "GET", h.clusterInfo)
 	if h.opts.Pprof {
 		add("/debug/pprof/{profile:*}", "GET", h.pprof)
 	}

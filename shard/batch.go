@@ -60,6 +60,9 @@ func (b *Batch) Reset() {
 	b.metrics = b.metrics[:0]
 }
 
+// Received returns what SetReceived recorded (zero: nothing yet).
+func (b *Batch) Received() int64 { return b.received }
+
 // SetReceived records when the request arrived (unix ns): the devices it
 // touches count as active from then, for idle eviction. Without it, Ingest
 // reads the clock.

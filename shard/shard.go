@@ -503,6 +503,24 @@ type Summary struct {
 	Min, Max  float64
 }
 
+// Merge adds o, a summary of other streams (another cluster member's), to s.
+func (s *Summary) Merge(o Summary) {
+	if o.Values > 0 {
+		if s.Values == 0 {
+			s.Min, s.Max = o.Min, o.Max
+		}
+		s.Min, s.Max = math.Min(s.Min, o.Min), math.Max(s.Max, o.Max)
+		m := moments{n: float64(s.Values), mean: s.Mean, v: s.Stddev * s.Stddev}
+		m.merge(moments{n: float64(o.Values), mean: o.Mean, v: o.Stddev * o.Stddev})
+		s.Mean, s.Stddev = m.mean, m.stddev()
+	}
+	s.Devices += o.Devices
+	s.Streams += o.Streams
+	s.Samples += o.Samples
+	s.Anomalies += o.Anomalies
+	s.Values += o.Values
+}
+
 // MetricSummary aggregates the streams of one metric name.
 type MetricSummary struct {
 	Streams int

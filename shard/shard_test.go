@@ -543,3 +543,38 @@ func TestHeld(t *testing.T) {
 		t.Fatalf("Held loaded a device: %d devices", s.Devices())
 	}
 }
+
+// TestSummaryMerge: merging summaries of two sets of streams gives the
+// summary of all of them (as /analyze merges its members').
+func TestSummaryMerge(t *testing.T) {
+	a := MustNewSet(t, Options{Shards: 2, WindowSize: 4})
+	b := MustNewSet(t, Options{Shards: 2, WindowSize: 4})
+	all := MustNewSet(t, Options{Shards: 2, WindowSize: 4})
+	rng := rand.New(rand.NewPCG(8, 9))
+	for i := range 60 {
+		dev := fmt.Sprint("d", i%9)
+		v := 1e6 + rng.NormFloat64()*float64(i%5+1)
+		to := a
+		if i%9 >= 5 {
+			to = b
+		}
+		for _, s := range []*Set{to, all} {
+			if err := s.Ingest(batchOf([]string{dev}, "m", []float64{v})); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	sa, _ := a.Summarize()
+	sb, _ := b.Summarize()
+	want, _ := all.Summarize()
+	sa.Merge(sb)
+	if sa.Devices != want.Devices || sa.Values != want.Values || sa.Samples != want.Samples || sa.Min != want.Min || sa.Max != want.Max ||
+		math.Abs(sa.Mean-want.Mean) > 1e-9 || math.Abs(sa.Stddev-want.Stddev) > 1e-9*want.Stddev {
+		t.Fatalf("merged %+v; want %+v", sa, want)
+	}
+	var empty Summary
+	empty.Merge(want)
+	if empty.Mean != want.Mean || empty.Min != want.Min || empty.Stddev != want.Stddev {
+		t.Fatalf("merged into empty: %+v; want %+v", empty, want)
+	}
+}

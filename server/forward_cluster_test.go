@@ -1,0 +1,209 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"ai-load-service/server/cluster"
+	"ai-load-service/shard"
+
+	"github.com/valyala/fasthttp"
+)
+
+// pod is one in-process cluster member on a loopback port.
+type pod struct {
+	addr    string
+	h       *Handler
+	set     *shard.Set
+	members *cluster.Membership
+}
+
+// startPods starts a member on each of addrs, each reading its own peers
+// file (files[i]), and waits until each is in its own view.
+func startPods(t *testing.T, addrs, files []string) []*pod {
+	t.Helper()
+	pods := make([]*pod, len(addrs))
+	for i, a := range addrs {
+		m, err := cluster.New(cluster.Options{Self: a, File: files[i], Refresh: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Start()
+		set := shard.New(shard.Options{Shards: 2})
+		h := New(Options{Shards: set, Cluster: m, ForwardTimeout: time.Second})
+		h.SetReady()
+		nl, err := net.Listen("tcp", a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln := h.Listen(nl)
+		srv := h.NewServer()
+		go srv.Serve(ln)                                                      //nolint:errcheck
+		t.Cleanup(func() { srv.Shutdown(); ln.Stop(); set.Stop(); m.Stop() }) //nolint:errcheck
+		pods[i] = &pod{addr: a, h: h, set: set, members: m}
+	}
+	return pods
+}
+
+func freeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	out := make([]string, n)
+	for i := range out {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = ln.Addr().String()
+		ln.Close()
+	}
+	return out
+}
+
+func writePeers(t *testing.T, path string, addrs ...string) {
+	t.Helper()
+	if err := os.WriteFile(path+".tmp", []byte(strings.Join(addrs, "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// deviceOwnedBy returns a device ID that owner owns in the view of members.
+func deviceOwnedBy(owner string, members []string) string {
+	v := cluster.NewView(owner, members)
+	for i := 0; ; i++ {
+		if id := fmt.Sprint("d", i); v.Owner([]byte(id)) == owner {
+			return id
+		}
+	}
+}
+
+func post(t *testing.T, addr, body string, header ...string) (int, []byte) {
+	t.Helper()
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI("http://" + addr + "/api/v1/ingest")
+	req.Header.SetMethod("POST")
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	req.SetBodyString(body)
+	if err := fasthttp.DoTimeout(req, resp, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode(), append([]byte(nil), resp.Body()...)
+}
+
+func count(t *testing.T, p *pod, dev string) uint64 {
+	t.Helper()
+	ms, ok, err := p.set.Device(dev)
+	if err != nil || !ok {
+		return 0
+	}
+	return ms[0].Count
+}
+
+// TestForwardedNeverForwardedAgain: a request marked as forwarded, for a
+// device the receiver neither owns nor holds, is refused whole with 421;
+// the receiver forwards nothing and applies nothing. A loop cannot form.
+func TestForwardedNeverForwardedAgain(t *testing.T) {
+	addrs := freeAddrs(t, 2)
+	file := filepath.Join(t.TempDir(), "peers")
+	writePeers(t, file, addrs...)
+	pods := startPods(t, addrs, []string{file, file})
+	a, b := pods[0], pods[1]
+	mine, theirs := deviceOwnedBy(a.addr, addrs), deviceOwnedBy(b.addr, addrs)
+	body := fmt.Sprintf(`[{"device":%q,"metrics":{"m":1}},{"device":%q,"metrics":{"m":2}}]`, mine, theirs)
+	code, out := post(t, a.addr, body, hdrForwarded, b.addr)
+	if code != fasthttp.StatusMisdirectedRequest {
+		t.Fatalf("marked request for a device A does not own: %d %s; want 421", code, out)
+	}
+	if a.set.Devices() != 0 || b.set.Devices() != 0 {
+		t.Fatalf("devices held after a 421: A %d, B %d", a.set.Devices(), b.set.Devices())
+	}
+	if n := a.h.fwd.peer(b.addr).ok.Get() + a.h.fwd.peer(b.addr).failed.Get(); n != 0 {
+		t.Fatalf("A forwarded a forwarded request (%d)", n)
+	}
+	// Unmarked, the same request is split: each device to its owner.
+	if code, out := post(t, a.addr, body); code != 200 {
+		t.Fatalf("unmarked: %d %s", code, out)
+	}
+	if count(t, a, mine) != 1 || count(t, b, theirs) != 1 || a.set.Devices() != 1 || b.set.Devices() != 1 {
+		t.Fatalf("after the split: A holds %d, B holds %d", a.set.Devices(), b.set.Devices())
+	}
+}
+
+// TestUnreachableOwnerAnswersApplied: an owner that cannot be reached (its
+// address is in the view, nothing listens) gets one retry after a refresh;
+// then the request is answered 503 with the indexes applied, and resending
+// the rest once the view has changed applies each sample exactly once.
+func TestUnreachableOwnerAnswersApplied(t *testing.T) {
+	addrs := freeAddrs(t, 2) // the second never listens
+	file := filepath.Join(t.TempDir(), "peers")
+	writePeers(t, file, addrs...)
+	a := startPods(t, addrs[:1], []string{file})[0]
+	mine, gone := deviceOwnedBy(addrs[0], addrs), deviceOwnedBy(addrs[1], addrs)
+	samples := []string{fmt.Sprintf(`{"device":%q,"ts":1,"metrics":{"m":1}}`, gone), fmt.Sprintf(`{"device":%q,"ts":2,"metrics":{"m":1}}`, mine)}
+	code, out := post(t, a.addr, "["+strings.Join(samples, ",")+"]")
+	var r struct {
+		Error   string
+		Applied []int
+	}
+	if err := json.Unmarshal(out, &r); err != nil || code != 503 || !slices.Equal(r.Applied, []int{1}) {
+		t.Fatalf("got %d %s; want 503 with applied [1]", code, out)
+	}
+	writePeers(t, file, addrs[0]) // the dead member leaves the view
+	var rest []string
+	for i, s := range samples {
+		if !slices.Contains(r.Applied, i) {
+			rest = append(rest, s)
+		}
+	}
+	if code, out := post(t, a.addr, "["+strings.Join(rest, ",")+"]"); code != 200 {
+		t.Fatalf("resend of the rest: %d %s", code, out)
+	}
+	if count(t, a, mine) != 1 || count(t, a, gone) != 1 {
+		t.Fatalf("counts %d and %d; want each sample applied once", count(t, a, mine), count(t, a, gone))
+	}
+}
+
+// TestMisdirectedRetriedOnRefreshedView: the owner in the sender's view
+// answers 421 (it has left); the sender refreshes its view at once and
+// sends the part to the device's new owner: one request, answered 200.
+func TestMisdirectedRetriedOnRefreshedView(t *testing.T) {
+	addrs := freeAddrs(t, 3)
+	dir := t.TempDir()
+	fa, fo := filepath.Join(dir, "a"), filepath.Join(dir, "others")
+	writePeers(t, fa, addrs...)
+	writePeers(t, fo, addrs...)
+	pods := startPods(t, addrs, []string{fa, fo, fo})
+	a, b := pods[0], pods[1]
+	dev := deviceOwnedBy(b.addr, addrs)
+	b.members.Leave() // B owns nothing now, and holds nothing
+	writePeers(t, fa, addrs[0], addrs[2])
+	writePeers(t, fo, addrs[0], addrs[2])
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := pods[2].members.Refresh(ctx); err != nil { // C's periodic refresh, now
+		t.Fatal(err)
+	}
+	if code, out := post(t, a.addr, fmt.Sprintf(`{"device":%q,"metrics":{"m":1}}`, dev)); code != 200 {
+		t.Fatalf("got %d %s; want 200 after one retry", code, out)
+	}
+	if b.set.Devices() != 0 || pods[0].set.Devices()+pods[2].set.Devices() != 1 {
+		t.Fatalf("held: A %d, B %d, C %d; want the device once, not on B", a.set.Devices(), b.set.Devices(), pods[2].set.Devices())
+	}
+	if n := a.h.fwd.peer(b.addr).misdirected.Get(); n != 1 {
+		t.Fatalf("421s from B: %d; want 1", n)
+	}
+}
