@@ -49,6 +49,12 @@ func appendFloat(dst []byte, f float64) []byte {
 }
 
 func appendAnomalies(dst []byte, as []shard.Anomaly) []byte {
+	return appendAnomalyList(dst, as, false)
+}
+
+// appendAnomalyList writes as as a JSON array; withSample adds each
+// anomaly's sample index, for the answer to a forwarded part.
+func appendAnomalyList(dst []byte, as []shard.Anomaly, withSample bool) []byte {
 	dst = append(dst, '[')
 	for i := range as {
 		a := &as[i]
@@ -69,6 +75,10 @@ func appendAnomalies(dst []byte, as []shard.Anomaly) []byte {
 		dst = appendFloat(dst, a.Stddev)
 		dst = append(dst, `,"z":`...)
 		dst = appendFloat(dst, a.Z)
+		if withSample {
+			dst = append(dst, `,"sample":`...)
+			dst = strconv.AppendInt(dst, int64(a.Sample()), 10)
+		}
 		dst = append(dst, '}')
 	}
 	return append(dst, ']')

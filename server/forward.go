@@ -21,6 +21,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"slices"
 	"strconv"
@@ -98,17 +99,13 @@ func (f *forwarder) peer(addr string) *peerMetrics {
 	return p
 }
 
-// reply is what an owner answers a forwarded ingest part.
+// reply is what an owner answers a forwarded ingest part (see
+// applyForwarded), or the error it refused the part with.
 type reply struct {
-	Accepted  int `json:"accepted"`
-	Anomalies []struct {
-		Device, Metric         string
-		TS                     int64
-		Value, Mean, Stddev, Z float64
-		Sample                 int
-	} `json:"anomalies"`
-	Head  *shard.StreamHead `json:"head"`
-	Error string            `json:"error"`
+	anomalies []placed // at: the sample's index in the part
+	head      shard.StreamHead
+	hasHead   bool
+	err       string
 }
 
 // outcome of one part sent to an owner.
@@ -147,13 +144,14 @@ func (f *forwarder) send(owner, self string, b *shard.Batch, idx []int32, buf []
 		return partRetry, nil, 0, fmt.Sprintf("member %s does not own them", owner)
 	}
 	var r reply
-	if err := json.Unmarshal(resp.Body(), &r); err != nil {
+	var sc scanner
+	if err := sc.reply(resp.Body(), &r); err != nil {
 		p.ambiguous.Inc()
 		return partAmbiguous, nil, 0, fmt.Sprintf("member %s answered %d with an unreadable body: %v", owner, resp.StatusCode(), err)
 	}
 	if resp.StatusCode() != fasthttp.StatusOK {
 		p.failed.Inc()
-		return partRefused, nil, resp.StatusCode(), fmt.Sprintf("member %s: %s", owner, r.Error)
+		return partRefused, nil, resp.StatusCode(), fmt.Sprintf("member %s: %s", owner, r.err)
 	}
 	p.ok.Inc()
 	return partOK, &r, 0, ""
@@ -258,15 +256,14 @@ func (h *Handler) applyCluster(ctx *fasthttp.RequestCtx, st *ingestState, encode
 				for _, i := range res.idx {
 					applied[i] = true
 				}
-				for _, a := range res.r.Anomalies {
-					if a.Sample < 0 || a.Sample >= len(res.idx) {
+				for _, p := range res.r.anomalies {
+					if p.at < 0 || p.at >= len(res.idx) {
 						continue
 					}
-					found = append(found, placed{int(res.idx[a.Sample]), shard.Anomaly{Device: a.Device, Metric: a.Metric, TS: a.TS,
-						Value: a.Value, Mean: a.Mean, Stddev: a.Stddev, Z: a.Z}})
+					found = append(found, placed{int(res.idx[p.at]), p.a})
 				}
-				if res.idx[0] == 0 && res.r.Head != nil {
-					head = res.r.Head
+				if res.idx[0] == 0 && res.r.hasHead {
+					head = &res.r.head
 				}
 			case partRetry:
 				pending = append(pending, res.idx...)
@@ -349,7 +346,7 @@ func (h *Handler) applyForwarded(ctx *fasthttp.RequestCtx, st *ingestState, view
 	dst := append(st.out[:0], `{"accepted":`...)
 	dst = strconv.AppendInt(dst, int64(b.Len()), 10)
 	dst = append(dst, `,"anomalies":`...)
-	dst = appendAnomaliesAt(dst, b.Anomalies)
+	dst = appendAnomalyList(dst, b.Anomalies, true)
 	dst = append(dst, `,"head":{"Window":`...)
 	dst = strconv.AppendInt(dst, int64(b.Head.Window), 10)
 	dst = append(dst, `,"Size":`...)
@@ -361,22 +358,6 @@ func (h *Handler) applyForwarded(ctx *fasthttp.RequestCtx, st *ingestState, view
 	ctx.SetContentType("application/json")
 	ctx.SetBody(st.out)
 	return nil
-}
-
-// appendAnomaliesAt is appendAnomalies with each anomaly's sample index.
-func appendAnomaliesAt(dst []byte, as []shard.Anomaly) []byte {
-	dst = append(dst, '[')
-	for i := range as {
-		if i > 0 {
-			dst = append(dst, ',')
-		}
-		one := appendAnomalies(nil, as[i:i+1])
-		dst = append(dst, one[1:len(one)-2]...) // the object without its closing brace
-		dst = append(dst, `,"sample":`...)
-		dst = strconv.AppendInt(dst, int64(as[i].Sample()), 10)
-		dst = append(dst, '}')
-	}
-	return append(dst, ']')
 }
 
 // partialError is a request applied in part: the status, the first
@@ -561,4 +542,129 @@ func appendForward(dst []byte, b *shard.Batch, idx []int32) []byte {
 		dst = append(dst, "}}"...)
 	}
 	return append(dst, ']')
+}
+
+// reply reads an owner's answer to a forwarded part with the ingest
+// scanner, keeping encoding/json off the ingest path. Fields it does not
+// know are skipped; a float written as null (appendFloat's NaN) reads NaN.
+func (s *scanner) reply(body []byte, r *reply) *Error {
+	s.buf, s.pos = body, 0
+	s.ws()
+	if s.peek() != '{' {
+		return s.syntax("an object")
+	}
+	e := s.object(func(key []byte) *Error {
+		switch string(key) {
+		case "anomalies":
+			if s.peek() != '[' {
+				return s.syntax("an array")
+			}
+			return s.array(func(int) *Error {
+				var p placed
+				p.at = -1
+				if e := s.fields(func(key []byte) *Error { return s.anomalyField(key, &p) }); e != nil {
+					return e
+				}
+				r.anomalies = append(r.anomalies, p)
+				return nil
+			})
+		case "head":
+			r.hasHead = true
+			return s.fields(func(key []byte) *Error {
+				switch string(key) {
+				case "Window":
+					return s.int(&r.head.Window)
+				case "Size":
+					return s.int(&r.head.Size)
+				case "Mean":
+					return s.float(&r.head.Mean)
+				}
+				return s.skip(1)
+			})
+		case "error":
+			return s.text(&r.err)
+		}
+		return s.skip(1)
+	})
+	if e != nil {
+		return e
+	}
+	return s.end()
+}
+
+func (s *scanner) anomalyField(key []byte, p *placed) *Error {
+	switch string(key) {
+	case "device":
+		return s.text(&p.a.Device)
+	case "metric":
+		return s.text(&p.a.Metric)
+	case "ts":
+		raw, e := s.num()
+		if e != nil {
+			return e
+		}
+		ts, err := strconv.ParseInt(string(raw), 10, 64)
+		if err != nil {
+			return s.syntax("an integer timestamp")
+		}
+		p.a.TS = ts
+		return nil
+	case "value":
+		return s.float(&p.a.Value)
+	case "mean":
+		return s.float(&p.a.Mean)
+	case "stddev":
+		return s.float(&p.a.Stddev)
+	case "z":
+		return s.float(&p.a.Z)
+	case "sample":
+		return s.int(&p.at)
+	}
+	return s.skip(1)
+}
+
+// fields reads an object at pos (see object).
+func (s *scanner) fields(field func(key []byte) *Error) *Error {
+	if s.peek() != '{' {
+		return s.syntax("an object")
+	}
+	return s.object(field)
+}
+
+// text reads a string into v.
+func (s *scanner) text(v *string) *Error {
+	if s.peek() != '"' {
+		return s.syntax("a string")
+	}
+	b, e := s.str()
+	*v = string(b)
+	return e
+}
+
+// int reads a non-negative integer into v.
+func (s *scanner) int(v *int) *Error {
+	n, ok := s.uint()
+	if !ok {
+		return s.syntax("a non-negative integer")
+	}
+	*v = int(n)
+	return nil
+}
+
+// float reads a number, or null as NaN, into v.
+func (s *scanner) float(v *float64) *Error {
+	if s.peek() == 'n' {
+		*v = math.NaN()
+		return s.literal("null")
+	}
+	raw, e := s.num()
+	if e != nil {
+		return e
+	}
+	f, ok := parseFloat(raw)
+	if !ok {
+		return s.syntax("a number")
+	}
+	*v = f
+	return nil
 }

@@ -58,3 +58,37 @@ func TestForwardBodyRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestForwardReplyDecode: the owner's answer to a forwarded part reads
+// back field for field, escapes, unknown fields and null included, and a
+// malformed one is an error rather than a partial reply.
+func TestForwardReplyDecode(t *testing.T) {
+	body := `{"accepted":3,"anomalies":[{"device":"d\u00e9v\"1","metric":"m.a","ts":-17,"value":1e300,"mean":-0.5,` +
+		`"stddev":null,"z":4.25,"sample":2,"new":{"x":[1,true]}}],"head":{"Window":7,"Size":50,"Mean":0.125},"later":null}` + "\n"
+	var r reply
+	if err := new(scanner).reply([]byte(body), &r); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.anomalies) != 1 || !r.hasHead || r.err != "" {
+		t.Fatalf("%+v", r)
+	}
+	a := r.anomalies[0]
+	if a.at != 2 || a.a.Device != "dév\"1" || a.a.Metric != "m.a" || a.a.TS != -17 || a.a.Value != 1e300 ||
+		a.a.Mean != -0.5 || !math.IsNaN(a.a.Stddev) || a.a.Z != 4.25 {
+		t.Fatalf("anomaly %+v", a)
+	}
+	if r.head != (shard.StreamHead{Window: 7, Size: 50, Mean: 0.125}) {
+		t.Fatalf("head %+v", r.head)
+	}
+
+	var e reply
+	if err := new(scanner).reply([]byte(`{"error":"ingest queue is full","index":3}`), &e); err != nil || e.err != "ingest queue is full" {
+		t.Fatalf("%v %+v", err, e)
+	}
+	for _, bad := range []string{``, `[]`, `{"anomalies":{}}`, `{"anomalies":[{"sample":-1}]}`, `{"head":{"Size":1.5}}`,
+		`{"error":3}`, `{"anomalies":[{"ts":1.5}]}`, `{"accepted":1} x`, `<html>bad gateway</html>`} {
+		if err := new(scanner).reply([]byte(bad), new(reply)); err == nil {
+			t.Errorf("%q read without error", bad)
+		}
+	}
+}

@@ -107,7 +107,9 @@ func TestReviewPipelinedPartialHeaderBoundedByIdle(t *testing.T) {
 		t.Fatalf("want a 200 then a 408; got %q (closed %v)", got, closed)
 	}
 	tick := read / 16
-	if took < idle || took > idle+tick+300*time.Millisecond {
+	// Phases are stamped with the listener's coarse clock, which lags by up
+	// to a tick: the cut may come that much before the bound.
+	if took < idle-tick || took > idle+tick+300*time.Millisecond {
 		t.Errorf("408 for the half-sent pipelined request came after %v; IDLE_TIMEOUT is %v",
 			took.Round(time.Millisecond), idle)
 	}
