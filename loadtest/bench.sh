@@ -232,30 +232,6 @@ go test -run='^$' -bench='Decode|Handler' -benchmem ./server | grep '^Benchmark'
 echo
 echo "Memory: 100k (device, metric) streams with full windows (W=50):"
 start "$work/svc"
-python3 - "$PORT" "$pid" <<'PY'
-import http.client, sys, time
-port, pid = int(sys.argv[1]), sys.argv[2]
-def rss():
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-before = rss()
-c = http.client.HTTPConnection("127.0.0.1", port)
-devices, metrics, per = 20000, 5, 100
-for r in range(50):
-    for first in range(0, devices, per):
-        parts = []
-        for d in range(first, first + per):
-            ms = ",".join(f'"m{m}":{(d * 7 + r * 13 + m) % 101}.5' for m in range(metrics))
-            parts.append(f'{{"device":"sensor-{d}","metrics":{{{ms}}}}}')
-        c.request("POST", "/api/v1/ingest", "[" + ",".join(parts) + "]")
-        resp = c.getresponse(); resp.read()
-        if resp.status != 200:
-            sys.exit(f"fill failed: {resp.status}")
-time.sleep(1)
-after = rss()
-streams = devices * metrics
-print(f"  RSS before {before / 2**20:.1f} MiB, after {after / 2**20:.1f} MiB: {(after - before) / streams:.0f} bytes per stream (target <= 1024)")
-PY
+mem=$(python3 loadtest/fill.py "$PORT" 20000 5 50 "$pid")
+echo "  $mem (target <= 1024 per stream)"
 stop

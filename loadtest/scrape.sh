@@ -23,19 +23,7 @@ fi
 GOMAXPROCS=1 LOG_LEVEL=warn taskset -c 0 "$bin" -addr "127.0.0.1:$PORT" &
 pid=$!
 for _ in $(seq 100); do curl -sf "127.0.0.1:$PORT/ready" >/dev/null && break; sleep 0.05; done
-python3 - "$PORT" "$DEVICES" <<'PY'
-import http.client, sys
-port, devices = int(sys.argv[1]), int(sys.argv[2])
-c = http.client.HTTPConnection("127.0.0.1", port)
-for r in range(50):
-    for first in range(0, devices, 100):
-        parts = []
-        for d in range(first, min(first + 100, devices)):
-            ms = ",".join(f'"m{m}":{(d * 7 + r * 13 + m) % 101}.5' for m in range(5))
-            parts.append(f'{{"device":"sensor-{d}","metrics":{{{ms}}}}}')
-        c.request("POST", "/api/v1/ingest", "[" + ",".join(parts) + "]")
-        resp = c.getresponse(); resp.read()
-PY
+python3 loadtest/fill.py "$PORT" "$DEVICES" 5 50
 cat >"$work/single.lua" <<LUA
 local n = 0
 request = function()
