@@ -331,13 +331,9 @@ func (w *Writer) get(batch []load) {
 			if firstErr == nil {
 				firstErr = err
 			}
-			// Only a failure of Redis itself (no answer) says other loads
-			// would fail too; an error reply is about its own key, and
-			// marking Redis down for it failed every other load for a
-			// second.
-			if _, reply := rueidis.IsRedisErr(err); !reply {
-				down = true
-			}
+			// Marking Redis down for an error reply about one key failed
+			// every other load for a second.
+			down = down || notAnswering(err)
 			l.done(nil, fmt.Errorf("cannot load %q: %w", l.id, err))
 		default:
 			l.done(w.decode(l.id, b))
@@ -379,6 +375,14 @@ func (w *Writer) corruptValue(id string, err error) (*shard.Snapshot, error) {
 	w.corrupt.Inc()
 	w.logf(logCorrupt, err, "corrupt snapshot in redis for device "+id+"; starting it fresh")
 	return nil, nil
+}
+
+// notAnswering reports an error of Redis itself (no answer, a broken
+// connection), which other commands would meet too, as against an error
+// reply, which is about its own key.
+func notAnswering(err error) bool {
+	_, reply := rueidis.IsRedisErr(err)
+	return !reply
 }
 
 // isWrongType reports a WRONGTYPE reply: the key holds another type.
@@ -497,12 +501,11 @@ func (w *Writer) flush(ctx context.Context) error {
 		for k, r := range res {
 			i := lo + k
 			if err := r.Error(); err != nil {
-				// An error reply is about its key (an ACL refusal, say):
-				// that snapshot stays pending and the others go on. Any
-				// other error is Redis not answering.
+				// A refused key (an ACL refusal, say) stays pending and
+				// the others go on.
 				failed++
 				firstErr = cmp.Or(firstErr, err)
-				if _, reply := rueidis.IsRedisErr(err); !reply {
+				if notAnswering(err) {
 					downErr = cmp.Or(downErr, err)
 				}
 				continue
