@@ -60,15 +60,6 @@ func (w *Window) Stats() (mean, stddev float64) {
 	return w.ref + m, math.Sqrt(v)
 }
 
-// Mean returns the mean of the values in the window, zero when empty: the
-// mean Stats returns, for less.
-func (w *Window) Mean() float64 {
-	if len(w.vals) == 0 {
-		return 0
-	}
-	return w.ref + w.s1*recip(len(w.vals))
-}
-
 // recips[n] is 1/n. A sample's arithmetic multiplies by it where it would
 // divide by a count (the window's length, the step's sample count): a
 // division costs several multiplications' throughput, and every sample
