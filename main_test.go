@@ -365,8 +365,14 @@ func startService(t *testing.T, bin string, env ...string) *service {
 // startServiceAt runs the binary on addr and waits until it is ready.
 func startServiceAt(t *testing.T, bin, addr string, env ...string) *service {
 	t.Helper()
+	return startServiceArgs(t, bin, addr, nil, env...)
+}
+
+// startServiceArgs is startServiceAt with command-line arguments.
+func startServiceArgs(t *testing.T, bin, addr string, args []string, env ...string) *service {
+	t.Helper()
 	s := &service{base: "http://" + addr, logs: new(bytes.Buffer)}
-	s.cmd = exec.Command(bin, "-addr", addr)
+	s.cmd = exec.Command(bin, append([]string{"-addr", addr}, args...)...)
 	s.cmd.Env = append(os.Environ(), env...)
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
 	if err := s.cmd.Start(); err != nil {
@@ -386,7 +392,9 @@ func startServiceAt(t *testing.T, bin, addr string, env ...string) *service {
 	}
 }
 
-func (s *service) post(t *testing.T, body string) {
+// post sends an ingest request, fails the test unless it is applied, and
+// returns the answer.
+func (s *service) post(t *testing.T, body string) []byte {
 	t.Helper()
 	resp, err := http.Post(s.base+"/api/v1/ingest", "application/json", strings.NewReader(body))
 	if err != nil {
@@ -397,6 +405,7 @@ func (s *service) post(t *testing.T, body string) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("ingest: %d %s", resp.StatusCode, b)
 	}
+	return b
 }
 
 func (s *service) get(t *testing.T, path string) string {
