@@ -4,16 +4,17 @@ package server
 //
 // A pod validates a whole request first, as it always does, then splits it
 // by owner (rendezvous hashing over its membership view): its own part goes
-// to its shards, and each other owner gets one request with its samples,
+// to its shards, and each other owner gets requests with its samples,
 // marked with hdrForwarded. A marked request is never forwarded again: the
 // receiver applies it whole if it owns, or still holds, every device in
 // it, and refuses it whole with 421 otherwise. A part refused with 421, or
-// whose owner cannot be dialled (nothing of it can have been applied), is
-// tried once more after the view is refreshed at once; what still fails is
-// answered 503 with the indexes that were applied, so a client can resend
-// the rest. A part whose owner took it but did not answer in time may or
-// may not be applied: it is not retried (that could apply it twice), and
-// the 503 says so.
+// after which nothing of it can have been applied (see notApplied), is
+// tried once more after the view is refreshed at once; what still fails,
+// or failed otherwise, is answered with the indexes that were applied, so
+// a client can resend the rest. A part whose owner took it but did not
+// answer in time may or may not be applied: it is not retried (that could
+// apply it twice), and the error says so. docs/cluster.md has the whole
+// protocol.
 
 import (
 	"cmp"
@@ -21,6 +22,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"slices"
@@ -48,6 +50,8 @@ type forwarder struct {
 	ms      *metrics.Set
 	mu      sync.Mutex // guards the per-peer metrics below, created on first use
 	byPeer  map[string]*peerMetrics
+	// prunedAt is the view (by Seq) byPeer was last pruned to.
+	prunedAt uint64
 	// refreshing is set while refreshSoon's refresh runs. (It ends by the
 	// membership's Stop, which ends any Refresh waiting.)
 	refreshing atomic.Bool
@@ -58,16 +62,43 @@ type peerMetrics struct {
 	duration                           *metrics.PrometheusHistogram
 }
 
-func newForwarder(m *cluster.Membership, timeout time.Duration, ms *metrics.Set) *forwarder {
+// newForwarder sends with timeout; idle is the members' IDLE_TIMEOUT
+// (taken to be this pod's), after which they close a kept-alive
+// connection.
+func newForwarder(m *cluster.Membership, timeout, idle time.Duration, ms *metrics.Set) *forwarder {
 	if timeout <= 0 {
 		timeout = 2 * time.Second
 	}
+	keep := 30 * time.Second
+	if idle > 0 {
+		keep = min(keep, idle/2) // drop connections before the peer does
+	}
 	return &forwarder{
 		members: m, timeout: timeout, ms: ms, byPeer: map[string]*peerMetrics{},
-		// Pod addresses, not a Service name: fasthttp caches DNS.
-		client: &fasthttp.Client{Name: "ai-load-service", MaxConnsPerHost: 512, ReadTimeout: timeout, WriteTimeout: timeout,
-			MaxIdleConnDuration: 30 * time.Second, ConnPoolStrategy: fasthttp.LIFO},
+		// Pod addresses, not a Service name: fasthttp caches DNS. Beyond
+		// 512 connections to a peer a part waits for one (up to timeout)
+		// rather than fail at once. LIFO hands out the connection used
+		// last, the least likely to have been closed by the peer.
+		client: &fasthttp.Client{Name: "ai-load-service", MaxConnsPerHost: 512, MaxConnWaitTimeout: timeout,
+			ReadTimeout: timeout, WriteTimeout: timeout, MaxIdleConnDuration: keep, ConnPoolStrategy: fasthttp.LIFO,
+			RetryIfErr: retryClosed},
 	}
+}
+
+// retryClosed has fasthttp send a request again, on another connection,
+// when the peer closed the one it used before answering a byte: a kept-
+// alive connection the peer closed as idle, or at its shutdown, which it
+// never read the request from. (A member closes a connection it read a
+// request from only after answering it, unless it crashes; see
+// docs/cluster.md.)
+func retryClosed(_ *fasthttp.Request, _ int, err error) (resetTimeout, retry bool) {
+	return false, errors.Is(err, io.EOF) || isOp(err, "write")
+}
+
+// isOp reports a network error of operation op ("dial", "write").
+func isOp(err error, op string) bool {
+	var e *net.OpError
+	return errors.As(err, &e) && e.Op == op
 }
 
 // refreshSoon refreshes the view in the background, at most one at a time:
@@ -84,19 +115,59 @@ func (f *forwarder) refreshSoon() {
 	}()
 }
 
+// peer returns addr's metrics, created on first use. Series of members
+// that left the view are dropped first: with PEERS_DNS each restarted pod
+// has a new address, and they grew without end.
 func (f *forwarder) peer(addr string) *peerMetrics {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.pruneLocked()
 	p := f.byPeer[addr]
 	if p == nil {
 		c := func(status string) *metrics.Counter {
-			return f.ms.GetOrCreateCounter(fmt.Sprintf(`forwarded_requests_total{peer=%q,result=%q}`, addr, status))
+			return f.ms.GetOrCreateCounter(peerSeries("forwarded_requests_total", addr, status))
 		}
-		p = &peerMetrics{ok: c("ok"), misdirected: c("misdirected"), failed: c("unreachable"), ambiguous: c("no_answer"),
-			duration: f.ms.GetOrCreatePrometheusHistogramExt(fmt.Sprintf(`forward_duration_seconds{peer=%q}`, addr), durationBuckets)}
+		p = &peerMetrics{ok: c(peerResults[0]), misdirected: c(peerResults[1]), failed: c(peerResults[2]), ambiguous: c(peerResults[3]),
+			duration: f.ms.GetOrCreatePrometheusHistogramExt(peerSeries("forward_duration_seconds", addr, ""), durationBuckets)}
 		f.byPeer[addr] = p
 	}
 	return p
+}
+
+// peerResults are the result labels of forwarded_requests_total.
+var peerResults = []string{"ok", "misdirected", "unreachable", "no_answer"}
+
+func peerSeries(name, addr, result string) string {
+	if result == "" {
+		return fmt.Sprintf(`%s{peer=%q}`, name, addr)
+	}
+	return fmt.Sprintf(`%s{peer=%q,result=%q}`, name, addr, result)
+}
+
+// prune drops the series of members that left the view; /metrics calls
+// it, so they go even when nothing is forwarded.
+func (f *forwarder) prune() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.pruneLocked()
+}
+
+func (f *forwarder) pruneLocked() {
+	v := f.members.View()
+	if v.Seq == f.prunedAt {
+		return
+	}
+	f.prunedAt = v.Seq
+	for addr := range f.byPeer {
+		if _, in := slices.BinarySearch(v.Members, addr); in {
+			continue
+		}
+		for _, r := range peerResults {
+			f.ms.UnregisterMetric(peerSeries("forwarded_requests_total", addr, r))
+		}
+		f.ms.UnregisterMetric(peerSeries("forward_duration_seconds", addr, ""))
+		delete(f.byPeer, addr)
+	}
 }
 
 // reply is what an owner answers a forwarded ingest part (see
@@ -119,7 +190,7 @@ const (
 )
 
 // send forwards the samples idx of b to owner and reports the outcome.
-func (f *forwarder) send(owner, self string, b *shard.Batch, idx []int32, buf []byte) (outcome, *reply, int, string) {
+func (f *forwarder) send(owner, self string, body []byte) (outcome, *reply, int, string) {
 	p := f.peer(owner)
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
@@ -128,12 +199,12 @@ func (f *forwarder) send(owner, self string, b *shard.Batch, idx []int32, buf []
 	req.Header.SetMethod(fasthttp.MethodPost)
 	req.Header.SetContentType("application/json")
 	req.Header.Set(hdrForwarded, self)
-	req.SetBodyRaw(appendForward(buf[:0], b, idx))
+	req.SetBodyRaw(body)
 	start := time.Now()
 	err := f.client.DoTimeout(req, resp, f.timeout)
 	p.duration.UpdateDuration(start)
 	switch {
-	case err != nil && notDialled(err):
+	case err != nil && notApplied(err):
 		p.failed.Inc()
 		return partRetry, nil, 0, fmt.Sprintf("member %s could not be reached: %v", owner, err)
 	case err != nil:
@@ -157,11 +228,13 @@ func (f *forwarder) send(owner, self string, b *shard.Batch, idx []int32, buf []
 	return partOK, &r, 0, ""
 }
 
-// notDialled reports an error from which nothing can have reached the
-// peer: the connection was never made.
-func notDialled(err error) bool {
-	var op *net.OpError
-	return errors.Is(err, fasthttp.ErrDialTimeout) || errors.As(err, &op) && op.Op == "dial"
+// notApplied reports an error after which nothing of a part can have been
+// applied: no connection was made, or none was free in time, the request
+// was not written whole, or the peer closed the connection before
+// answering (after retryClosed's tries; see there).
+func notApplied(err error) bool {
+	return errors.Is(err, fasthttp.ErrDialTimeout) || isOp(err, "dial") || isOp(err, "write") ||
+		errors.Is(err, fasthttp.ErrNoFreeConns) || errors.Is(err, fasthttp.ErrConnectionClosed)
 }
 
 // placed is an anomaly of the whole request with its sample's index there.
@@ -182,8 +255,12 @@ func (h *Handler) applyCluster(ctx *fasthttp.RequestCtx, st *ingestState, encode
 	owner := make([]string, n)
 	remote := false
 	for i := range n {
-		owner[i] = view.Owner(b.Device(i))
-		remote = remote || owner[i] != view.Self
+		o, err := h.ownerHere(view, b.Device(i))
+		if err != nil {
+			return err
+		}
+		owner[i] = o
+		remote = remote || o != view.Self
 	}
 	if !remote {
 		return h.applyLocal(ctx, st, encode)
@@ -193,7 +270,9 @@ func (h *Handler) applyCluster(ctx *fasthttp.RequestCtx, st *ingestState, encode
 	var found []placed
 	var head *shard.StreamHead
 	var status int
-	var problems []string
+	// final are failures a retry cannot mend (a part refused, or sent and
+	// not answered); retry, this attempt's parts that may go again.
+	var final, retry []string
 	pending := make([]int32, n)
 	for i := range pending {
 		pending[i] = int32(i)
@@ -205,39 +284,51 @@ func (h *Handler) applyCluster(ctx *fasthttp.RequestCtx, st *ingestState, encode
 			cancel()
 			view = h.fwd.members.View()
 			for _, i := range pending {
-				owner[i] = view.Owner(b.Device(int(i)))
+				o, err := h.ownerHere(view, b.Device(int(i)))
+				if err != nil {
+					return err
+				}
+				owner[i] = o
 			}
-			problems = problems[:0]
+			retry = retry[:0]
 		}
-		parts := map[string][]int32{}
+		byOwner := map[string][]int32{}
 		for _, i := range pending {
-			parts[owner[i]] = append(parts[owner[i]], i)
+			byOwner[owner[i]] = append(byOwner[owner[i]], i)
 		}
 		pending = pending[:0]
 		type result struct {
-			owner string
-			idx   []int32
-			out   outcome
-			r     *reply
-			code  int
-			msg   string
+			idx  []int32
+			out  outcome
+			r    *reply
+			code int
+			msg  string
 		}
-		results := make(chan result, len(parts))
+		results := make(chan result, n)
+		sent := 0
 		var local []int32
-		for o, idx := range parts {
-			if o == view.Self {
+		for o, idx := range byOwner {
+			switch o {
+			case view.Self:
 				local = idx
 				continue
+			case "":
+				pending = append(pending, idx...)
+				retry = append(retry, fmt.Sprintf("this member's view has no members to send %d samples to (it is leaving, or its peer source lists none)", len(idx)))
+				continue
 			}
-			go func() {
-				out, r, code, msg := h.fwd.send(o, view.Self, b, idx, nil)
-				results <- result{o, idx, out, r, code, msg}
-			}()
+			for _, c := range h.fwd.split(b, idx, h.opts.MaxBodyBytes) {
+				sent++
+				go func() {
+					out, r, code, msg := h.fwd.send(o, view.Self, c.body)
+					results <- result{c.idx, out, r, code, msg}
+				}()
+			}
 		}
 		if local != nil {
 			as, hd, err := h.applyPart(st, local)
 			if err != nil {
-				problems = append(problems, err.Error())
+				final = append(final, err.Error())
 				status = cmp.Or(status, statusOf(err))
 			} else {
 				for _, i := range local {
@@ -249,7 +340,7 @@ func (h *Handler) applyCluster(ctx *fasthttp.RequestCtx, st *ingestState, encode
 				}
 			}
 		}
-		for range len(parts) - btoi(local != nil) {
+		for range sent {
 			res := <-results
 			switch res.out {
 			case partOK:
@@ -267,14 +358,15 @@ func (h *Handler) applyCluster(ctx *fasthttp.RequestCtx, st *ingestState, encode
 				}
 			case partRetry:
 				pending = append(pending, res.idx...)
-				problems = append(problems, res.msg)
+				retry = append(retry, res.msg)
 			default:
-				problems = append(problems, res.msg)
+				final = append(final, res.msg)
 				status = cmp.Or(status, res.code)
 			}
 		}
+		slices.Sort(pending)
 	}
-	if len(problems) > 0 {
+	if problems := append(final, retry...); len(problems) > 0 {
 		return &partialError{status: cmp.Or(status, fasthttp.StatusServiceUnavailable), msg: problems[0], applied: applied}
 	}
 	slices.SortStableFunc(found, func(x, y placed) int { return x.at - y.at })
@@ -291,11 +383,39 @@ func (h *Handler) applyCluster(ctx *fasthttp.RequestCtx, st *ingestState, encode
 	return nil
 }
 
-func btoi(v bool) int {
-	if v {
-		return 1
+// ownerHere is the member that applies samples of device sent to this
+// one: its owner by view, or this member if it left its own view (it is
+// draining) and still holds the device, for the others may still send it
+// there. "" when no member can: the view is empty.
+func (h *Handler) ownerHere(view *cluster.View, device []byte) (string, error) {
+	o := view.Owner(device)
+	if o == view.Self || view.HasSelf() {
+		return o, nil
 	}
-	return 0
+	held, err := h.set.Held(string(device))
+	if held {
+		return view.Self, err
+	}
+	return o, err
+}
+
+// chunk is a part of a request for one owner, encoded.
+type chunk struct {
+	idx  []int32
+	body []byte
+}
+
+// split encodes the samples idx of b for their owner, in as many requests
+// as keep each body within limit (the owner's MAX_BODY_BYTES, taken to be
+// this pod's): a forwarded body can be larger than the client's, since
+// every sample carries its ts and values are written in Go's form.
+func (f *forwarder) split(b *shard.Batch, idx []int32, limit int) []chunk {
+	body := appendForward(nil, b, idx)
+	if len(body) <= limit || len(idx) == 1 {
+		return []chunk{{idx, body}}
+	}
+	half := len(idx) / 2
+	return append(f.split(b, idx[:half], limit), f.split(b, idx[half:], limit)...)
 }
 
 // applyPart applies the samples idx of st.batch here, and returns their
@@ -397,16 +517,26 @@ func (h *Handler) forwardRead(ctx *fasthttp.RequestCtx, id string) (done bool, e
 			_ = h.fwd.members.Refresh(rctx)
 			cancel()
 			view = h.fwd.members.View()
+			last = "" // only the last attempt's failure counts
 		}
-		owner := view.Owner([]byte(id))
-		if owner == view.Self {
+		owner, err := h.ownerHere(view, []byte(id))
+		switch {
+		case err != nil:
+			return true, err
+		case owner == view.Self:
 			return false, nil
+		case owner == "":
+			last = "this member's view has no members (it is leaving, or its peer source lists none)"
+			continue
 		}
 		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-		req.SetRequestURI("http://" + owner + string(ctx.RequestURI()))
+		// The path as sent, escapes kept, whatever the request line's form
+		// (absolute form carries a scheme and host).
+		req.SetRequestURI("http://" + owner + string(ctx.URI().PathOriginal()))
+		req.URI().SetQueryStringBytes(ctx.URI().QueryString())
 		req.Header.Set(hdrForwarded, view.Self)
 		start := time.Now()
-		err := h.fwd.client.DoTimeout(req, resp, h.fwd.timeout)
+		err = h.fwd.client.DoTimeout(req, resp, h.fwd.timeout)
 		p := h.fwd.peer(owner)
 		p.duration.UpdateDuration(start)
 		switch {

@@ -180,16 +180,18 @@ func TestUnreachableOwnerAnswersApplied(t *testing.T) {
 // TestMisdirectedRetriedOnRefreshedView: the owner in the sender's view
 // answers 421 (it has left); the sender refreshes its view at once and
 // sends the part to the device's new owner: one request, answered 200.
-func TestMisdirectedRetriedOnRefreshedView(t *testing.T) {
+// misdirected starts pods A, B and C, then B leaves: B owns nothing now,
+// and holds nothing, C's view has caught up and A's has not (it still sends
+// B's devices to B). It returns the pods and a device B owned.
+func misdirected(t *testing.T) (pods []*pod, dev string) {
 	addrs := freeAddrs(t, 3)
 	dir := t.TempDir()
 	fa, fo := filepath.Join(dir, "a"), filepath.Join(dir, "others")
 	writePeers(t, fa, addrs...)
 	writePeers(t, fo, addrs...)
-	pods := startPods(t, addrs, []string{fa, fo, fo})
-	a, b := pods[0], pods[1]
-	dev := deviceOwnedBy(b.addr, addrs)
-	b.members.Leave() // B owns nothing now, and holds nothing
+	pods = startPods(t, addrs, []string{fa, fo, fo})
+	dev = deviceOwnedBy(addrs[1], addrs)
+	pods[1].members.Leave()
 	writePeers(t, fa, addrs[0], addrs[2])
 	writePeers(t, fo, addrs[0], addrs[2])
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -197,13 +199,40 @@ func TestMisdirectedRetriedOnRefreshedView(t *testing.T) {
 	if err := pods[2].members.Refresh(ctx); err != nil { // C's periodic refresh, now
 		t.Fatal(err)
 	}
+	return pods, dev
+}
+
+func TestMisdirectedRetriedOnRefreshedView(t *testing.T) {
+	pods, dev := misdirected(t)
+	a, b := pods[0], pods[1]
 	if code, out := post(t, a.addr, fmt.Sprintf(`{"device":%q,"metrics":{"m":1}}`, dev)); code != 200 {
 		t.Fatalf("got %d %s; want 200 after one retry", code, out)
 	}
 	if b.set.Devices() != 0 || pods[0].set.Devices()+pods[2].set.Devices() != 1 {
 		t.Fatalf("held: A %d, B %d, C %d; want the device once, not on B", a.set.Devices(), b.set.Devices(), pods[2].set.Devices())
 	}
-	if n := a.h.fwd.peer(b.addr).misdirected.Get(); n != 1 {
+	if n := answered(b, "/api/v1/ingest", "POST", 421); n != 1 {
 		t.Fatalf("421s from B: %d; want 1", n)
 	}
+}
+
+// TestMisdirectedReadRetried: a read the owner of a stale view refuses
+// (421) is asked again on the refreshed view and answered as the new owner
+// answers it. It was answered 503, since the first attempt's failure was
+// still remembered after the second one succeeded.
+func TestMisdirectedReadRetried(t *testing.T) {
+	pods, dev := misdirected(t)
+	a, b := pods[0], pods[1]
+	if code, body := doReq(t, "GET", "http://"+a.addr+"/api/v1/devices/"+dev, ""); code != fasthttp.StatusNotFound {
+		t.Fatalf("read of an unknown device after a 421: %d %s; want 404 from the new owner", code, body)
+	}
+	if n := answered(b, "/api/v1/devices/{device}", "GET", 421); n != 1 {
+		t.Fatalf("421s from B: %d; want 1", n)
+	}
+}
+
+// answered counts p's answers with status code on endpoint. (The sender's
+// per-peer series are gone once the peer left its view.)
+func answered(p *pod, endpoint, method string, code int) uint64 {
+	return p.h.ms.GetOrCreateCounter(fmt.Sprintf(`requests_total{endpoint=%q,method=%q,status="%d"}`, endpoint, method, code)).Get()
 }

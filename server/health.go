@@ -57,6 +57,9 @@ func (h *Handler) ready(ctx *fasthttp.RequestCtx) error {
 func (h *Handler) metrics(ctx *fasthttp.RequestCtx) error {
 	ctx.SetContentType("text/plain; version=0.0.4; charset=utf-8")
 	w := ctx.Response.BodyWriter()
+	if h.fwd != nil {
+		h.fwd.prune()
+	}
 	h.ms.WritePrometheus(w)
 	// Written from the shards' own count at scrape time, so there is no
 	// second counter to keep in step.

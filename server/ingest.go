@@ -21,8 +21,11 @@ func (h *Handler) ingest(ctx *fasthttp.RequestCtx) error {
 	})
 }
 
-// metric serves the prototype's POST /metric.
+// metric serves the prototype's POST /metric. Members forward only to
+// /api/v1/ingest: a forwarded marker here is a client's, and ignored (it
+// would have the request answered in the members' format).
 func (h *Handler) metric(ctx *fasthttp.RequestCtx) error {
+	ctx.Request.Header.Del(hdrForwarded)
 	return h.apply(ctx, decodeMetric, func(dst []byte, b *shard.Batch) []byte {
 		dst = append(dst, `{"status":"received","device_id":`...)
 		dst = appendString(dst, b.Device(0))

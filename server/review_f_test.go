@@ -1,8 +1,8 @@
 package server
 
-// Review F: hostile review of cluster mode (forward.go, server/cluster).
-// Each test here fails on the code as committed, for the reason in its
-// comment; none of them fixes anything.
+// Regression tests from hostile review F of cluster mode (forward.go,
+// server/cluster): each comment tells the defect as it was found (notDialled
+// is now notApplied); the test checks that it stays fixed.
 
 import (
 	"bufio"

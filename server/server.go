@@ -118,7 +118,7 @@ func New(opts Options) *Handler {
 		return 0
 	})
 	if opts.Cluster != nil {
-		h.fwd = newForwarder(opts.Cluster, opts.ForwardTimeout, h.ms)
+		h.fwd = newForwarder(opts.Cluster, opts.ForwardTimeout, opts.Timeouts.Idle, h.ms)
 	}
 	h.router = h.routes()
 	return h
