@@ -112,16 +112,36 @@ func (s *stack) close(tb testing.TB) {
 	if s.w == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	if err := s.set.Seal(ctx); err != nil {
-		tb.Logf("seal: %v", err)
+	sealErr, _, err := s.stop(3 * time.Second)
+	if sealErr != nil {
+		tb.Logf("seal: %v", sealErr)
 	}
-	if _, err := s.w.Stop(ctx); err != nil {
+	if err != nil {
 		tb.Logf("stop: %v", err)
 	}
+}
+
+// stop runs the service's stop sequence (seal, Writer.Stop, the shards)
+// within d, as main does, and returns what the seal and Writer.Stop said.
+func (s *stack) stop(d time.Duration) (sealErr error, rep StopReport, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	sealErr = s.set.Seal(ctx)
+	rep, err = s.w.Stop(ctx)
 	s.set.Stop()
 	s.w = nil
+	return sealErr, rep, err
+}
+
+// storeKnown stores devices known-0 ... known-(n-1) with three samples
+// each in the Redis at addr.
+func storeKnown(t *testing.T, addr string, n int) {
+	t.Helper()
+	old := MustOpenStack(t, addr, shard.Options{Shards: 2})
+	for i := range n {
+		old.ingest(t, fmt.Sprint("known-", i), 1, 2, 3)
+	}
+	old.close(t)
 }
 
 func (s *stack) ingest(tb testing.TB, dev string, vals ...float64) {
@@ -456,14 +476,10 @@ func TestStopWritesUnrestoredDevices(t *testing.T) {
 	}
 	r.Start()
 	time.Sleep(300 * time.Millisecond)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
-	defer cancel()
-	if err := s.set.Seal(ctx); err != nil {
-		t.Fatal(err)
+	sealErr, rep, err := s.stop(4 * time.Second)
+	if sealErr != nil {
+		t.Fatal(sealErr)
 	}
-	rep, err := s.w.Stop(ctx)
-	s.set.Stop()
-	s.w = nil
 	if err != nil || rep.Reconciled != 21 || rep.Written != 21 || rep.Pending != 0 || rep.Unreconciled != 0 {
 		t.Fatalf("stop: %+v, %v; want 21 reconciled and written", rep, err)
 	}
@@ -489,14 +505,10 @@ func TestStopReportsWhatItCannotWrite(t *testing.T) {
 	r.Stop()
 	time.Sleep(250 * time.Millisecond)
 	s.ingest(t, "b", 1) // load fails: unrestored
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	if err := s.set.Seal(ctx); err != nil {
-		t.Fatal(err)
+	sealErr, rep, err := s.stop(time.Second)
+	if sealErr != nil {
+		t.Fatal(sealErr)
 	}
-	rep, err := s.w.Stop(ctx)
-	s.set.Stop()
-	s.w = nil
 	if err == nil || rep.Pending != 1 || rep.Unreconciled != 1 || rep.Written != 0 {
 		t.Fatalf("stop: %+v, %v; want an error, 1 not written, 1 not reconciled", rep, err)
 	}

@@ -144,11 +144,7 @@ func TestReviewCStopDoesNotRedialWhenRedisReturns(t *testing.T) {
 func TestReviewCPoisonedKeyInFlushFailsOtherLoads(t *testing.T) {
 	r := MustStartRedis(t)
 	c := r.client(t)
-	old := MustOpenStack(t, r.addr, shard.Options{Shards: 2})
-	for i := range 10 {
-		old.ingest(t, fmt.Sprint("known-", i), 1, 2, 3)
-	}
-	old.close(t)
+	storeKnown(t, r.addr, 10)
 	s := MustOpenStackWith(t, Options{Addrs: []string{r.addr}, Interval: 100 * time.Millisecond, Timeout: 500 * time.Millisecond},
 		shard.Options{Shards: 2})
 	s.ingest(t, "bad", 1)

@@ -51,14 +51,10 @@ func TestReviewOneFailingLoadLosesEveryOtherDevice(t *testing.T) {
 	if s.set.Unrestored() != 1 {
 		t.Fatalf("test premise: unrestored %d; want 1 (bad)", s.set.Unrestored())
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second) // main.go flushTimeout
-	defer cancel()
-	if err := s.set.Seal(ctx); err != nil {
-		t.Fatal(err)
+	sealErr, rep, err := s.stop(4 * time.Second) // main.go flushTimeout
+	if sealErr != nil {
+		t.Fatal(sealErr)
 	}
-	rep, err := s.w.Stop(ctx)
-	s.set.Stop()
-	s.w = nil
 	if st := stored(t, c, "good"); st == nil || st.Streams[0].Count != 3 {
 		t.Fatalf("device \"good\" (3 samples answered 200, Redis healthy) not written at stop: redis holds %+v; report %+v", st, rep)
 	}
@@ -118,12 +114,7 @@ func TestReviewStopReportOmitsAckedLoss(t *testing.T) {
 		ingested <- s.set.Ingest(&b)
 	}()
 	time.Sleep(100 * time.Millisecond) // its load is waiting on redis
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	sealErr := s.set.Seal(ctx)
-	rep, stopErr := s.w.Stop(ctx)
-	s.set.Stop()
-	s.w = nil
+	sealErr, rep, stopErr := s.stop(time.Second)
 	ackErr := <-ingested
 	t.Logf("seal: %v; Writer.Stop: %+v, %v; ingest: %v", sealErr, rep, stopErr, ackErr)
 	if ackErr == nil && stopErr == nil && rep.Pending == 0 && rep.Unreconciled == 0 {
@@ -139,11 +130,7 @@ func TestReviewStopReportOmitsAckedLoss(t *testing.T) {
 func TestReviewPoisonedKeyFailsOtherLoads(t *testing.T) {
 	r := MustStartRedis(t)
 	c := r.client(t)
-	old := MustOpenStack(t, r.addr, shard.Options{Shards: 2})
-	for i := range 10 {
-		old.ingest(t, fmt.Sprint("known-", i), 1, 2, 3)
-	}
-	old.close(t)
+	storeKnown(t, r.addr, 10)
 	denyKey(t, c, "bad")
 	s := MustOpenStackWith(t, Options{Addrs: []string{r.addr}, Interval: time.Hour, Timeout: 500 * time.Millisecond},
 		shard.Options{Shards: 2})

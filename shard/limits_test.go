@@ -180,13 +180,13 @@ func TestManyStreamsRoundTrip(t *testing.T) {
 	}
 }
 
-// TestFullDeviceRestoredOverLimit: a device holding more streams than a
-// lowered limit restores whole and stays full (published once, not once
-// per stream).
-func TestFullDeviceRestoredOverLimit(t *testing.T) {
+// savedWide returns a store holding device "d" with n streams m0...,
+// saved under a limit of 1000, and their names.
+func savedWide(t *testing.T, n int) (*memStore, []string) {
+	t.Helper()
 	st := newMemStore()
 	a := MustNewSet(t, Options{Shards: 1, MaxStreams: 1000, Store: st})
-	names := make([]string, 50)
+	names := make([]string, n)
 	for i := range names {
 		names[i] = fmt.Sprint("m", i)
 	}
@@ -194,6 +194,14 @@ func TestFullDeviceRestoredOverLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustCollect(t, a, st, false)
+	return st, names
+}
+
+// TestFullDeviceRestoredOverLimit: a device holding more streams than a
+// lowered limit restores whole and stays full (published once, not once
+// per stream).
+func TestFullDeviceRestoredOverLimit(t *testing.T) {
+	st, _ := savedWide(t, 50)
 	b := MustNewSet(t, Options{Shards: 1, MaxStreams: 10, Store: st})
 	if err := ingestNames(b, "d", "m7"); err != nil {
 		t.Fatalf("a held name: %v", err)

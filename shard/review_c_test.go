@@ -357,16 +357,7 @@ var _ = math.Abs
 // request (its 50 metrics in one sample), every time. It can only feed
 // the streams it "keeps" by splitting its payload into requests of 10.
 func TestReviewCLoweredLimitRefusesHeldNames(t *testing.T) {
-	st := newMemStore()
-	a := MustNewSet(t, Options{Shards: 1, MaxStreams: 1000, Store: st})
-	names := make([]string, 50)
-	for i := range names {
-		names[i] = fmt.Sprint("m", i)
-	}
-	if err := ingestNames(a, "d", names...); err != nil {
-		t.Fatal(err)
-	}
-	mustCollect(t, a, st, false)
+	st, names := savedWide(t, 50)
 	b := MustNewSet(t, Options{Shards: 1, MaxStreams: 10, Store: st})
 	if err := ingestNames(b, "d", "m7"); err != nil { // loads d: 50 streams, all published
 		t.Fatalf("test premise: %v", err)

@@ -138,16 +138,7 @@ func TestReviewEStaleAwaySetWidensRequest(t *testing.T) {
 // 429, for as long as the process runs; review C's regression test loads
 // the device with a one-name request first, which no device does.
 func TestReviewELoweredLimitRefusedAfterRestart(t *testing.T) {
-	st := newMemStore()
-	a := MustNewSet(t, Options{Shards: 1, MaxStreams: 1000, Store: st})
-	names := make([]string, 50)
-	for i := range names {
-		names[i] = fmt.Sprint("m", i)
-	}
-	if err := ingestNames(a, "d", names...); err != nil {
-		t.Fatal(err)
-	}
-	mustCollect(t, a, st, false)
+	st, names := savedWide(t, 50)
 	b := MustNewSet(t, Options{Shards: 1, MaxStreams: 10, Store: st}) // restarted with a lower limit
 	refused := 0
 	var last error
