@@ -44,27 +44,8 @@ func TestOverdue(t *testing.T) {
 // nil, gets the API's handler and returns the one to serve.
 func timeoutServer(tb testing.TB, t Timeouts, wrap func(api fasthttp.RequestHandler) fasthttp.RequestHandler) (*Listener, *metrics.Set, *shard.Set) {
 	tb.Helper()
-	set := shard.New(shard.Options{Shards: 2})
-	api := New(Options{Shards: set, Timeouts: t})
-	api.SetReady()
-	h := api.Handler()
-	if wrap != nil {
-		h = wrap(h)
-	}
-	nl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ln := api.Listen(nl)
-	srv := api.NewServer()
-	srv.Handler = h
-	go srv.Serve(ln) //nolint:errcheck
-	tb.Cleanup(func() {
-		srv.Shutdown() //nolint:errcheck
-		ln.Stop()
-		set.Stop()
-	})
-	return ln, api.ms, set
+	ln, h := serveAPI(tb, "127.0.0.1:0", Options{Timeouts: t}, shard.Options{}, wrap)
+	return ln, h.ms, h.set
 }
 
 func timeouts(ms *metrics.Set, phase string) uint64 {

@@ -37,18 +37,8 @@ func startPods(t *testing.T, addrs, files []string) []*pod {
 			t.Fatal(err)
 		}
 		m.Start()
-		set := shard.New(shard.Options{Shards: 2})
-		h := New(Options{Shards: set, Cluster: m, ForwardTimeout: time.Second})
-		h.SetReady()
-		nl, err := net.Listen("tcp", a)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln := h.Listen(nl)
-		srv := h.NewServer()
-		go srv.Serve(ln)                                                      //nolint:errcheck
-		t.Cleanup(func() { srv.Shutdown(); ln.Stop(); set.Stop(); m.Stop() }) //nolint:errcheck
-		pods[i] = &pod{addr: a, h: h, set: set, members: m}
+		_, h := serveAPI(t, a, Options{Cluster: m, ForwardTimeout: time.Second}, shard.Options{}, nil)
+		pods[i] = &pod{addr: a, h: h, set: h.set, members: m}
 	}
 	return pods
 }

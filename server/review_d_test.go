@@ -19,22 +19,7 @@ import (
 // with opts (Shards is filled in) and returns its address and handler.
 func reviewDServer(tb testing.TB, opts Options) (string, *Handler) {
 	tb.Helper()
-	set := shard.New(shard.Options{Shards: 2})
-	opts.Shards = set
-	h := New(opts)
-	h.SetReady()
-	srv := h.NewServer()
-	nl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ln := h.Listen(nl)
-	go srv.Serve(ln) //nolint:errcheck
-	tb.Cleanup(func() {
-		srv.Shutdown() //nolint:errcheck
-		ln.Stop()
-		set.Stop()
-	})
+	ln, h := serveAPI(tb, "127.0.0.1:0", opts, shard.Options{}, nil)
 	return ln.Addr().String(), h
 }
 

@@ -6,6 +6,7 @@ package server
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -37,25 +38,10 @@ func reviewFPod(t *testing.T, addr, file string, so shard.Options, opts Options)
 		t.Fatal(err)
 	}
 	m.Start()
-	if so.Shards == 0 {
-		so.Shards = 2
-	}
-	set := shard.New(so)
-	opts.Shards, opts.Cluster = set, m
-	if opts.ForwardTimeout == 0 {
-		opts.ForwardTimeout = time.Second
-	}
-	h := New(opts)
-	h.SetReady()
-	nl, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln := h.Listen(nl)
-	srv := h.NewServer()
-	go srv.Serve(ln)                                                      //nolint:errcheck
-	t.Cleanup(func() { srv.Shutdown(); ln.Stop(); set.Stop(); m.Stop() }) //nolint:errcheck
-	return &pod{addr: addr, h: h, set: set, members: m}
+	opts.Cluster = m
+	opts.ForwardTimeout = cmp.Or(opts.ForwardTimeout, time.Second)
+	_, h := serveAPI(t, addr, opts, so, nil)
+	return &pod{addr: addr, h: h, set: h.set, members: m}
 }
 
 // fakeMember serves addr with fn: a member whose answers the test decides.

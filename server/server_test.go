@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"ai-load-service/shard"
+
+	"github.com/valyala/fasthttp"
 )
 
 // testServer is the handler behind a real loopback listener.
@@ -25,22 +28,43 @@ type testServer struct {
 
 func MustOpenServer(tb testing.TB, o shard.Options, maxBody int) *testServer {
 	tb.Helper()
-	set := shard.New(o)
-	h := New(Options{Shards: set, MaxBodyBytes: maxBody})
+	ln, h := serveAPI(tb, "127.0.0.1:0", Options{MaxBodyBytes: maxBody}, o, nil)
+	return &testServer{URL: "http://" + ln.Addr().String(), H: h, Set: h.set}
+}
+
+// serveAPI serves opts on addr ("127.0.0.1:0": any port) wired as main
+// wires it (NewServer, Listen), with shards from so (2 by default) unless
+// opts has them, and the API handler wrapped by wrap if not nil; all of it,
+// and opts.Cluster, stops at cleanup.
+func serveAPI(tb testing.TB, addr string, opts Options, so shard.Options,
+	wrap func(api fasthttp.RequestHandler) fasthttp.RequestHandler) (*Listener, *Handler) {
+	tb.Helper()
+	if opts.Shards == nil {
+		so.Shards = cmp.Or(so.Shards, 2)
+		opts.Shards = shard.New(so)
+	}
+	h := New(opts)
 	h.SetReady()
-	srv := h.NewServer() // wired as main wires it
-	nl, err := net.Listen("tcp", "127.0.0.1:0")
+	nl, err := net.Listen("tcp", addr)
 	if err != nil {
+		opts.Shards.Stop()
 		tb.Fatal(err)
 	}
 	ln := h.Listen(nl)
+	srv := h.NewServer()
+	if wrap != nil {
+		srv.Handler = wrap(srv.Handler)
+	}
 	go srv.Serve(ln) //nolint:errcheck
 	tb.Cleanup(func() {
 		srv.Shutdown() //nolint:errcheck
 		ln.Stop()
-		set.Stop()
+		opts.Shards.Stop()
+		if opts.Cluster != nil {
+			opts.Cluster.Stop()
+		}
 	})
-	return &testServer{URL: "http://" + ln.Addr().String(), H: h, Set: set}
+	return ln, h
 }
 
 // do sends a request and returns the status, body and response.
