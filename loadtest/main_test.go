@@ -184,26 +184,34 @@ func TestQuantileNearestRank(t *testing.T) {
 	}
 }
 
+// serveLoopback serves handler on a loopback port until the test ends and
+// returns its URL.
+func serveLoopback(tb testing.TB, handler fasthttp.RequestHandler) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv := &fasthttp.Server{Handler: handler}
+	go srv.Serve(ln)                      //nolint:errcheck
+	tb.Cleanup(func() { srv.Shutdown() }) //nolint:errcheck
+	return "http://" + ln.Addr().String()
+}
+
 // startTimed serves handler on loopback and records how long each request
 // spent in it, the server's share of the true latency.
 func startTimed(tb testing.TB, handler fasthttp.RequestHandler) (url string, took func() []time.Duration) {
 	tb.Helper()
 	var mu sync.Mutex
 	var d []time.Duration // guarded by mu
-	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+	url = serveLoopback(tb, func(ctx *fasthttp.RequestCtx) {
 		t0 := time.Now()
 		handler(ctx)
 		mu.Lock()
 		d = append(d, time.Since(t0))
 		mu.Unlock()
-	}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	go srv.Serve(ln)                      //nolint:errcheck
-	tb.Cleanup(func() { srv.Shutdown() }) //nolint:errcheck
-	return "http://" + ln.Addr().String(), func() []time.Duration {
+	})
+	return url, func() []time.Duration {
 		mu.Lock()
 		defer mu.Unlock()
 		return append([]time.Duration(nil), d...)

@@ -53,19 +53,13 @@ func startCounting(tb testing.TB) (url string, count func() (uint64, time.Time))
 	var n atomic.Uint64
 	var mu sync.Mutex
 	var last time.Time
-	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+	url = serveLoopback(tb, func(ctx *fasthttp.RequestCtx) {
 		n.Add(1)
 		mu.Lock()
 		last = time.Now()
 		mu.Unlock()
-	}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	go srv.Serve(ln)                      //nolint:errcheck
-	tb.Cleanup(func() { srv.Shutdown() }) //nolint:errcheck
-	return "http://" + ln.Addr().String(), func() (uint64, time.Time) {
+	})
+	return url, func() (uint64, time.Time) {
 		mu.Lock()
 		defer mu.Unlock()
 		return n.Load(), last
