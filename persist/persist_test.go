@@ -133,6 +133,23 @@ func (s *stack) stop(d time.Duration) (sealErr error, rep StopReport, err error)
 	return sealErr, rep, err
 }
 
+// unrestoredKnown sends one more sample to each of the n devices
+// storeKnown stored, one every 300 ms, and counts those that came back
+// without their stored samples.
+func (s *stack) unrestoredKnown(t *testing.T, n int) int {
+	t.Helper()
+	fresh := 0
+	for i := range n {
+		time.Sleep(300 * time.Millisecond)
+		dev := fmt.Sprint("known-", i)
+		s.ingest(t, dev, 4)
+		if st, _ := s.state(t, dev); st.Count != 4 {
+			fresh++
+		}
+	}
+	return fresh
+}
+
 // storeKnown stores devices known-0 ... known-(n-1) with three samples
 // each in the Redis at addr.
 func storeKnown(t *testing.T, addr string, n int) {

@@ -5,7 +5,6 @@ package persist
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"syscall"
 	"testing"
@@ -139,15 +138,7 @@ func TestReviewPoisonedKeyFailsOtherLoads(t *testing.T) {
 	if s.set.Unrestored() != 1 {
 		t.Fatalf("test premise: unrestored %d; want 1 (bad)", s.set.Unrestored())
 	}
-	fresh := 0
-	for i := range 10 {
-		time.Sleep(300 * time.Millisecond)
-		dev := fmt.Sprint("known-", i)
-		s.ingest(t, dev, 4)
-		if st, _ := s.state(t, dev); st.Count != 4 {
-			fresh++
-		}
-	}
+	fresh := s.unrestoredKnown(t, 10)
 	t.Logf("%d of 10 stored devices came back with fresh state; restore_failures_total %d", fresh, s.w.loadFailures.Get())
 	if fresh > 0 {
 		t.Fatalf("%d of 10 devices stored in a healthy Redis were served unrestored because one other key is unreadable", fresh)
