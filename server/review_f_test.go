@@ -293,6 +293,9 @@ func TestReviewF_EmptyViewAmbiguous(t *testing.T) {
 	if strings.Contains(string(out), "may or may not") || strings.Contains(string(out), `member  `) {
 		t.Fatalf("nothing was sent anywhere (the view is empty), yet: %d %s", code, out)
 	}
+	if code != 503 || !strings.Contains(string(out), "no members") || !strings.Contains(string(out), `"applied":[]`) {
+		t.Fatalf("empty view: %d %s; want 503 saying the view has no members and nothing applied", code, out)
+	}
 }
 
 // 6. TestReviewF_AbsoluteFormReadForwarded: forwardRead builds the owner's
@@ -458,7 +461,7 @@ func doReq(t *testing.T, method, url, body string) (int, string) {
 	return resp.StatusCode(), string(resp.Body())
 }
 
-// TestReviewFHeldMatchesReference (passes): three pods fed random batches
+// TestReviewFHeldMatchesReference: three pods fed random batches
 // through random members answer every ingest and /metric request exactly
 // as a stand-alone pod fed the same stream (anomalies in sample order,
 // window_size, rolling_average, is_anomaly), /analyze merges to the same
@@ -547,8 +550,8 @@ func TestReviewFHeldMatchesReference(t *testing.T) {
 	}
 }
 
-// TestReviewFHeldEscapedRead (passes, logs): escaped IDs and query strings
-// are forwarded to the owner and answered as at the owner.
+// TestReviewFHeldEscapedRead: escaped IDs and query strings are forwarded
+// to the owner and answered as at the owner.
 func TestReviewFHeldEscapedRead(t *testing.T) {
 	addrs := freeAddrs(t, 2)
 	file := filepath.Join(t.TempDir(), "peers")
@@ -565,9 +568,15 @@ func TestReviewFHeldEscapedRead(t *testing.T) {
 		t.Fatal(c, string(b))
 	}
 	esc := strings.ReplaceAll(dev, ":", "%3A")
-	for _, p := range []string{"/api/v1/devices/" + esc, "/api/v1/devices/" + esc + "?x=1&y=%2F", "/api/v1/devices/" + esc + "/anomalies", "/api/v1/devices/" + strings.ReplaceAll(dev, ":", "%253A")} {
+	for i, p := range []string{"/api/v1/devices/" + esc, "/api/v1/devices/" + esc + "?x=1&y=%2F", "/api/v1/devices/" + esc + "/anomalies",
+		"/api/v1/devices/" + strings.ReplaceAll(dev, ":", "%253A")} {
 		c, b := doReq(t, "GET", "http://"+addrs[0]+p, "")
-		t.Logf("%s -> %d %s", p, c, b)
+		oc, ob := doReq(t, "GET", "http://"+addrs[1]+p, "")
+		if c != oc || b != ob || i < 3 && c != 200 {
+			t.Errorf("%s: through A %d %s; at the owner %d %s", p, c, b, oc, ob)
+		}
 	}
-	t.Logf("B holds %d, A holds %d", pods[1].set.Devices(), pods[0].set.Devices())
+	if pods[1].set.Devices() != 1 || pods[0].set.Devices() != 0 {
+		t.Errorf("B holds %d devices, A %d; want the one on B", pods[1].set.Devices(), pods[0].set.Devices())
+	}
 }
