@@ -283,12 +283,16 @@ func (h *Handler) applyCluster(ctx *fasthttp.RequestCtx, st *ingestState, encode
 			_ = h.fwd.members.Refresh(rctx) // the view as of now, or the old one
 			cancel()
 			view = h.fwd.members.View()
+			var err error
 			for _, i := range pending {
-				o, err := h.ownerHere(view, b.Device(int(i)))
-				if err != nil {
-					return err
+				if owner[i], err = h.ownerHere(view, b.Device(int(i))); err != nil {
+					break
 				}
-				owner[i] = o
+			}
+			if err != nil { // stopping: part of the request may be applied already
+				final = append(final, err.Error())
+				status = cmp.Or(status, statusOf(err))
+				break
 			}
 			retry = retry[:0]
 		}

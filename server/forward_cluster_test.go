@@ -226,3 +226,30 @@ func TestMisdirectedReadRetried(t *testing.T) {
 func answered(p *pod, endpoint, method string, code int) uint64 {
 	return p.h.ms.GetOrCreateCounter(fmt.Sprintf(`requests_total{endpoint=%q,method=%q,status="%d"}`, endpoint, method, code)).Get()
 }
+
+// TestStoppedBetweenAttemptsKeepsApplied: a request part of which was
+// applied, whose retry meets the shards stopping, is answered with the
+// indexes applied. It was answered with the bare stopping error, which
+// tells the client nothing was applied.
+func TestStoppedBetweenAttemptsKeepsApplied(t *testing.T) {
+	addrs := freeAddrs(t, 2)
+	a, r := addrs[0], addrs[1]
+	file := filepath.Join(t.TempDir(), "peers")
+	writePeers(t, file, a, r)
+	pa := reviewFPod(t, a, file, shard.Options{}, Options{})
+	held := devOwned(a, addrs, "", nil)
+	if code, out := post(t, a, fmt.Sprintf(`{"device":%q,"ts":1,"metrics":{"m":1}}`, held)); code != 200 {
+		t.Fatalf("%d %s", code, out)
+	}
+	pa.members.Leave() // draining: A still applies what it holds, forwards the rest to R
+	startFake(t, r, func(ctx *fasthttp.RequestCtx, _ <-chan struct{}) {
+		time.Sleep(200 * time.Millisecond) // A applies its own part meanwhile
+		pa.set.Stop()
+		answer421(ctx, nil)
+	})
+	other := devOwned(r, addrs, "", nil)
+	code, out := post(t, a, fmt.Sprintf(`[{"device":%q,"ts":2,"metrics":{"m":1}},{"device":%q,"ts":1,"metrics":{"m":1}}]`, held, other))
+	if code != 503 || !strings.Contains(string(out), `"applied":[0]`) {
+		t.Fatalf("got %d %s; want 503 with \"applied\":[0] (sample 0 was applied before the shards stopped)", code, out)
+	}
+}
