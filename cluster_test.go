@@ -1,14 +1,21 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // startCluster starts n pods that find each other through a peers file.
@@ -93,3 +100,192 @@ func TestClusterMatchesReference(t *testing.T) {
 		t.Fatalf("pods hold %d devices in all (%d members); want each of the %d held once", held, members, want)
 	}
 }
+
+// writePeers replaces the peers file by rename, as a ConfigMap volume does.
+func writePeers(t *testing.T, file string, addrs []string) {
+	t.Helper()
+	tmp := file + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strings.Join(addrs, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, file); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// feeder sends batches one at a time to random pods and the same batches
+// to a reference, resending what a pod answered as not applied (503 with
+// "applied"), until stop: the cluster must end up with the reference's
+// state whatever the membership did meanwhile.
+type feeder struct {
+	ref              *service
+	pods             atomic.Pointer[[]*service]
+	stop, done       chan struct{}
+	sent, resent     atomic.Int64
+	errMu            sync.Mutex
+	err              error
+	devices, perPost int
+}
+
+func (f *feeder) run(t *testing.T, seed uint64) {
+	defer close(f.done)
+	rng := rand.New(rand.NewPCG(seed, seed+1))
+	for round := 0; ; round++ {
+		select {
+		case <-f.stop:
+			return
+		default:
+		}
+		body := clusterBatch(rng, f.devices, f.perPost, int64(1_000_000+round*100))
+		var samples []json.RawMessage
+		if err := json.Unmarshal([]byte(body), &samples); err != nil {
+			f.fail(err)
+			return
+		}
+		var last string
+		for try := 0; len(samples) > 0; try++ {
+			if try == 50 {
+				f.fail(fmt.Errorf("round %d: %d samples still not applied after 50 tries; last: %s", round, len(samples), last))
+				return
+			}
+			pods := *f.pods.Load()
+			pod := pods[rng.IntN(len(pods))]
+			b, _ := json.Marshal(samples)
+			resp, err := http.Post(pod.base+"/api/v1/ingest", "application/json", bytes.NewReader(b))
+			if err != nil {
+				time.Sleep(20 * time.Millisecond) // a pod stopping: another one
+				continue
+			}
+			var ans struct {
+				Applied []int
+				Error   string
+			}
+			raw, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			switch {
+			case resp.StatusCode == 200:
+				samples = nil
+			case resp.StatusCode == 503:
+				if err := json.Unmarshal(raw, &ans); err != nil {
+					f.fail(fmt.Errorf("503 body %s: %v", raw, err))
+					return
+				}
+				done := map[int]bool{}
+				for _, i := range ans.Applied {
+					done[i] = true
+				}
+				var rest []json.RawMessage
+				for i, s := range samples {
+					if !done[i] {
+						rest = append(rest, s)
+					}
+				}
+				f.resent.Add(int64(len(rest)))
+				last = ans.Error
+				samples = rest
+				time.Sleep(20 * time.Millisecond)
+			default:
+				f.fail(fmt.Errorf("round %d: %d %s", round, resp.StatusCode, raw))
+				return
+			}
+		}
+		f.ref.post(t, body)
+		f.sent.Add(1)
+	}
+}
+
+func (f *feeder) fail(err error) {
+	f.errMu.Lock()
+	defer f.errMu.Unlock()
+	if f.err == nil {
+		f.err = err
+	}
+}
+
+// checkAgainst compares every device read from every pod with the
+// reference, and checks that each device is held by exactly one pod.
+func checkAgainst(t *testing.T, ref *service, pods []*service, devices int) {
+	t.Helper()
+	for d := range devices {
+		for _, path := range []string{"/api/v1/devices/dev-%d", "/api/v1/devices/dev-%d/anomalies"} {
+			p := fmt.Sprintf(path, d)
+			want := ref.get(t, p)
+			for i, pod := range pods {
+				if got := pod.get(t, p); got != want {
+					t.Fatalf("%s from pod %d:\n got %s\nwant %s", p, i, got, want)
+				}
+			}
+		}
+	}
+	held := 0
+	for _, pod := range pods {
+		var info struct{ Devices int }
+		if err := json.Unmarshal([]byte(strings.TrimPrefix(pod.get(t, "/api/v1/cluster"), "200 ")), &info); err != nil {
+			t.Fatal(err)
+		}
+		held += info.Devices
+	}
+	if want := ref.devicesHeld(t); held != want {
+		t.Fatalf("pods hold %d devices in all; want each of the %d held once", held, want)
+	}
+}
+
+// TestClusterScaleUnderTraffic: three pods take traffic; a fourth joins,
+// then leaves (SIGTERM), while batches keep flowing. Every device ends
+// identical to a reference fed the same stream, held by one pod: no
+// sample lost or applied twice across both handoffs. Without Redis the
+// state moves between pods alone; with Redis too.
+func TestClusterScaleUnderTraffic(t *testing.T) {
+	bin := buildService(t)
+	for _, mode := range []string{"memory", "redis"} {
+		t.Run(mode, func(t *testing.T) {
+			var env []string
+			if mode == "redis" {
+				env = append(env, "REDIS_ADDR="+startRedis(t), "SNAPSHOT_INTERVAL=200ms")
+			}
+			pods, file := startCluster(t, bin, 3, env...)
+			addrs := []string{pods[0].addr(), pods[1].addr(), pods[2].addr()}
+			f := &feeder{ref: startService(t, bin), stop: make(chan struct{}), done: make(chan struct{}), devices: 200, perPost: 40}
+			f.pods.Store(&pods)
+			go f.run(t, 21)
+			wait := func(rounds int64) {
+				for n := f.sent.Load() + rounds; f.sent.Load() < n; time.Sleep(5 * time.Millisecond) {
+					select {
+					case <-f.done:
+						t.Fatalf("feeder stopped: %v", f.err)
+					default:
+					}
+				}
+			}
+			wait(30)
+			// Scale out: the fourth pod starts with the four in its file.
+			a4 := freeAddr(t)
+			writePeers(t, file, append(addrs, a4))
+			p4 := startServiceAt(t, bin, a4, append([]string{"PEERS_FILE=" + file, "SELF_ADDR=" + a4, "PEERS_REFRESH=200ms"}, env...)...)
+			four := append(slices.Clone(pods), p4)
+			f.pods.Store(&four)
+			wait(60)
+			// Scale in: SIGTERM the fourth, out of the file shortly after.
+			stopped := make(chan struct{})
+			go func() {
+				defer close(stopped)
+				p4.stop(t, syscall.SIGTERM)
+			}()
+			f.pods.Store(&pods)
+			time.Sleep(100 * time.Millisecond)
+			writePeers(t, file, addrs)
+			<-stopped
+			wait(60)
+			close(f.stop)
+			<-f.done
+			if f.err != nil {
+				t.Fatal(f.err)
+			}
+			t.Logf("%d batches, %d samples resent; pod 4's log:\n%s", f.sent.Load(), f.resent.Load(), p4.logs)
+			checkAgainst(t, f.ref, pods, f.devices)
+		})
+	}
+}
+
+// addr is the host:port the service listens on.
+func (s *service) addr() string { return strings.TrimPrefix(s.base, "http://") }

@@ -424,17 +424,33 @@ func run(c config, log zerolog.Logger) error {
 		extra = append(extra, store.Metrics())
 		state = "redis " + c.RedisAddr
 	}
+	clusterMetrics := metrics.NewSet()
+	var handoff *server.Handoff
+	members, err := c.membership(log, clusterMetrics, func(old, v *cluster.View) { handoff.ViewChanged(old, v) })
+	if err != nil {
+		return err
+	}
+	if members != nil {
+		// Devices a member does not hold are asked of the members that
+		// may hold them first, then of Redis (see server/handoff.go).
+		var next shard.Store
+		if store != nil {
+			next = store
+		}
+		handoff = server.NewHandoff(server.HandoffOptions{Members: members, Next: next, Timeout: c.ForwardTimeout,
+			Log: log, Metrics: clusterMetrics})
+		opts.Store, opts.LoadOnly = handoff, store == nil
+		// Tombstones outlive the slowest view to catch up (a DNS cache
+		// plus a few refreshes).
+		opts.Tombstone = max(time.Minute, 6*c.PeersRefresh)
+	}
 	set := shard.New(opts)
 	if store != nil {
 		store.Start(set)
 	}
-	clusterMetrics := metrics.NewSet()
-	members, err := c.membership(log, clusterMetrics)
-	if err != nil {
-		stopState(store, set, log)
-		return err
-	}
 	if members != nil {
+		handoff.Start(set)
+		defer handoff.Stop() // after stopState: the shards' loads are answered first
 		members.Start()
 		defer members.Stop()
 		extra = append(extra, clusterMetrics)
@@ -442,7 +458,7 @@ func run(c config, log zerolog.Logger) error {
 	}
 	h := server.New(server.Options{Shards: set, MaxBodyBytes: c.MaxBodyBytes, Log: log, Pprof: c.Pprof, Metrics: extra,
 		Timeouts: server.Timeouts{Read: c.ReadTimeout, Write: c.WriteTimeout, Idle: c.IdleTimeout},
-		Cluster:  members, ForwardTimeout: c.ForwardTimeout})
+		Cluster:  members, ForwardTimeout: c.ForwardTimeout, Handoff: handoff})
 	// No ReadTimeout, WriteTimeout or IdleTimeout: the Listener from
 	// h.Listen enforces them without a timer update per request.
 	srv := h.NewServer()
@@ -498,6 +514,20 @@ func run(c config, log zerolog.Logger) error {
 		time.Sleep(c.DrainDelay)
 		log.Info().Dur("took", c.DrainDelay).Msg("drain delay over")
 	}
+	if members != nil {
+		// Offer every device held to its new owner while the server still
+		// answers their handoffs; what is not taken goes to the final
+		// snapshot.
+		t := time.Now()
+		hctx, hcancel := context.WithTimeout(context.Background(), c.StopTimeout)
+		n, err := h.HandOver(hctx)
+		hcancel()
+		ev := log.Info()
+		if err != nil {
+			ev = log.Warn().Err(err)
+		}
+		ev.Int("offered", n).Int("held", set.Devices()).Dur("took", time.Since(t)).Msg("devices handed over to their new owners")
+	}
 	t := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), c.StopTimeout)
 	defer cancel()
@@ -552,7 +582,7 @@ func stopState(store *persist.Writer, set *shard.Set, log zerolog.Logger) {
 
 // membership returns the cluster membership the settings describe, or nil
 // for a cluster of one.
-func (c config) membership(log zerolog.Logger, ms *metrics.Set) (*cluster.Membership, error) {
+func (c config) membership(log zerolog.Logger, ms *metrics.Set, onChange func(old, v *cluster.View)) (*cluster.Membership, error) {
 	if c.Peers == "" && c.PeersFile == "" && c.PeersDNS == "" {
 		return nil, nil
 	}
@@ -563,7 +593,7 @@ func (c config) membership(log zerolog.Logger, ms *metrics.Set) (*cluster.Member
 		}
 	}
 	m, err := cluster.New(cluster.Options{Self: c.SelfAddr, Static: static, File: c.PeersFile, DNS: c.PeersDNS, Port: c.PeerPort,
-		Refresh: c.PeersRefresh, Log: log, Metrics: ms})
+		Refresh: c.PeersRefresh, Log: log, Metrics: ms, OnChange: onChange})
 	if err != nil {
 		return nil, fmt.Errorf("cluster settings: %w", err)
 	}

@@ -177,6 +177,10 @@ type reply struct {
 	head      shard.StreamHead
 	hasHead   bool
 	err       string
+	// A 421 for a part applied in part: the indexes applied, and the
+	// samples whose devices were handed over, with where.
+	applied []int
+	moved   []movedTo
 }
 
 // outcome of one part sent to an owner.
@@ -212,7 +216,12 @@ func (f *forwarder) send(owner, self string, body []byte) (outcome, *reply, int,
 		return partAmbiguous, nil, 0, fmt.Sprintf("member %s took the samples but did not answer (%v): they may or may not have been applied", owner, err)
 	case resp.StatusCode() == fasthttp.StatusMisdirectedRequest:
 		p.misdirected.Inc()
-		return partRetry, nil, 0, fmt.Sprintf("member %s does not own them", owner)
+		var r reply
+		var sc scanner
+		if sc.reply(resp.Body(), &r) != nil || len(r.applied) == 0 && len(r.moved) == 0 {
+			return partRetry, nil, 0, fmt.Sprintf("member %s does not own them", owner)
+		}
+		return partRetry, &r, 0, fmt.Sprintf("member %s: %s", owner, r.err) // applied in part
 	}
 	var r reply
 	var sc scanner
@@ -252,139 +261,233 @@ func (h *Handler) applyCluster(ctx *fasthttp.RequestCtx, st *ingestState, encode
 		return h.applyForwarded(ctx, st, view)
 	}
 	n := b.Len()
-	owner := make([]string, n)
+	sp := spread{owner: make([]string, n), applied: make([]bool, n), to: map[int32]string{}, tries: 2}
 	remote := false
 	for i := range n {
 		o, err := h.ownerHere(view, b.Device(i))
 		if err != nil {
 			return err
 		}
-		owner[i] = o
+		sp.owner[i] = o
 		remote = remote || o != view.Self
 	}
 	if !remote {
-		return h.applyLocal(ctx, st, encode)
+		if err := h.set.Ingest(b); err != nil {
+			return err
+		}
+		h.count(b)
+		if len(b.Moved()) == 0 {
+			st.out = encode(st.out[:0], b)
+			ctx.SetContentType("application/json")
+			ctx.SetBody(st.out)
+			return nil
+		}
+		// Some devices were handed over since ownerHere: send those
+		// samples on to their new owners.
+		for i := range sp.applied {
+			sp.applied[i] = true
+		}
+		for _, m := range b.Moved() {
+			sp.moved(int32(m.Sample), m.To)
+		}
+		for _, a := range b.Anomalies {
+			sp.found = append(sp.found, placed{a.Sample(), a})
+		}
+		if sp.applied[0] {
+			hd := b.Head
+			sp.head = &hd
+		}
+		for i, to := range sp.to { // the first send goes where they went
+			sp.owner[i] = to
+		}
+		clear(sp.to)
+		sp.retry = sp.retry[:0]
+	} else {
+		sp.pending = make([]int32, n)
+		for i := range sp.pending {
+			sp.pending[i] = int32(i)
+		}
 	}
-
-	applied := make([]bool, n)
-	var found []placed
-	var head *shard.StreamHead
-	var status int
-	// final are failures a retry cannot mend (a part refused, or sent and
-	// not answered); retry, this attempt's parts that may go again.
-	var final, retry []string
-	pending := make([]int32, n)
-	for i := range pending {
-		pending[i] = int32(i)
-	}
-	for attempt := 0; attempt < 2 && len(pending) > 0; attempt++ {
-		if attempt > 0 {
+	for attempt := 0; attempt < sp.tries && len(sp.pending) > 0; attempt++ {
+		if attempt > 0 && sp.refresh {
 			rctx, cancel := context.WithTimeout(context.Background(), h.fwd.timeout)
 			_ = h.fwd.members.Refresh(rctx) // the view as of now, or the old one
 			cancel()
 			view = h.fwd.members.View()
+		}
+		if attempt > 0 {
 			var err error
-			for _, i := range pending {
-				if owner[i], err = h.ownerHere(view, b.Device(int(i))); err != nil {
+			for _, i := range sp.pending {
+				if to, ok := sp.to[i]; ok {
+					sp.owner[i] = to // handed over: its owner said where
+					continue
+				}
+				if sp.owner[i], err = h.ownerHere(view, b.Device(int(i))); err != nil {
 					break
 				}
 			}
 			if err != nil { // stopping: part of the request may be applied already
-				final = append(final, err.Error())
-				status = cmp.Or(status, statusOf(err))
+				sp.final = append(sp.final, err.Error())
+				sp.status = cmp.Or(sp.status, statusOf(err))
 				break
 			}
-			retry = retry[:0]
+			clear(sp.to)
+			sp.retry = sp.retry[:0]
+			sp.refresh = false
 		}
-		byOwner := map[string][]int32{}
-		for _, i := range pending {
-			byOwner[owner[i]] = append(byOwner[owner[i]], i)
-		}
-		pending = pending[:0]
-		type result struct {
-			idx  []int32
-			out  outcome
-			r    *reply
-			code int
-			msg  string
-		}
-		results := make(chan result, n)
-		sent := 0
-		var local []int32
-		for o, idx := range byOwner {
-			switch o {
-			case view.Self:
-				local = idx
-				continue
-			case "":
-				pending = append(pending, idx...)
-				retry = append(retry, fmt.Sprintf("this member's view has no members to send %d samples to (it is leaving, or its peer source lists none)", len(idx)))
-				continue
-			}
-			for _, c := range h.fwd.split(b, idx, h.opts.MaxBodyBytes) {
-				sent++
-				go func() {
-					out, r, code, msg := h.fwd.send(o, view.Self, c.body)
-					results <- result{c.idx, out, r, code, msg}
-				}()
-			}
-		}
-		if local != nil {
-			as, hd, err := h.applyPart(st, local)
-			if err != nil {
-				final = append(final, err.Error())
-				status = cmp.Or(status, statusOf(err))
-			} else {
-				for _, i := range local {
-					applied[i] = true
-				}
-				found = append(found, as...)
-				if local[0] == 0 {
-					head = hd
-				}
-			}
-		}
-		for range sent {
-			res := <-results
-			switch res.out {
-			case partOK:
-				for _, i := range res.idx {
-					applied[i] = true
-				}
-				for _, p := range res.r.anomalies {
-					if p.at < 0 || p.at >= len(res.idx) {
-						continue
-					}
-					found = append(found, placed{int(res.idx[p.at]), p.a})
-				}
-				if res.idx[0] == 0 && res.r.hasHead {
-					head = &res.r.head
-				}
-			case partRetry:
-				pending = append(pending, res.idx...)
-				retry = append(retry, res.msg)
-			default:
-				final = append(final, res.msg)
-				status = cmp.Or(status, res.code)
-			}
-		}
-		slices.Sort(pending)
+		h.sendParts(st, view, &sp)
 	}
-	if problems := append(final, retry...); len(problems) > 0 {
-		return &partialError{status: cmp.Or(status, fasthttp.StatusServiceUnavailable), msg: problems[0], applied: applied}
+	if problems := append(sp.final, sp.retry...); len(problems) > 0 {
+		return &partialError{status: cmp.Or(sp.status, fasthttp.StatusServiceUnavailable), msg: problems[0], applied: sp.applied}
 	}
-	slices.SortStableFunc(found, func(x, y placed) int { return x.at - y.at })
+	slices.SortStableFunc(sp.found, func(x, y placed) int { return x.at - y.at })
 	b.Anomalies = b.Anomalies[:0]
-	for _, p := range found {
+	for _, p := range sp.found {
 		b.Anomalies = append(b.Anomalies, p.a)
 	}
-	if head != nil {
-		b.Head = *head
+	if sp.head != nil {
+		b.Head = *sp.head
 	}
 	st.out = encode(st.out[:0], b)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(st.out)
 	return nil
+}
+
+// spread is the state of one request applyCluster sends to its owners.
+type spread struct {
+	owner   []string // by sample: the member to send it to this attempt
+	applied []bool   // by sample
+	pending []int32  // samples to send this attempt, sorted
+	to      map[int32]string
+	found   []placed
+	head    *shard.StreamHead
+	status  int
+	// final are failures a retry cannot mend (a part refused, or sent and
+	// not answered); retry, this attempt's parts that may go again.
+	final, retry []string
+	tries        int  // attempts allowed: 2, or 3 once a device was found handed over
+	refresh      bool // the next attempt refreshes the view first
+}
+
+// moved notes that sample i's device was handed over to member to: the
+// next attempt sends it there, without waiting for the view to say so.
+func (sp *spread) moved(i int32, to string) {
+	sp.pending = append(sp.pending, i)
+	sp.to[i] = to
+	sp.retry = append(sp.retry, fmt.Sprintf("device was handed over to member %s meanwhile", to))
+	sp.tries = max(sp.tries, 3)
+}
+
+// sendParts runs one attempt: sp.pending's samples go to their owners (this
+// pod's own to its shards), and what may go again is left in sp.pending.
+func (h *Handler) sendParts(st *ingestState, view *cluster.View, sp *spread) {
+	b := &st.batch
+	byOwner := map[string][]int32{}
+	for _, i := range sp.pending {
+		byOwner[sp.owner[i]] = append(byOwner[sp.owner[i]], i)
+	}
+	sp.pending = sp.pending[:0]
+	type result struct {
+		idx  []int32
+		out  outcome
+		r    *reply
+		code int
+		msg  string
+	}
+	results := make(chan result, len(sp.owner))
+	sent := 0
+	var local []int32
+	for o, idx := range byOwner {
+		switch o {
+		case view.Self:
+			local = idx
+			continue
+		case "":
+			sp.pending = append(sp.pending, idx...)
+			sp.retry = append(sp.retry, fmt.Sprintf("this member's view has no members to send %d samples to (it is leaving, or its peer source lists none)", len(idx)))
+			sp.refresh = true
+			continue
+		}
+		for _, c := range h.fwd.split(b, idx, h.opts.MaxBodyBytes) {
+			sent++
+			go func() {
+				out, r, code, msg := h.fwd.send(o, view.Self, c.body)
+				results <- result{c.idx, out, r, code, msg}
+			}()
+		}
+	}
+	if local != nil {
+		as, hd, moved, err := h.applyPart(st, local)
+		if err != nil {
+			sp.final = append(sp.final, err.Error())
+			sp.status = cmp.Or(sp.status, statusOf(err))
+		} else {
+			for _, i := range local {
+				sp.applied[i] = true
+			}
+			for _, m := range moved {
+				sp.applied[m.at] = false
+				sp.moved(int32(m.at), m.to)
+			}
+			sp.found = append(sp.found, as...)
+			if local[0] == 0 && sp.applied[0] {
+				sp.head = hd
+			}
+		}
+	}
+	for range sent {
+		res := <-results
+		if res.r != nil { // answered, in whole or in part
+			done := res.r.applied
+			if res.out == partOK {
+				done = nil
+				for k := range res.idx {
+					done = append(done, k)
+				}
+			}
+			for _, k := range done {
+				if k >= 0 && k < len(res.idx) {
+					sp.applied[res.idx[k]] = true
+				}
+			}
+			for _, p := range res.r.anomalies {
+				if p.at >= 0 && p.at < len(res.idx) {
+					sp.found = append(sp.found, placed{int(res.idx[p.at]), p.a})
+				}
+			}
+			if res.idx[0] == 0 && res.r.hasHead && sp.applied[0] {
+				sp.head = &res.r.head
+			}
+		}
+		switch res.out {
+		case partOK:
+		case partRetry:
+			moved := map[int]string{}
+			if res.r != nil {
+				for _, m := range res.r.moved {
+					moved[m.at] = m.to
+				}
+			}
+			for k, i := range res.idx {
+				switch {
+				case sp.applied[i]:
+				case moved[k] != "":
+					sp.moved(i, moved[k])
+				default:
+					sp.pending = append(sp.pending, i)
+					sp.refresh = true
+				}
+			}
+			if len(moved) == 0 {
+				sp.retry = append(sp.retry, res.msg)
+			}
+		default:
+			sp.final = append(sp.final, res.msg)
+			sp.status = cmp.Or(sp.status, res.code)
+		}
+	}
+	slices.Sort(sp.pending)
 }
 
 // ownerHere is the member that applies samples of device sent to this
@@ -423,8 +526,9 @@ func (f *forwarder) split(b *shard.Batch, idx []int32, limit int) []chunk {
 }
 
 // applyPart applies the samples idx of st.batch here, and returns their
-// anomalies placed at their index in st.batch and the head of the first.
-func (h *Handler) applyPart(st *ingestState, idx []int32) ([]placed, *shard.StreamHead, error) {
+// anomalies placed at their index in st.batch, the head of the first, and
+// the samples not applied because their device was handed over.
+func (h *Handler) applyPart(st *ingestState, idx []int32) ([]placed, *shard.StreamHead, []movedTo, error) {
 	part := &st.part
 	part.Reset()
 	part.SetReceived(st.batch.Received())
@@ -432,15 +536,25 @@ func (h *Handler) applyPart(st *ingestState, idx []int32) ([]placed, *shard.Stre
 		part.AppendSample(&st.batch, int(i))
 	}
 	if err := h.set.Ingest(part); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	h.count(part)
 	out := make([]placed, len(part.Anomalies))
 	for k := range part.Anomalies {
 		out[k] = placed{int(idx[part.Anomalies[k].Sample()]), part.Anomalies[k]}
 	}
+	var moved []movedTo
+	for _, m := range part.Moved() {
+		moved = append(moved, movedTo{int(idx[m.Sample]), m.To})
+	}
 	hd := part.Head
-	return out, &hd, nil
+	return out, &hd, moved, nil
+}
+
+// movedTo is a sample whose device was handed over to member to.
+type movedTo struct {
+	at int
+	to string
 }
 
 // applyForwarded applies a request another member forwarded, whole, if
@@ -467,8 +581,42 @@ func (h *Handler) applyForwarded(ctx *fasthttp.RequestCtx, st *ingestState, view
 		return err
 	}
 	h.count(b)
-	dst := append(st.out[:0], `{"accepted":`...)
-	dst = strconv.AppendInt(dst, int64(b.Len()), 10)
+	dst := st.out[:0]
+	if moved := b.Moved(); len(moved) > 0 {
+		// Handed over between the check above and the shards: the rest
+		// is applied; the sender sends these on (see spread.moved).
+		ctx.SetStatusCode(fasthttp.StatusMisdirectedRequest)
+		dst = append(dst, `{"error":`...)
+		dst = appendString(dst, fmt.Sprintf("device %q was handed over to member %s; the samples in applied were applied", b.Device(moved[0].Sample), moved[0].To))
+		dst = append(dst, `,"applied":[`...)
+		first := true
+		for i, k := 0, 0; i < b.Len(); i++ {
+			if k < len(moved) && moved[k].Sample == i {
+				k++
+				continue
+			}
+			if !first {
+				dst = append(dst, ',')
+			}
+			first = false
+			dst = strconv.AppendInt(dst, int64(i), 10)
+		}
+		dst = append(dst, `],"moved":[`...)
+		for k, m := range moved {
+			if k > 0 {
+				dst = append(dst, ',')
+			}
+			dst = append(dst, `{"sample":`...)
+			dst = strconv.AppendInt(dst, int64(m.Sample), 10)
+			dst = append(dst, `,"to":`...)
+			dst = appendString(dst, m.To)
+			dst = append(dst, '}')
+		}
+		dst = append(dst, ']')
+	} else {
+		dst = append(dst, `{"accepted":`...)
+		dst = strconv.AppendInt(dst, int64(b.Len()), 10)
+	}
 	dst = append(dst, `,"anomalies":`...)
 	dst = appendAnomalyList(dst, b.Anomalies, true)
 	dst = append(dst, `,"head":{"Window":`...)
@@ -533,36 +681,59 @@ func (h *Handler) forwardRead(ctx *fasthttp.RequestCtx, id string) (done bool, e
 			last = "this member's view has no members (it is leaving, or its peer source lists none)"
 			continue
 		}
-		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-		// The path as sent, escapes kept, whatever the request line's form
-		// (absolute form carries a scheme and host).
-		req.SetRequestURI("http://" + owner + string(ctx.URI().PathOriginal()))
-		req.URI().SetQueryStringBytes(ctx.URI().QueryString())
-		req.Header.Set(hdrForwarded, view.Self)
-		start := time.Now()
-		err = h.fwd.client.DoTimeout(req, resp, h.fwd.timeout)
-		p := h.fwd.peer(owner)
-		p.duration.UpdateDuration(start)
-		switch {
-		case err != nil:
-			p.failed.Inc()
-			last = fmt.Sprintf("member %s could not be asked: %v", owner, err)
-		case resp.StatusCode() == fasthttp.StatusMisdirectedRequest:
-			p.misdirected.Inc()
-			last = fmt.Sprintf("member %s does not own it", owner)
-		default:
-			p.ok.Inc()
-			ctx.SetStatusCode(resp.StatusCode())
-			ctx.SetContentType("application/json")
-			ctx.SetBody(resp.Body())
-		}
-		fasthttp.ReleaseRequest(req)
-		fasthttp.ReleaseResponse(resp)
-		if last == "" {
+		if last = h.fwd.read(ctx, owner, view.Self); last == "" {
 			return true, nil
 		}
 	}
 	return true, errorf(fasthttp.StatusServiceUnavailable, "the owner of device %q cannot answer: %s; retry", id, last)
+}
+
+// read asks owner the read ctx holds and answers ctx with its answer, or
+// returns why it could not.
+func (f *forwarder) read(ctx *fasthttp.RequestCtx, owner, self string) (failed string) {
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	// The path as sent, escapes kept, whatever the request line's form
+	// (absolute form carries a scheme and host).
+	req.SetRequestURI("http://" + owner + string(ctx.URI().PathOriginal()))
+	req.URI().SetQueryStringBytes(ctx.URI().QueryString())
+	req.Header.Set(hdrForwarded, self)
+	start := time.Now()
+	err := f.client.DoTimeout(req, resp, f.timeout)
+	p := f.peer(owner)
+	p.duration.UpdateDuration(start)
+	switch {
+	case err != nil:
+		p.failed.Inc()
+		return fmt.Sprintf("member %s could not be asked: %v", owner, err)
+	case resp.StatusCode() == fasthttp.StatusMisdirectedRequest:
+		p.misdirected.Inc()
+		return fmt.Sprintf("member %s does not own it", owner)
+	}
+	p.ok.Inc()
+	ctx.SetStatusCode(resp.StatusCode())
+	ctx.SetContentType("application/json")
+	ctx.SetBody(resp.Body())
+	return ""
+}
+
+// movedRead answers a read whose device this pod handed over (err is a
+// *shard.MovedError) with the new owner's answer: a marked read is refused
+// (421), as one for a device not held. Other errors are returned as they
+// are.
+func (h *Handler) movedRead(ctx *fasthttp.RequestCtx, id string, err error) error {
+	var m *shard.MovedError
+	if h.fwd == nil || !errors.As(err, &m) {
+		return err
+	}
+	if len(ctx.Request.Header.Peek(hdrForwarded)) > 0 {
+		return errorf(fasthttp.StatusMisdirectedRequest, "device %q was handed over to member %s; ask it", id, m.To)
+	}
+	if failed := h.fwd.read(ctx, m.To, h.fwd.members.View().Self); failed != "" {
+		return errorf(fasthttp.StatusServiceUnavailable, "device %q was handed over to member %s, which cannot answer: %s; retry", id, m.To, failed)
+	}
+	return nil
 }
 
 // summarize adds every other member's /analyze?scope=local to s and
@@ -717,6 +888,34 @@ func (s *scanner) reply(body []byte, r *reply) *Error {
 			})
 		case "error":
 			return s.text(&r.err)
+		case "applied":
+			if s.peek() != '[' {
+				return s.syntax("an array")
+			}
+			return s.array(func(int) *Error {
+				var k int
+				e := s.int(&k)
+				r.applied = append(r.applied, k)
+				return e
+			})
+		case "moved":
+			if s.peek() != '[' {
+				return s.syntax("an array")
+			}
+			return s.array(func(int) *Error {
+				m := movedTo{at: -1}
+				e := s.fields(func(key []byte) *Error {
+					switch string(key) {
+					case "sample":
+						return s.int(&m.at)
+					case "to":
+						return s.text(&m.to)
+					}
+					return s.skip(1)
+				})
+				r.moved = append(r.moved, m)
+				return e
+			})
 		}
 		return s.skip(1)
 	})

@@ -74,7 +74,7 @@ func (h *Handler) applyLocal(ctx *fasthttp.RequestCtx, st *ingestState, encode f
 
 // count adds an applied batch to the ingest counters.
 func (h *Handler) count(b *shard.Batch) {
-	h.samples.Add(b.Metrics())
+	h.samples.Add(b.Applied())
 	h.anomalies.Add(len(b.Anomalies))
 	h.anomalous.Add(b.Anomalous)
 }

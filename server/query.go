@@ -40,7 +40,7 @@ func (h *Handler) device(ctx *fasthttp.RequestCtx) error {
 	}
 	ms, ok, err := h.set.Device(id)
 	if err != nil {
-		return err
+		return h.movedRead(ctx, id, err)
 	}
 	if !ok {
 		return notFound(id)
@@ -91,7 +91,7 @@ func (h *Handler) deviceAnomalies(ctx *fasthttp.RequestCtx) error {
 	}
 	as, ok, err := h.set.Anomalies(id)
 	if err != nil {
-		return err
+		return h.movedRead(ctx, id, err)
 	}
 	if !ok {
 		return notFound(id)

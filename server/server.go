@@ -44,6 +44,9 @@ type Options struct {
 	Cluster *cluster.Membership
 	// ForwardTimeout bounds one forwarded request; zero: 2s.
 	ForwardTimeout time.Duration
+	// Handoff is the Set's Store in cluster mode, which claims (offers of
+	// a stopping member's devices) hint at.
+	Handoff *Handoff
 }
 
 // Handler serves the API. Create it with New.
@@ -61,6 +64,7 @@ type Handler struct {
 	anomalous *metrics.Counter // anomalous samples, alerted or not
 	other     *endpoint        // requests that match no route
 	fwd       *forwarder       // nil: a cluster of one
+	handedOut *metrics.Counter // devices handed over to other members
 	// byPath holds the routes without parameters, by path, for requests
 	// answered before routing (ErrorHandler, Expect). Filled by routes,
 	// read-only after New.
@@ -119,6 +123,8 @@ func New(opts Options) *Handler {
 	})
 	if opts.Cluster != nil {
 		h.fwd = newForwarder(opts.Cluster, opts.ForwardTimeout, opts.Timeouts.Idle, h.ms)
+		h.handedOut = h.ms.NewCounter("handoffs_out_total")
+		h.ms.NewGauge("devices_handed_off", func() float64 { return float64(h.set.Tombstones()) })
 	}
 	h.router = h.routes()
 	return h
@@ -151,6 +157,8 @@ func (h *Handler) routes() *router.Router {
 	add("/api/v1/devices/{device}", "GET", h.device)
 	add("/api/v1/devices/{device}/anomalies", "GET", h.deviceAnomalies)
 	add("/api/v1/cluster", "GET", h.clusterInfo)
+	add(handoffPath, "POST", h.handoff)
+	add(claimPath, "POST", h.claim)
 	if h.opts.Pprof {
 		add("/debug/pprof/{profile:*}", "GET", h.pprof)
 	}

@@ -21,6 +21,9 @@ type Batch struct {
 	samples  []sample
 	metrics  []metric
 
+	moved   []Moved // samples not applied: their device was handed over
+	applied int     // metric values applied
+
 	// dispatch scratch, reused across requests
 	counts []int32 // samples per shard
 	order  []int32 // sample indices grouped by shard, batch order inside
@@ -58,7 +61,18 @@ func (b *Batch) Reset() {
 	b.buf = b.buf[:0]
 	b.samples = b.samples[:0]
 	b.metrics = b.metrics[:0]
+	b.moved = b.moved[:0]
+	b.applied = 0
 }
+
+// Moved lists, in batch order, the samples Ingest did not apply because
+// their device had been handed over to another member (Set.HandOff): the
+// rest of the batch was applied. Empty outside cluster mode.
+func (b *Batch) Moved() []Moved { return b.moved }
+
+// Applied returns how many metric values Ingest applied: Metrics, less
+// those of the samples in Moved.
+func (b *Batch) Applied() int { return b.applied }
 
 // Received returns what SetReceived recorded (zero: nothing yet).
 func (b *Batch) Received() int64 { return b.received }

@@ -55,14 +55,19 @@ type replayed struct {
 // getDevice returns the device with hash h and ID id, creating it when
 // unknown; with a Store, a new device starts loading and its ops wait.
 func (sh *shard) getDevice(h uint64, id []byte) *device {
-	if d := sh.lookup(h, id); d != nil {
-		return d
-	}
 	s := sh.set
-	d := sh.newDevice(string(id), h, sh.devices[h])
-	sh.devices[h] = d
-	sh.ndev++
-	s.devices.Add(1)
+	d := sh.lookup(h, id)
+	switch {
+	case d == nil:
+		d = sh.newDevice(string(id), h, sh.devices[h])
+		sh.devices[h] = d
+		sh.ndev++
+		s.devices.Add(1)
+	case d.gone && sh.expired(d):
+		sh.revive(d)
+	default:
+		return d // held, or handed over (the caller checks gone)
+	}
 	d.touched = sh.now
 	if s.opts.Store != nil {
 		sh.startLoad(d, h, false)
@@ -91,7 +96,7 @@ func (sh *shard) startLoad(d *device, h uint64, retry bool) {
 // changed it arrived.
 func (sh *shard) touch(d *device, now int64) {
 	d.touched = max(d.touched, now)
-	if !d.dirty && !d.unrestored && sh.set.opts.Store != nil {
+	if !d.dirty && !d.unrestored && sh.set.opts.Store != nil && !sh.set.opts.LoadOnly {
 		d.dirty = true
 		sh.dirty = append(sh.dirty, d)
 	}
@@ -238,8 +243,10 @@ func (sh *shard) settle(d *device, snap *Snapshot, err error) {
 			p.o.done.finish()
 		}
 	}
-	if len(d.streams) == 0 && !d.unrestored {
-		sh.drop(d.hash, d, false) // only read, and the store has nothing
+	if len(d.streams) == 0 && !d.unrestored && !d.dirty {
+		// Only read, and the store has nothing. (A dirty one, a revived
+		// tombstone, is in the persister's lists: eviction drops it.)
+		sh.drop(d.hash, d, false)
 	}
 }
 
@@ -331,7 +338,7 @@ func (sh *shard) collect(o *op) {
 	n := min(len(sh.collecting), collectChunk)
 	chunk := sh.collecting[len(sh.collecting)-n:]
 	for _, d := range chunk {
-		if d.dirty && !d.unrestored && !d.loading {
+		if d.dirty && !d.unrestored && !d.loading && !d.gone && len(d.streams) > 0 {
 			o.snaps = append(o.snaps, Encoded{Device: d.id, Data: d.encode()})
 		}
 		d.dirty = false
@@ -350,6 +357,13 @@ func (sh *shard) scan(evict bool) {
 			next = d.next // drop below gives d back for reuse
 			switch {
 			case d.loading || d.retrying:
+			case d.gone:
+				if sh.expired(d) && !d.dirty {
+					sh.ngone--
+					sh.set.tombs.Add(-1)
+					sh.unlink(h, d)
+					sh.freeDevice(d)
+				}
 			case d.unrestored && len(d.streams) == 0:
 				sh.drop(h, d, false) // nothing to protect
 			case evict && !d.unrestored && !d.dirty && d.touched < idle:
@@ -388,19 +402,7 @@ const maxRetries = 256
 // drop removes d, whose state the store already has or is being given, and
 // gives it back to the shard's slabs: d must not be used after.
 func (sh *shard) drop(h uint64, d *device, idle bool) {
-	p := sh.devices[h]
-	if p == d {
-		if d.next == nil {
-			delete(sh.devices, h)
-		} else {
-			sh.devices[h] = d.next
-		}
-	} else {
-		for p.next != d {
-			p = p.next
-		}
-		p.next = d.next
-	}
+	sh.unlink(h, d)
 	sh.ndev--
 	sh.set.devices.Add(-1)
 	sh.set.streams.Add(-int64(len(d.streams)))
@@ -415,6 +417,23 @@ func (sh *shard) drop(h uint64, d *device, idle bool) {
 		sh.noteEvicted(d)
 	}
 	sh.freeDevice(d)
+}
+
+// unlink takes d out of the device map.
+func (sh *shard) unlink(h uint64, d *device) {
+	p := sh.devices[h]
+	if p == d {
+		if d.next == nil {
+			delete(sh.devices, h)
+		} else {
+			sh.devices[h] = d.next
+		}
+	} else {
+		for p.next != d {
+			p = p.next
+		}
+		p.next = d.next
+	}
 }
 
 // Encoded is one device's snapshot in the AppendBinary encoding.

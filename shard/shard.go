@@ -43,6 +43,13 @@ type Options struct {
 	// naming a new metric for a device that has them all is refused with
 	// ErrTooManyStreams. Zero: DefaultMaxStreams.
 	MaxStreams int
+	// LoadOnly says Store only loads (a cluster member without
+	// persistence, whose store asks the other members): changes are not
+	// tracked for Collect, which nobody calls.
+	LoadOnly bool
+	// Tombstone is how long a device handed over to another member (see
+	// HandOff) is remembered; zero: one minute.
+	Tombstone time.Duration
 }
 
 // Defaults chosen from the labelled evaluation (see README, make eval).
@@ -99,6 +106,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxStreams <= 0 {
 		o.MaxStreams = DefaultMaxStreams
+	}
+	if o.Tombstone <= 0 {
+		o.Tombstone = time.Minute
 	}
 	return o
 }
@@ -198,6 +208,7 @@ type Set struct {
 	retries    atomic.Int64 // retried loads of unrestored devices in flight
 	newer      atomic.Int64 // unrestored devices a newer version saved
 	evicted    atomic.Uint64
+	tombs      atomic.Int64 // devices handed over, remembered (see HandOff)
 
 	// clients counts Ingest, Device, Anomalies and Summarize calls from
 	// admission until they return, so Seal can wait for every admitted
@@ -228,6 +239,7 @@ func New(opts Options) *Set {
 	for i := range s.shards {
 		sh := &shard{
 			set:     s,
+			index:   i,
 			inbox:   make(chan *op, opts.QueueLen),
 			limit:   int32(opts.QueueLen),
 			devices: make(map[uint64]*device),
@@ -410,6 +422,7 @@ func (s *Set) Ingest(b *Batch) error {
 		}
 		o := &b.ops[k]
 		o.kind, o.b, o.done, o.out, o.anomalous = opIngest, b, &b.done, o.out[:0], 0
+		o.moved, o.applied = o.moved[:0], 0
 		b.done.add(1) // every add before the first send
 	}
 	for k, c := range b.counts {
@@ -421,6 +434,8 @@ func (s *Set) Ingest(b *Batch) error {
 
 	b.Anomalies = b.Anomalies[:0]
 	b.Anomalous = 0
+	b.moved = b.moved[:0]
+	b.applied = 0
 	for k, c := range b.counts {
 		// Ops of shards this batch did not touch hold an earlier
 		// request's results: a pooled Batch reuses them.
@@ -429,7 +444,12 @@ func (s *Set) Ingest(b *Batch) error {
 		}
 		b.Anomalous += b.ops[k].anomalous
 		b.Anomalies = append(b.Anomalies, b.ops[k].out...)
+		b.moved = append(b.moved, b.ops[k].moved...)
+		b.applied += b.ops[k].applied
 		b.ops[k].b = nil
+	}
+	if len(b.moved) > 0 {
+		slices.SortFunc(b.moved, func(x, y Moved) int { return x.Sample - y.Sample })
 	}
 	// Each shard's list is in sample order unless a sample waited for its
 	// device to load and ran after later ones; several shards interleave.
@@ -448,6 +468,9 @@ func (s *Set) Device(id string) ([]MetricState, bool, error) {
 	o, err := s.ask(opDevice, id)
 	if err != nil {
 		return nil, false, err
+	}
+	if o.handed.MovedTo != "" {
+		return nil, false, &MovedError{id, o.handed.MovedTo}
 	}
 	return o.metrics, o.found, nil
 }
@@ -469,6 +492,9 @@ func (s *Set) Anomalies(id string) ([]Anomaly, bool, error) {
 	o, err := s.ask(opAnomalies, id)
 	if err != nil {
 		return nil, false, err
+	}
+	if o.handed.MovedTo != "" {
+		return nil, false, &MovedError{id, o.handed.MovedTo}
 	}
 	return o.out, o.found, nil
 }
@@ -649,6 +675,10 @@ const (
 	opNames
 	opAbandon
 	opHeld
+	opHandoff
+	opSweep
+	opList
+	opForget
 )
 
 // op is one message to a shard. The sender owns it again once done has
@@ -663,6 +693,8 @@ type op struct {
 	// anomalous counts opIngest's anomalous samples, alerted or not
 	anomalous int
 	parked    int // samples waiting for their device to load
+	moved     []Moved
+	applied   int // metric values applied
 
 	id      string // opDevice, opAnomalies
 	hash    uint64 // of id
@@ -677,10 +709,15 @@ type op struct {
 	more    bool               // opCollect: devices are left for the next op
 	all     bool               // opRetry: every unrestored device, not a trickle
 	started int                // opRetry: loads started
+	to      string             // opHandoff: the member taking the device
+	handed  Handed             // opHandoff; MovedTo also for reads
+	ids     []string           // opList; opForget: nil for all
+	members []string           // opForget
 }
 
 type shard struct {
 	set     *Set
+	index   int // in set.shards
 	inbox   chan *op
 	pending atomic.Int32 // ops reserved or queued, not yet taken; ≤ limit for ingest
 	limit   int32
@@ -691,6 +728,7 @@ type shard struct {
 	ndev      int
 	names     map[string]*nameAgg // per metric name; owned by run alone
 	full      fullSet             // devices at their stream limit
+	ngone     int                 // tombstones among devices (see HandOff)
 	restoring bool                // restore is adding a device's streams
 	devs      []*device           // ingest scratch
 	// What devices are made of, dense and reused (see slabs).
@@ -760,7 +798,15 @@ func (sh *shard) handle(o *op) bool {
 		return sh.read(o)
 	case opHeld:
 		d := sh.lookup(o.hash, []byte(o.id))
-		o.found = d != nil && !d.loading
+		o.found = d != nil && !d.loading && !d.gone
+	case opHandoff:
+		sh.handoff(o)
+	case opSweep:
+		sh.sweep()
+	case opList:
+		sh.list(o)
+	case opForget:
+		sh.forget(o)
 
 	case opSummary:
 		sh.summarize(o)
@@ -788,6 +834,10 @@ func (sh *shard) ingest(o *op) bool {
 	o.parked = 0
 	for k, i := range o.idx {
 		d := devs[k]
+		if d.gone {
+			o.moved = append(o.moved, Moved{int(i), d.to})
+			continue
+		}
 		if d.loading {
 			d.waiting = append(d.waiting, parked{o: o, sample: i})
 			o.parked++
@@ -804,6 +854,7 @@ func (sh *shard) ingest(o *op) bool {
 func (sh *shard) apply(d *device, o *op, i int32) {
 	b, s := o.b, sh.set
 	smp := &b.samples[i]
+	o.applied += int(smp.ms.hi - smp.ms.lo)
 	sh.touch(d, b.received)
 	for j := smp.ms.lo; j < smp.ms.hi; j++ {
 		m := &b.metrics[j]
@@ -849,8 +900,12 @@ func (sh *shard) lookup(h uint64, id []byte) *device {
 // the store first when there is one.
 func (sh *shard) read(o *op) bool {
 	d := sh.lookup(o.hash, []byte(o.id))
-	if d == nil && sh.set.opts.Store != nil {
+	if d == nil && sh.set.opts.Store != nil || d != nil && d.gone && sh.expired(d) {
 		d = sh.getDevice(o.hash, []byte(o.id))
+	}
+	if d != nil && d.gone {
+		o.handed.MovedTo = d.to
+		return true
 	}
 	if d != nil && d.loading {
 		d.waiting = append(d.waiting, parked{o: o})
@@ -1002,6 +1057,13 @@ type device struct {
 	replay     map[string]*keptRing // per metric: samples taken while unrestored, to replay on the stored state
 	rseq       uint64               // orders the replay samples of all metrics
 	loadSeq    uint32               // counts loads started, so a late answer is known
+
+	// A tombstone: the device was handed over (see HandOff) to member to
+	// at goneAt (unix ns), with state handed; it holds nothing else.
+	gone   bool
+	to     string
+	handed []byte
+	goneAt int64
 }
 
 const headLen = 32

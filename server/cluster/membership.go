@@ -321,7 +321,7 @@ func (m *Membership) installLocked(members []string) {
 	if slices.Equal(old.Members, members) {
 		return
 	}
-	v := NewView(m.opts.Self, members)
+	v := NewView(m.opts.Self, members).follow(old)
 	v.Changed = time.Now()
 	v.Seq = old.Seq + 1
 	m.view.Store(v)

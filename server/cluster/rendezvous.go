@@ -22,6 +22,43 @@ type View struct {
 	// only the device. Views built as literals have none; Owner then
 	// hashes members per call (correct, slower).
 	hashes []uint64
+	// past holds the views before this one, newest first (at most
+	// keepPast, each with no past of its own): where a device's state was
+	// before the latest changes (see Sources).
+	past []*View
+}
+
+// keepPast is how many earlier views a View remembers for Sources: a
+// handoff asks the owners of a few recent views, not of all history.
+const keepPast = 3
+
+// follow returns v installed after old: v remembers old and old's past.
+func (v *View) follow(old *View) *View {
+	o := *old
+	o.past = nil
+	v.past = append([]*View{&o}, old.past[:min(len(old.past), keepPast-1)]...)
+	return v
+}
+
+// Sources appends to dst the members other than Self that may hold
+// device's state, in the order to ask them: its owner in each earlier view
+// this one remembers (newest first), then the member that would own it in
+// this view without Self, which is where it was before Self joined. Each
+// member appears once.
+func (v *View) Sources(device []byte, dst []string) []string {
+	add := func(m string) {
+		if m != "" && m != v.Self && !slices.Contains(dst, m) {
+			dst = append(dst, m)
+		}
+	}
+	for _, p := range v.past {
+		add(p.Owner(device))
+	}
+	var two [2]string
+	for _, m := range v.Rank(device, 2, two[:0]) {
+		add(m)
+	}
+	return dst
 }
 
 // NewView returns a view of members (sorted and deduplicated here, taken

@@ -1,0 +1,494 @@
+package server
+
+// Handoff: how a device's state moves to its new owner when the view
+// changes. The new owner, on the first touch of a device it does not hold,
+// loads it like a Redis restore (its samples wait, in order), but asks
+// the members that may hold it first (View.Sources: its owners in the
+// last views, then the owner it would have without this pod). The holder
+// hands the state over and keeps a tombstone (shard.Set.HandOff), so what
+// still reaches it for the device goes on to the new owner. Redis is the
+// fallback when no member has it. docs/cluster.md has the protocol and its
+// failure cases.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"ai-load-service/server/cluster"
+	"ai-load-service/shard"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/rs/zerolog"
+	"github.com/valyala/fasthttp"
+)
+
+// handoffPath is the members' route for taking a device over: POST the
+// device ID as the body, the taker's address in hdrForwarded. Answers: 200
+// with the snapshot; 204 when not held here (hdrMovedTo names the member it
+// went to, if it was handed on); 409 while it is loading here.
+const handoffPath = "/internal/v1/handoff"
+
+// hdrMovedTo names the member a device was handed to.
+const hdrMovedTo = "X-Aiload-Moved-To"
+
+// Handoff is the shard.Store of a cluster member: it asks the members that
+// may hold a device first, then Next (Redis), if any. Start it with the
+// Set; Stop it after the Set.
+type Handoff struct {
+	members *cluster.Membership
+	next    shard.Store
+	client  *fasthttp.Client
+	timeout time.Duration
+	log     zerolog.Logger
+	set     *shard.Set
+
+	mu    sync.Mutex
+	queue []pull            // loads waiting for a worker; guarded by mu
+	hints map[string]string // guarded by mu: device → the member that offered it (claim)
+	wake  chan struct{}
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	ended bool // guarded by mu: Stop was called
+
+	fromPeer, fromNext, none, busy, failed *metrics.Counter
+	duration                               *metrics.Histogram
+}
+
+type pull struct {
+	id   string
+	done func(*shard.Snapshot, error)
+}
+
+// HandoffOptions configure a Handoff.
+type HandoffOptions struct {
+	Members *cluster.Membership
+	Next    shard.Store   // where devices no member holds are loaded from; nil: they start fresh
+	Timeout time.Duration // of one ask, and of waiting for a busy holder; zero: 2s
+	Log     zerolog.Logger
+	Metrics *metrics.Set // required
+}
+
+// handoffWorkers bounds the asks in flight: a scale-out moves a quarter of
+// a large fleet, whose first samples arrive within a second.
+const handoffWorkers = 64
+
+// NewHandoff returns a Handoff; Start it before the Set serves.
+func NewHandoff(o HandoffOptions) *Handoff {
+	if o.Timeout <= 0 {
+		o.Timeout = 2 * time.Second
+	}
+	ms := o.Metrics
+	c := func(result string) *metrics.Counter {
+		return ms.NewCounter(fmt.Sprintf(`handoffs_in_total{from=%q}`, result))
+	}
+	return &Handoff{members: o.Members, next: o.Next, timeout: o.Timeout, log: o.Log,
+		client: &fasthttp.Client{Name: "ai-load-service", MaxConnsPerHost: handoffWorkers,
+			ReadTimeout: o.Timeout, WriteTimeout: o.Timeout, MaxIdleConnDuration: 10 * time.Second},
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), hints: map[string]string{},
+		fromPeer: c("member"), fromNext: c("store"), none: c("none"), busy: c("busy"), failed: c("failed"),
+		duration: ms.NewHistogram("handoff_in_duration_seconds"),
+	}
+}
+
+// Start starts the workers and the sweeper of set's tombstones (a set
+// without persistence has no Collect to do it).
+func (hf *Handoff) Start(set *shard.Set) {
+	hf.set = set
+	for range handoffWorkers {
+		hf.wg.Add(1)
+		go hf.work()
+	}
+	hf.wg.Add(1)
+	go hf.sweep(set.Options().Tombstone / 2)
+}
+
+// Stop ends the workers once the queue is answered (with errors: the Set
+// is stopped by then) and the sweeper.
+func (hf *Handoff) Stop() {
+	hf.mu.Lock()
+	hf.ended = true
+	hf.mu.Unlock()
+	close(hf.stop)
+	hf.wg.Wait()
+}
+
+func (hf *Handoff) sweep(every time.Duration) {
+	defer hf.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-hf.stop:
+			return
+		case <-t.C:
+			_ = hf.set.Sweep()
+		}
+	}
+}
+
+// ViewChanged is the membership's OnChange: the tombstones of devices
+// handed to members that left are void (those devices are loaded anew on
+// their next touch, from the members that may hold them, then Redis), and
+// the change is logged with how many devices held here now belong to
+// others.
+func (hf *Handoff) ViewChanged(old, v *cluster.View) {
+	if hf.set == nil {
+		return
+	}
+	_, left := v.Diff(old)
+	if err := hf.set.Forget(left, nil); err != nil {
+		return // stopped
+	}
+	ids, err := hf.set.HeldIDs()
+	if err != nil {
+		return
+	}
+	away := 0
+	for _, id := range ids {
+		if v.Owner([]byte(id)) != v.Self {
+			away++
+		}
+	}
+	hf.log.Info().Uint64("seq", v.Seq).Int("held", len(ids)).Int("owned_elsewhere", away).
+		Msg("cluster view changed: devices held here that other members now own move on their next touch")
+}
+
+// Load implements shard.Store: a worker asks the members, then Next.
+func (hf *Handoff) Load(id string, done func(*shard.Snapshot, error)) {
+	hf.mu.Lock()
+	if hf.ended {
+		hf.mu.Unlock()
+		go done(nil, shard.ErrStopped)
+		return
+	}
+	hf.queue = append(hf.queue, pull{id, done})
+	hf.mu.Unlock()
+	select {
+	case hf.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (hf *Handoff) work() {
+	defer hf.wg.Done()
+	for {
+		hf.mu.Lock()
+		var p pull
+		ok := len(hf.queue) > 0
+		if ok {
+			p = hf.queue[0]
+			hf.queue[0] = pull{}
+			hf.queue = hf.queue[1:]
+		}
+		ended := hf.ended
+		hf.mu.Unlock()
+		if ok {
+			if len(hf.queue) > 0 {
+				select { // pass the wake-up on
+				case hf.wake <- struct{}{}:
+				default:
+				}
+			}
+			hf.load(p.id, p.done)
+			continue
+		}
+		if ended {
+			return
+		}
+		select {
+		case <-hf.wake:
+		case <-hf.stop:
+		}
+	}
+}
+
+// errBusy: the member holding a device kept it loading for the whole
+// timeout.
+var errBusy = errors.New("the member holding the device is still loading it")
+
+// load finds id's state and answers done once.
+func (hf *Handoff) load(id string, done func(*shard.Snapshot, error)) {
+	start := time.Now()
+	defer hf.duration.UpdateDuration(start)
+	view := hf.members.View()
+	var asked []string
+	hf.mu.Lock()
+	if m, ok := hf.hints[id]; ok {
+		asked = append(asked, m) // it offered the device: ask it first
+		delete(hf.hints, id)
+	}
+	hf.mu.Unlock()
+	asked = view.Sources([]byte(id), asked)
+	var busyAt string
+	var unreachable []string
+	for i := 0; i < len(asked) && i < maxAsked; i++ {
+		m := asked[i]
+		snap, movedTo, err := hf.ask(m, view.Self, id, start.Add(hf.timeout))
+		switch {
+		case err == nil && snap != nil:
+			hf.fromPeer.Inc()
+			done(snap, nil)
+			return
+		case errors.Is(err, errBusy):
+			busyAt = m
+		case err != nil:
+			unreachable = append(unreachable, m)
+			hf.log.Warn().Err(err).Str("device", id).Str("member", m).Msg("handoff: cannot ask a member that may hold the device; trying the next")
+		case movedTo != "" && movedTo != view.Self && !contains(asked, movedTo):
+			asked = append(asked, movedTo) // it was handed on: follow it
+		}
+	}
+	if busyAt != "" {
+		hf.busy.Inc()
+		err := fmt.Errorf("cannot take device %q over: member %s: %w", id, busyAt, errBusy)
+		if hf.next == nil {
+			// Nobody would retry an unrestored device: serve it fresh.
+			hf.log.Warn().Err(err).Msg("handoff: starting the device fresh")
+			done(nil, nil)
+			return
+		}
+		done(nil, err) // unrestored; the persister's retries ask again
+		return
+	}
+	if hf.next == nil {
+		if len(unreachable) > 0 {
+			hf.failed.Inc()
+		} else {
+			hf.none.Inc()
+		}
+		done(nil, nil)
+		return
+	}
+	hf.fromNext.Inc()
+	hf.next.Load(id, done)
+}
+
+// maxAsked bounds the members asked for one device, following handoffs.
+const maxAsked = 6
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// ask asks member m to hand id over to self, and again while it answers
+// busy until deadline. It returns the state, or the member it went to.
+func (hf *Handoff) ask(m, self, id string, deadline time.Time) (*shard.Snapshot, string, error) {
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	for {
+		req.SetRequestURI("http://" + m + handoffPath)
+		req.Header.SetMethod(fasthttp.MethodPost)
+		req.Header.Set(hdrForwarded, self)
+		req.SetBodyString(id)
+		if err := hf.client.DoDeadline(req, resp, time.Now().Add(hf.timeout)); err != nil {
+			return nil, "", err
+		}
+		switch resp.StatusCode() {
+		case fasthttp.StatusOK:
+			snap, err := shard.DecodeSnapshot(resp.Body())
+			if err == nil && snap.Device != id {
+				err = fmt.Errorf("snapshot of %q", snap.Device)
+			}
+			if err != nil {
+				return nil, "", fmt.Errorf("member %s handed over a bad snapshot: %w", m, err)
+			}
+			return snap, "", nil
+		case fasthttp.StatusNoContent:
+			return nil, string(resp.Header.Peek(hdrMovedTo)), nil
+		case fasthttp.StatusConflict:
+			if time.Now().After(deadline) {
+				return nil, "", errBusy
+			}
+			time.Sleep(20 * time.Millisecond)
+		default:
+			return nil, "", fmt.Errorf("member %s answered %d: %s", m, resp.StatusCode(), clip(resp.Body()))
+		}
+	}
+}
+
+// handoff serves handoffPath: hands a device this pod holds to the member
+// asking, which owns it now.
+func (h *Handler) handoff(ctx *fasthttp.RequestCtx) error {
+	to := string(ctx.Request.Header.Peek(hdrForwarded))
+	if h.fwd == nil || to == "" {
+		return errorf(fasthttp.StatusBadRequest, "%s is for cluster members taking a device over", handoffPath)
+	}
+	id := ctx.PostBody()
+	if !deviceChars.valid(id, maxDeviceLen) {
+		return badRequest("device ID must be 1-%d characters from A-Z a-z 0-9 . _ : -", maxDeviceLen)
+	}
+	got, err := h.set.HandOff(string(id), to)
+	if err != nil {
+		return err
+	}
+	switch {
+	case got.State != nil:
+		h.handedOut.Inc()
+		ctx.SetContentType("application/octet-stream")
+		ctx.SetBody(got.State)
+	case got.Busy:
+		return errorf(fasthttp.StatusConflict, "device %q is loading here; ask again shortly", id)
+	default:
+		if got.MovedTo != "" {
+			ctx.Response.Header.Set(hdrMovedTo, got.MovedTo)
+		}
+		ctx.SetStatusCode(fasthttp.StatusNoContent)
+	}
+	return nil
+}
+
+// claimPath is the route a stopping member offers its devices on: POST
+// their IDs, one a line, with its address in hdrForwarded. The receiver,
+// which owns them now, takes each over (asking the sender first) before
+// it answers, so a stopping member's devices move even if no sample of
+// theirs arrives while it drains.
+const claimPath = "/internal/v1/claim"
+
+// claimChunk is how many devices one claim request offers.
+const claimChunk = 1000
+
+// claim serves claimPath.
+func (h *Handler) claim(ctx *fasthttp.RequestCtx) error {
+	from := string(ctx.Request.Header.Peek(hdrForwarded))
+	if h.fwd == nil || h.opts.Handoff == nil || from == "" {
+		return errorf(fasthttp.StatusBadRequest, "%s is for cluster members handing devices over", claimPath)
+	}
+	var ids []string
+	for _, line := range bytes.Split(ctx.PostBody(), []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		if !deviceChars.valid(line, maxDeviceLen) {
+			return badRequest("device ID %q must be 1-%d characters from A-Z a-z 0-9 . _ : -", clip(line), maxDeviceLen)
+		}
+		ids = append(ids, string(line))
+	}
+	if len(ids) > claimChunk {
+		return badRequest("at most %d devices a claim", claimChunk)
+	}
+	hf := h.opts.Handoff
+	// Devices this pod handed to the sender before come back: their
+	// tombstones here must not send them on to it again.
+	if err := h.set.Forget([]string{from}, ids); err != nil {
+		return err
+	}
+	hf.mu.Lock()
+	for _, id := range ids {
+		hf.hints[id] = from
+	}
+	hf.mu.Unlock()
+	// A read loads a device it does not hold (through hf, which asks the
+	// sender first) and waits for the load; the answer itself is unused.
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	work := make(chan string)
+	for range min(len(ids), handoffWorkers) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range work {
+				if _, _, err := h.set.Device(id); err != nil {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	for _, id := range ids {
+		work <- id
+	}
+	close(work)
+	wg.Wait()
+	hf.mu.Lock()
+	for _, id := range ids {
+		delete(hf.hints, id) // not asked for: held already
+	}
+	hf.mu.Unlock()
+	b := []byte(`{"offered":`)
+	b = strconv.AppendInt(b, int64(len(ids)), 10)
+	b = append(b, `,"failed":`...)
+	b = strconv.AppendInt(b, failed.Load(), 10)
+	b = append(b, "}\n"...)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+	return nil
+}
+
+// HandOver offers every device this pod holds to its owner by the current
+// view (call it after Leave, while the server still serves: the owners
+// take the devices through handoffPath). It returns how many devices were
+// offered and the errors of the offers that failed; the devices of those
+// stay here, for the final snapshot.
+func (h *Handler) HandOver(ctx context.Context) (int, error) {
+	if h.fwd == nil {
+		return 0, nil
+	}
+	ids, err := h.set.HeldIDs()
+	if err != nil {
+		return 0, err
+	}
+	view := h.fwd.members.View()
+	byOwner := map[string][]string{}
+	for _, id := range ids {
+		if o := view.Owner([]byte(id)); o != "" && o != view.Self {
+			byOwner[o] = append(byOwner[o], id)
+		}
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	offered := 0
+	for owner, list := range byOwner {
+		offered += len(list)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for len(list) > 0 {
+				n := min(len(list), claimChunk)
+				if err := h.offer(ctx, owner, view.Self, list[:n]); err != nil {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("offering %d devices to %s: %w", len(list), owner, err))
+					mu.Unlock()
+					return
+				}
+				list = list[n:]
+			}
+		}()
+	}
+	wg.Wait()
+	return offered, errors.Join(errs...)
+}
+
+// offer sends one claim to owner and waits for its answer.
+func (h *Handler) offer(ctx context.Context, owner, self string, ids []string) error {
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI("http://" + owner + claimPath)
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.Header.Set(hdrForwarded, self)
+	req.SetBodyString(strings.Join(ids, "\n"))
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(time.Minute)
+	}
+	if err := h.fwd.client.DoDeadline(req, resp, deadline); err != nil {
+		return err
+	}
+	if resp.StatusCode() != fasthttp.StatusOK {
+		return fmt.Errorf("status %d: %s", resp.StatusCode(), clip(resp.Body()))
+	}
+	return nil
+}
