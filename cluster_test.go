@@ -1,14 +1,17 @@
 package main
 
 import (
+	"ai-load-service/server/cluster/dnstest"
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -39,9 +42,14 @@ func startCluster(t *testing.T, bin string, n int, env ...string) ([]*service, s
 // clusterBatch is one request of n samples over devices, values drawn
 // from rng, spikes now and then, every ts explicit.
 func clusterBatch(rng *rand.Rand, devices, n int, ts int64) string {
+	return clusterBatchFrom(rng, 0, devices, n, ts)
+}
+
+// clusterBatchFrom is clusterBatch over devices first to first+devices-1.
+func clusterBatchFrom(rng *rand.Rand, first, devices, n int, ts int64) string {
 	parts := make([]string, n)
 	for i := range parts {
-		d := rng.IntN(devices)
+		d := first + rng.IntN(devices)
 		v := float64(d%13) + rng.NormFloat64()
 		if rng.IntN(40) == 0 {
 			v += 50
@@ -125,10 +133,48 @@ type feeder struct {
 	errMu            sync.Mutex
 	err              error
 	devices, perPost int
+	clients          int // feeding at once, each on its own devices
 }
 
-func (f *feeder) run(t *testing.T, seed uint64) {
-	defer close(f.done)
+// start runs f.clients clients until stop; done closes when all ended.
+func (f *feeder) start(t *testing.T) {
+	var wg sync.WaitGroup
+	for c := range f.clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.run(t, uint64(21+c), c*f.devices/f.clients, f.devices/f.clients)
+		}()
+	}
+	go func() {
+		wg.Wait()
+		close(f.done)
+	}()
+}
+
+// wait waits until the clients sent rounds more batches.
+func (f *feeder) wait(t *testing.T, rounds int64) {
+	t.Helper()
+	for n := f.sent.Load() + rounds; f.sent.Load() < n; time.Sleep(5 * time.Millisecond) {
+		select {
+		case <-f.done:
+			t.Fatalf("feeder stopped: %v", f.err)
+		default:
+		}
+	}
+}
+
+// finish stops the clients and fails the test if one failed.
+func (f *feeder) finish(t *testing.T) {
+	t.Helper()
+	close(f.stop)
+	<-f.done
+	if f.err != nil {
+		t.Fatal(f.err)
+	}
+}
+
+func (f *feeder) run(t *testing.T, seed uint64, first, devices int) {
 	rng := rand.New(rand.NewPCG(seed, seed+1))
 	for round := 0; ; round++ {
 		select {
@@ -136,7 +182,7 @@ func (f *feeder) run(t *testing.T, seed uint64) {
 			return
 		default:
 		}
-		body := clusterBatch(rng, f.devices, f.perPost, int64(1_000_000+round*100))
+		body := clusterBatchFrom(rng, first, devices, f.perPost, int64(1_000_000+round*100))
 		var samples []json.RawMessage
 		if err := json.Unmarshal([]byte(body), &samples); err != nil {
 			f.fail(err)
@@ -149,6 +195,11 @@ func (f *feeder) run(t *testing.T, seed uint64) {
 				return
 			}
 			pods := *f.pods.Load()
+			if len(pods) == 0 { // paused
+				try--
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
 			pod := pods[rng.IntN(len(pods))]
 			b, _ := json.Marshal(samples)
 			resp, err := http.Post(pod.base+"/api/v1/ingest", "application/json", bytes.NewReader(b))
@@ -230,8 +281,9 @@ func checkAgainst(t *testing.T, ref *service, pods []*service, devices int) {
 	}
 }
 
-// TestClusterScaleUnderTraffic: three pods take traffic; a fourth joins,
-// then leaves (SIGTERM), while batches keep flowing. Every device ends
+// TestClusterScaleUnderTraffic: three pods take traffic from four clients
+// (each on its own devices, one batch at a time); a fourth pod joins, then
+// leaves (SIGTERM), while batches keep flowing. Every device ends
 // identical to a reference fed the same stream, held by one pod: no
 // sample lost or applied twice across both handoffs. Without Redis the
 // state moves between pods alone; with Redis too.
@@ -245,26 +297,17 @@ func TestClusterScaleUnderTraffic(t *testing.T) {
 			}
 			pods, file := startCluster(t, bin, 3, env...)
 			addrs := []string{pods[0].addr(), pods[1].addr(), pods[2].addr()}
-			f := &feeder{ref: startService(t, bin), stop: make(chan struct{}), done: make(chan struct{}), devices: 200, perPost: 40}
+			f := &feeder{ref: startService(t, bin), stop: make(chan struct{}), done: make(chan struct{}), devices: 400, perPost: 40, clients: 4}
 			f.pods.Store(&pods)
-			go f.run(t, 21)
-			wait := func(rounds int64) {
-				for n := f.sent.Load() + rounds; f.sent.Load() < n; time.Sleep(5 * time.Millisecond) {
-					select {
-					case <-f.done:
-						t.Fatalf("feeder stopped: %v", f.err)
-					default:
-					}
-				}
-			}
-			wait(30)
+			f.start(t)
+			f.wait(t, 60)
 			// Scale out: the fourth pod starts with the four in its file.
 			a4 := freeAddr(t)
 			writePeers(t, file, append(addrs, a4))
 			p4 := startServiceAt(t, bin, a4, append([]string{"PEERS_FILE=" + file, "SELF_ADDR=" + a4, "PEERS_REFRESH=200ms"}, env...)...)
 			four := append(slices.Clone(pods), p4)
 			f.pods.Store(&four)
-			wait(60)
+			f.wait(t, 200)
 			// Scale in: SIGTERM the fourth, out of the file shortly after.
 			stopped := make(chan struct{})
 			go func() {
@@ -275,12 +318,8 @@ func TestClusterScaleUnderTraffic(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 			writePeers(t, file, addrs)
 			<-stopped
-			wait(60)
-			close(f.stop)
-			<-f.done
-			if f.err != nil {
-				t.Fatal(f.err)
-			}
+			f.wait(t, 200)
+			f.finish(t)
 			t.Logf("%d batches, %d samples resent; pod 4's log:\n%s", f.sent.Load(), f.resent.Load(), p4.logs)
 			checkAgainst(t, f.ref, pods, f.devices)
 		})
@@ -289,3 +328,71 @@ func TestClusterScaleUnderTraffic(t *testing.T) {
 
 // addr is the host:port the service listens on.
 func (s *service) addr() string { return strings.TrimPrefix(s.base, "http://") }
+
+// TestClusterKilledPodFromRedis: with Redis, a pod SIGKILLed after its
+// devices' last snapshot went out loses nothing: the survivors cannot reach
+// it, take its devices from Redis and go on, and every device ends equal
+// to the reference, held once.
+func TestClusterKilledPodFromRedis(t *testing.T) {
+	bin := buildService(t)
+	env := []string{"REDIS_ADDR=" + startRedis(t), "SNAPSHOT_INTERVAL=100ms", "FORWARD_TIMEOUT=500ms"}
+	pods, file := startCluster(t, bin, 3, env...)
+	f := &feeder{ref: startService(t, bin), stop: make(chan struct{}), done: make(chan struct{}), devices: 300, perPost: 30, clients: 3}
+	f.pods.Store(&pods)
+	f.start(t)
+	f.wait(t, 150)
+	// Quiet for a few intervals, so Redis has every device; then the kill.
+	f.pods.Store(&[]*service{})
+	two := []*service{pods[0], pods[1]}
+	pause := make(chan struct{})
+	go func() {
+		time.Sleep(600 * time.Millisecond)
+		pods[2].cmd.Process.Kill() //nolint:errcheck
+		pods[2].cmd.Wait()         //nolint:errcheck
+		writePeers(t, file, []string{pods[0].addr(), pods[1].addr()})
+		f.pods.Store(&two)
+		close(pause)
+	}()
+	<-pause
+	f.wait(t, 150)
+	f.finish(t)
+	checkAgainst(t, f.ref, two, f.devices)
+}
+
+// TestClusterDNS: discovery end to end through a real DNS server on
+// loopback. Pods listen on 127.0.0.1 to .4 at one port (PEER_PORT), as pod
+// IPs behind a headless Service; the fourth joins when its address enters
+// the records and leaves (SIGTERM, address gone) while traffic flows, and
+// every device ends equal to the reference.
+func TestClusterDNS(t *testing.T) {
+	bin := buildService(t)
+	_, port, _ := net.SplitHostPort(freeAddr(t))
+	ips := []string{"127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"}
+	srv := dnstest.Start(t, "peers.test.", ips[:3]...)
+	start := func(ip string) *service {
+		a := net.JoinHostPort(ip, port)
+		return startServiceAt(t, bin, a, "PEERS_DNS=peers.test.", "PEERS_DNS_SERVER="+srv.Addr, "SELF_ADDR="+a, "PEERS_REFRESH=200ms")
+	}
+	var pods []*service
+	for _, ip := range ips[:3] {
+		pods = append(pods, start(ip))
+	}
+	f := &feeder{ref: startService(t, bin), stop: make(chan struct{}), done: make(chan struct{}), devices: 200, perPost: 20, clients: 2}
+	f.pods.Store(&pods)
+	f.start(t)
+	f.wait(t, 50)
+	srv.Set(ips...)
+	p4 := start(ips[3])
+	four := append(slices.Clone(pods), p4)
+	f.pods.Store(&four)
+	f.wait(t, 100)
+	f.pods.Store(&pods)
+	srv.Set(ips[:3]...)
+	p4.stop(t, syscall.SIGTERM)
+	f.wait(t, 100)
+	f.finish(t)
+	if !regexp.MustCompile(`"offered":[1-9]`).MatchString(p4.logs.String()) {
+		t.Errorf("pod 4 handed nothing over:\n%s", p4.logs)
+	}
+	checkAgainst(t, f.ref, pods, f.devices)
+}

@@ -66,6 +66,7 @@ type config struct {
 	PeersFile      string
 	PeersDNS       string
 	PeerPort       string
+	PeersDNSServer string
 	PeersRefresh   time.Duration
 	ForwardTimeout time.Duration
 }
@@ -138,6 +139,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	v((*strValue)(&c.PeersFile), "peers-file", "PEERS_FILE", "file of cluster members, one host:port a line, re-read every PEERS_REFRESH")
 	v((*strValue)(&c.PeersDNS), "peers-dns", "PEERS_DNS", "name whose A/AAAA records are the cluster members (a headless Service), resolved every PEERS_REFRESH")
 	v((*strValue)(&c.PeerPort), "peer-port", "PEER_PORT", "port of the members PEERS_DNS finds (default: ADDR's port)")
+	v((*strValue)(&c.PeersDNSServer), "peers-dns-server", "PEERS_DNS_SERVER", "host:port of the DNS server PEERS_DNS is asked (default: the system's resolver)")
 	v(durIn(&c.PeersRefresh, 100*time.Millisecond, time.Hour), "peers-refresh", "PEERS_REFRESH", "how often PEERS_FILE is re-read and PEERS_DNS re-resolved")
 	v(durIn(&c.ForwardTimeout, 10*time.Millisecond, time.Minute), "forward-timeout", "FORWARD_TIMEOUT", "how long a request forwarded to another member may take")
 	v((*strValue)(&c.RulesFile), "detector-config", "DETECTOR_CONFIG", "JSON file of per-metric detector rules")
@@ -175,6 +177,11 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	case c.PeersDNS != "" && c.PeerPort == "":
 		_, port, _ := net.SplitHostPort(c.Addr)
 		c.PeerPort = port
+	}
+	if c.PeersDNSServer != "" {
+		if _, _, err := net.SplitHostPort(c.PeersDNSServer); err != nil || c.PeersDNS == "" {
+			return c, fmt.Errorf("PEERS_DNS_SERVER=%q: want host:port, with PEERS_DNS set", c.PeersDNSServer)
+		}
 	}
 	if c.RedisAddr != "" && c.SnapshotTTL <= c.IdleEvict+2*c.SnapshotInterval {
 		// A clean device's key is only refreshed when the device changes: it
@@ -592,7 +599,14 @@ func (c config) membership(log zerolog.Logger, ms *metrics.Set, onChange func(ol
 			static = append(static, p)
 		}
 	}
-	m, err := cluster.New(cluster.Options{Self: c.SelfAddr, Static: static, File: c.PeersFile, DNS: c.PeersDNS, Port: c.PeerPort,
+	var resolver *net.Resolver
+	if c.PeersDNSServer != "" {
+		resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, c.PeersDNSServer)
+		}}
+	}
+	m, err := cluster.New(cluster.Options{Self: c.SelfAddr, Static: static, File: c.PeersFile, DNS: c.PeersDNS, Port: c.PeerPort, Resolver: resolver,
 		Refresh: c.PeersRefresh, Log: log, Metrics: ms, OnChange: onChange})
 	if err != nil {
 		return nil, fmt.Errorf("cluster settings: %w", err)

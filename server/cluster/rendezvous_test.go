@@ -247,3 +247,59 @@ func BenchmarkRank2of10(b *testing.B) {
 		i++
 	}
 }
+
+// TestSources: a member taking a device over asks where its state was:
+// after a scale-out, the owner before the new member joined; after a
+// scale-in, the member that left (it may still be handing over); and,
+// for a member's first view, the owner it would have without this member.
+func TestSources(t *testing.T) {
+	abc := []string{"a:1", "b:1", "c:1"}
+	abcd := append(slices.Clone(abc), "d:1")
+	checked := 0
+	for i := range 2000 {
+		dev := []byte(fmt.Sprintf("dev-%d", i))
+		// Scale-out, seen by the new member d from its first view.
+		first := NewView("d:1", abcd).follow(NewView("d:1", nil))
+		before := NewView("", abc).Owner(dev)
+		if first.Owner(dev) == "d:1" {
+			if got := first.Sources(dev, nil); len(got) == 0 || got[0] != before {
+				t.Fatalf("%s: d's first view asks %v; want %s first", dev, got, before)
+			}
+			checked++
+		}
+		// Scale-in: d leaves; the new owner asks d first.
+		four := NewView(before, abcd)
+		three := NewView(before, abc).follow(four)
+		if four.Owner(dev) == "d:1" {
+			if got := three.Sources(dev, nil); len(got) == 0 || got[0] != "d:1" {
+				t.Fatalf("%s: after d left, %s asks %v; want d:1 first", dev, before, got)
+			}
+			checked++
+		}
+		for _, m := range three.Sources(dev, []string{"hint:1"}) {
+			if m == three.Self {
+				t.Fatalf("%s: Sources lists self", dev)
+			}
+		}
+	}
+	if checked < 500 {
+		t.Fatalf("only %d cases checked", checked)
+	}
+}
+
+// TestViewsRememberThePast: a view keeps the last keepPast views before it,
+// newest first, and no chain beyond.
+func TestViewsRememberThePast(t *testing.T) {
+	v := NewView("a:1", nil)
+	for i := range 6 {
+		v = NewView("a:1", []string{"a:1", fmt.Sprintf("m%d:1", i)}).follow(v)
+	}
+	if len(v.past) != keepPast || v.past[0].Members[1] != "m4:1" || v.past[2].Members[1] != "m2:1" {
+		t.Fatalf("past %v", v.past)
+	}
+	for _, p := range v.past {
+		if p.past != nil {
+			t.Fatal("a past view keeps its own past: the chain grows without end")
+		}
+	}
+}
