@@ -426,7 +426,7 @@ func run(c config, log zerolog.Logger) error {
 	state := "in-memory only (set REDIS_ADDR to persist)"
 	if addrs := c.redisAddrs(); len(addrs) > 0 {
 		store = persist.New(persist.Options{Addrs: addrs, Password: c.RedisPassword, DB: c.RedisDB,
-			Interval: c.SnapshotInterval, TTL: c.SnapshotTTL, Log: log})
+			Interval: c.SnapshotInterval, TTL: c.SnapshotTTL, Log: log, Fence: c.clustered()})
 		opts.Store, opts.IdleEvict = store, c.IdleEvict
 		extra = append(extra, store.Metrics())
 		state = "redis " + c.RedisAddr
@@ -536,6 +536,14 @@ func run(c config, log zerolog.Logger) error {
 		ev.Int("offered", n).Int("held", set.Devices()).Dur("took", time.Since(t)).Msg("devices handed over to their new owners")
 	}
 	t := time.Now()
+	if members != nil {
+		// A member answers handoffs until its final snapshot is written:
+		// a new owner must not read a device from Redis while the
+		// snapshot it would read is still to come. Clients get 503 from
+		// the seal on.
+		sealAndFlush(store, set, log)
+		t = time.Now()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.StopTimeout)
 	defer cancel()
 	if err := srv.ShutdownWithContext(ctx); err != nil {
@@ -543,7 +551,10 @@ func run(c config, log zerolog.Logger) error {
 	}
 	ln.Stop()
 	log.Info().Dur("took", time.Since(t)).Msg("http server stopped")
-	stopState(store, set, log)
+	if members == nil {
+		sealAndFlush(store, set, log)
+	}
+	stopShards(set, log)
 	return nil
 }
 
@@ -556,6 +567,13 @@ const flushTimeout = 4 * time.Second
 // shards. Sealing comes first so that every request answered 200 is in
 // the final snapshot, even one that finished after STOP_TIMEOUT.
 func stopState(store *persist.Writer, set *shard.Set, log zerolog.Logger) {
+	sealAndFlush(store, set, log)
+	stopShards(set, log)
+}
+
+// sealAndFlush is stopState but for stopping the shards: they still
+// answer handoffs.
+func sealAndFlush(store *persist.Writer, set *shard.Set, log zerolog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
 	defer cancel()
 	t := time.Now()
@@ -582,7 +600,10 @@ func stopState(store *persist.Writer, set *shard.Set, log zerolog.Logger) {
 		ev.Dur("took", time.Since(t)).Int("written", rep.Written).Int("reconciled", rep.Reconciled).
 			Int("not_written", rep.Pending).Int("not_reconciled", rep.Unreconciled).Int("newer_version", rep.Newer).Msg(msg)
 	}
-	t = time.Now()
+}
+
+func stopShards(set *shard.Set, log zerolog.Logger) {
+	t := time.Now()
 	set.Stop()
 	log.Info().Dur("took", time.Since(t)).Msg("shards stopped")
 }
@@ -590,7 +611,7 @@ func stopState(store *persist.Writer, set *shard.Set, log zerolog.Logger) {
 // membership returns the cluster membership the settings describe, or nil
 // for a cluster of one.
 func (c config) membership(log zerolog.Logger, ms *metrics.Set, onChange func(old, v *cluster.View)) (*cluster.Membership, error) {
-	if c.Peers == "" && c.PeersFile == "" && c.PeersDNS == "" {
+	if !c.clustered() {
 		return nil, nil
 	}
 	var static []string
@@ -613,6 +634,9 @@ func (c config) membership(log zerolog.Logger, ms *metrics.Set, onChange func(ol
 	}
 	return m, nil
 }
+
+// clustered reports whether a peer source is set (cluster mode).
+func (c config) clustered() bool { return c.Peers != "" || c.PeersFile != "" || c.PeersDNS != "" }
 
 func (c config) redisAddrs() []string {
 	var out []string

@@ -555,7 +555,7 @@ func TestUnrestoredRetriedWithinSeconds(t *testing.T) {
 func TestNewerVersionNotOverwritten(t *testing.T) {
 	r := MustStartRedis(t)
 	c := r.client(t)
-	newer := []byte("\x02aisv\x01d\x00\x00")
+	newer := []byte("\x03aisv\x01d\x00\x00")
 	if err := c.Do(context.Background(), c.B().Set().Key("aiload:dev:d").Value(rueidis.BinaryString(newer)).Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
@@ -569,5 +569,73 @@ func TestNewerVersionNotOverwritten(t *testing.T) {
 	got, err := c.Do(context.Background(), c.B().Get().Key("aiload:dev:d").Build()).AsBytes()
 	if err != nil || string(got) != string(newer) {
 		t.Fatalf("the newer version's snapshot was replaced: %x, %v", got, err)
+	}
+}
+
+// TestFencedWrites: with Fence, a snapshot is not written over one with a
+// greater or equal Gen (a stale owner's write after a handoff), nor over a
+// newer version's; it is written over a smaller Gen, a version 1 snapshot,
+// garbage, another type, or the same bytes. IDs long enough for a two-byte
+// length are read right.
+func TestFencedWrites(t *testing.T) {
+	r := MustStartRedis(t)
+	c := r.client(t)
+	ctx := context.Background()
+	w := New(Options{Addrs: []string{r.addr}, Interval: time.Hour, Fence: true})
+	t.Cleanup(func() { w.Stop(ctx) }) //nolint:errcheck
+	for w.clientOrNil() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	snap := func(id string, gen uint64) []byte {
+		return (&shard.Snapshot{Device: id, Gen: gen, Streams: []shard.StreamSnapshot{{Name: "m", Values: []float64{float64(gen)}, Count: 1}}}).AppendBinary(nil)
+	}
+	long := strings.Repeat("L", 128)
+	for _, tc := range []struct {
+		name, id string
+		stored   []byte // nil: none
+		list     bool   // stored as a list, not a string
+		write    []byte
+		fenced   bool
+	}{
+		{"none stored", "a", nil, false, snap("a", 1), false},
+		{"older stored", "b", snap("b", 4), false, snap("b", 5), false},
+		{"newer stored", "c", snap("c", 6), false, snap("c", 5), true},
+		{"equal gen, other bytes", "d", snap("d", 5), false, append(snap("d", 5), 0), true},
+		{"same bytes", "e", snap("e", 5), false, snap("e", 5), false},
+		{"version 1 stored", "f", []byte{1, 1, 'f', 0, 0}, false, snap("f", 1), false},
+		{"newer version stored", "g", []byte("\x03aisv\x01g\x00\x00"), false, snap("g", 9), true},
+		{"garbage stored", "h", []byte("garbage"), false, snap("h", 1), false},
+		{"list stored", "i", nil, true, snap("i", 1), false},
+		{"long ID, newer stored", long, snap(long, 300), false, snap(long, 299), true},
+		{"long ID, older stored", long, snap(long, 2), false, snap(long, 3), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			key := w.Key(tc.id)
+			c.Do(ctx, c.B().Del().Key(key).Build()) //nolint:errcheck
+			if tc.stored != nil {
+				if err := c.Do(ctx, c.B().Set().Key(key).Value(rueidis.BinaryString(tc.stored)).Build()).Error(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.list {
+				c.Do(ctx, c.B().Rpush().Key(key).Element("x").Build()) //nolint:errcheck
+			}
+			before := w.fenced.Get()
+			w.mu.Lock()
+			w.pending[tc.id] = tc.write
+			w.mu.Unlock()
+			if err := w.flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			got, _ := c.Do(ctx, c.B().Get().Key(key).Build()).AsBytes()
+			fenced := w.fenced.Get() - before
+			want := tc.write
+			if tc.fenced {
+				want = tc.stored
+			}
+			if string(got) != string(want) || fenced != map[bool]uint64{true: 1}[tc.fenced] || w.Pending() != 0 {
+				t.Fatalf("stored %q, fenced %d, pending %d; want %q, fenced %v, nothing pending", got, fenced, w.Pending(), want, tc.fenced)
+			}
+		})
 	}
 }

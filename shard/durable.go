@@ -266,6 +266,7 @@ func (sh *shard) restore(d *device, snap *Snapshot) {
 	for _, a := range snap.History {
 		d.remember(a, s.opts.HistoryLen)
 	}
+	d.gen = max(d.gen, snap.Gen)
 }
 
 // load fills an empty stream from its snapshot.
@@ -291,11 +292,11 @@ func (st *namedStream) state() StreamSnapshot {
 // every interval. TestEncodeMatchesSnapshot checks it against encoding a
 // copied Snapshot.
 func (d *device) encode() []byte {
-	n := 16 + len(d.id) + len(d.history)*48
+	n := 32 + len(d.id) + len(d.history)*48
 	for i := range d.streams {
 		n += 120 + len(d.streams[i].name) + 8*d.streams[i].Win.Len()
 	}
-	dst := appendHeader(make([]byte, 0, n), d.id, len(d.streams))
+	dst := appendHeader(make([]byte, 0, n), d.id, d.gen, len(d.streams))
 	for i := range d.streams {
 		st := &d.streams[i]
 		ss := st.state()
@@ -339,7 +340,8 @@ func (sh *shard) collect(o *op) {
 	chunk := sh.collecting[len(sh.collecting)-n:]
 	for _, d := range chunk {
 		if d.dirty && !d.unrestored && !d.loading && !d.gone && len(d.streams) > 0 {
-			o.snaps = append(o.snaps, Encoded{Device: d.id, Data: d.encode()})
+			d.gen++
+			o.snaps = append(o.snaps, Encoded{Device: d.id, Data: d.encode(), Gen: d.gen})
 		}
 		d.dirty = false
 	}
@@ -440,6 +442,7 @@ func (sh *shard) unlink(h uint64, d *device) {
 type Encoded struct {
 	Device string
 	Data   []byte
+	Gen    uint64 // the snapshot's Gen
 }
 
 // Collect returns copies of every device changed since the last call, for

@@ -270,7 +270,7 @@ func TestCollectInChunksLosesNothing(t *testing.T) {
 
 // snapshot copies d's state into a Snapshot.
 func (d *device) snapshot() *Snapshot {
-	snap := &Snapshot{Device: d.id, Streams: make([]StreamSnapshot, len(d.streams)), History: d.oldestFirst()}
+	snap := &Snapshot{Device: d.id, Gen: d.gen, Streams: make([]StreamSnapshot, len(d.streams)), History: d.oldestFirst()}
 	for i := range d.streams {
 		snap.Streams[i] = d.streams[i].state()
 		snap.Streams[i].Values = d.streams[i].Win.Values(nil)
@@ -315,7 +315,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}
 	// A newer version: its version byte and device ID, then what this one
 	// cannot read.
-	if s, err := DecodeSnapshot(append([]byte{2}, "aisv\x05dev:1\xff"...)); !errors.Is(err, ErrNewerVersion) || s.Device != "dev:1" {
+	if s, err := DecodeSnapshot(append([]byte{3}, "aisv\x05dev:1\xff"...)); !errors.Is(err, ErrNewerVersion) || s.Device != "dev:1" {
 		t.Fatalf("newer version: %+v, %v; want ErrNewerVersion with the device", s, err)
 	}
 }
@@ -448,7 +448,7 @@ func TestSnapshotRejectsNonFinite(t *testing.T) {
 	}
 	// Count 3 written in two bytes instead of one.
 	b := base().AppendBinary(nil)
-	i := 1 + 1 + len("d") + 1 + 1 + len("t") // version, device, streams, name
+	i := 1 + 4 + 1 + len("d") + 8 + 1 + 1 + len("t") // version, magic, device, gen, streams, name
 	if b[i] != 3 {
 		t.Fatalf("test lost its place: byte %d is %d", i, b[i])
 	}

@@ -127,14 +127,14 @@ func ExampleParseRules() {
 }
 
 func ExampleDecodeSnapshot() {
-	s := shard.Snapshot{Device: "pump-3", Streams: []shard.StreamSnapshot{{Name: "pressure", Values: []float64{1.5, 2}, Count: 2}}}
+	s := shard.Snapshot{Device: "pump-3", Gen: 7, Streams: []shard.StreamSnapshot{{Name: "pressure", Values: []float64{1.5, 2}, Count: 2}}}
 	b := s.AppendBinary(nil)
 	got, err := shard.DecodeSnapshot(b)
-	fmt.Println(len(b), got.Device, got.Streams[0].Name, got.Streams[0].Values, err)
+	fmt.Println(len(b), got.Device, got.Gen, got.Streams[0].Name, got.Streams[0].Values, err)
 	_, err = shard.DecodeSnapshot(b[:len(b)-1])
 	fmt.Println(err)
 	// Output:
-	// 130 pump-3 pressure [1.5 2] <nil>
+	// 142 pump-3 7 pressure [1.5 2] <nil>
 	// corrupt snapshot: bad varint
 }
 

@@ -160,6 +160,7 @@ func (sh *shard) handoff(o *op) {
 	case d.loading || d.retrying || d.unrestored:
 		o.handed.Busy = true
 	case len(d.streams) > 0:
+		d.gen++ // the taker's snapshots come after any written here
 		data := d.encode()
 		sh.bury(d, o.to, data)
 		o.handed.State = data

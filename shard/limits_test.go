@@ -175,7 +175,7 @@ func TestManyStreamsRoundTrip(t *testing.T) {
 		t.Fatalf("70,000 streams: %v", err)
 	}
 	// A count beyond what the bytes can hold is still refused at once.
-	if _, err := DecodeSnapshot([]byte{snapshotVersion, 1, 'd', 0xff, 0xff, 0x03}); !errors.Is(err, ErrCorrupt) {
+	if _, err := DecodeSnapshot([]byte{1, 1, 'd', 0xff, 0xff, 0x03}); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("65,535 streams in 6 bytes: %v", err)
 	}
 }

@@ -1056,6 +1056,7 @@ type device struct {
 	waiting    []parked             // ops waiting for the load, in arrival order
 	replay     map[string]*keptRing // per metric: samples taken while unrestored, to replay on the stored state
 	rseq       uint64               // orders the replay samples of all metrics
+	gen        uint64               // Gen of the last snapshot taken of it (see Snapshot.Gen)
 	loadSeq    uint32               // counts loads started, so a late answer is known
 
 	// A tombstone: the device was handed over (see HandOff) to member to

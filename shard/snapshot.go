@@ -12,7 +12,12 @@ import (
 // detectors need. Detector settings are not in it: they come from the
 // configuration when the snapshot is restored.
 type Snapshot struct {
-	Device  string
+	Device string
+	// Gen counts the device's snapshots across members and restarts, each
+	// one more than the state it was taken from: a store refuses to write
+	// a snapshot over one with a greater Gen (a stale owner's; see
+	// persist's fencing). Zero in version 1 snapshots.
+	Gen     uint64
 	Streams []StreamSnapshot
 	History []Anomaly // oldest first
 }
@@ -43,8 +48,11 @@ type WindowSums struct {
 	Age                     int32
 }
 
-// snapshotVersion is the first byte of every encoded snapshot.
-const snapshotVersion = 1
+// snapshotVersion is the first byte of every encoded snapshot. Version 2
+// adds Gen, at a fixed place a Redis script can read: after the version
+// byte, newerMagic and the device ID, 8 bytes big-endian. Version 1 (no
+// magic, no Gen) is still read.
+const snapshotVersion = 2
 
 // The decoder has no limits of its own on how many streams, alerts or
 // bytes of a name a snapshot holds: what the encoder writes is only bounded
@@ -84,16 +92,18 @@ const (
 
 // AppendBinary appends the versioned binary encoding of s to dst.
 func (s *Snapshot) AppendBinary(dst []byte) []byte {
-	dst = appendHeader(dst, s.Device, len(s.Streams))
+	dst = appendHeader(dst, s.Device, s.Gen, len(s.Streams))
 	for i := range s.Streams {
 		dst = appendStream(dst, &s.Streams[i], s.Streams[i].Values, nil)
 	}
 	return appendHistory(dst, s.History)
 }
 
-func appendHeader(dst []byte, device string, streams int) []byte {
+func appendHeader(dst []byte, device string, gen uint64, streams int) []byte {
 	dst = append(dst, snapshotVersion)
+	dst = append(dst, newerMagic...)
 	dst = appendString(dst, device)
+	dst = binary.BigEndian.AppendUint64(dst, gen)
 	return binary.AppendUvarint(dst, uint64(streams))
 }
 
@@ -161,16 +171,28 @@ const newerMagic = "aisv"
 // beyond MaxValue, negative variances) with an error wrapping ErrCorrupt.
 func DecodeSnapshot(b []byte) (*Snapshot, error) {
 	d := decoder{b: b}
-	if v := d.byte(); d.err == nil && v != snapshotVersion {
-		if v > snapshotVersion && v < 128 && len(d.b) >= len(newerMagic) && string(d.b[:len(newerMagic)]) == newerMagic {
-			d.b = d.b[len(newerMagic):]
-			if id := d.string(); d.err == nil {
-				return &Snapshot{Device: id}, fmt.Errorf("%w: version %d, this one reads %d", ErrNewerVersion, v, snapshotVersion)
-			}
+	v := d.byte()
+	magic := len(d.b) >= len(newerMagic) && string(d.b[:len(newerMagic)]) == newerMagic
+	switch {
+	case d.err != nil:
+	case v == 1:
+	case v > 1 && v < 128 && magic:
+		d.b = d.b[len(newerMagic):]
+		if id := d.string(); d.err == nil && v > snapshotVersion {
+			return &Snapshot{Device: id}, fmt.Errorf("%w: version %d, this one reads %d", ErrNewerVersion, v, snapshotVersion)
 		}
+		d.b = b[1+len(newerMagic):]
+	default:
 		return nil, fmt.Errorf("%w: version %d, want %d", ErrCorrupt, v, snapshotVersion)
 	}
 	s := &Snapshot{Device: d.string()}
+	if v == snapshotVersion && d.err == nil {
+		if len(d.b) < 8 {
+			return nil, fmt.Errorf("%w: truncated in the generation", ErrCorrupt)
+		}
+		s.Gen = binary.BigEndian.Uint64(d.b)
+		d.b = d.b[8:]
+	}
 	n := d.count(len(d.b) / minStreamBytes)
 	if d.err == nil {
 		s.Streams = make([]StreamSnapshot, n)
