@@ -27,8 +27,10 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"ai-load-service/server/cluster"
@@ -99,6 +101,52 @@ func retryClosed(_ *fasthttp.Request, _ int, err error) (resetTimeout, retry boo
 func isOp(err error, op string) bool {
 	var e *net.OpError
 	return errors.As(err, &e) && e.Op == op
+}
+
+// suspectFor is how long a member that refused a connection stays out of
+// the view, unless heard from or dropped by the source sooner.
+const suspectFor = 5 * time.Second
+
+// refused takes member out of the view for a while if err says nothing
+// listens at its address: the retry goes to the member that owns its
+// devices without it, not to it again until the peer source drops it (in
+// Kubernetes, seconds after a crash).
+func (f *forwarder) refused(member string, err error) {
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		f.members.Suspect(member, suspectFor)
+	}
+}
+
+// hdrSuspects lists, on a forwarded request, the members its sender took
+// out of its view because they refused connections: the receiver takes
+// them out too, so the two agree on who owns their devices (otherwise the
+// receiver, still counting a dead member, refuses the part with 421).
+const hdrSuspects = "X-Aiload-Suspects"
+
+// mark marks a request to another member: forwarded by self, with self's
+// suspects.
+func (f *forwarder) mark(req *fasthttp.Request, self string) {
+	req.Header.Set(hdrForwarded, self)
+	if s := f.members.Suspects(); len(s) > 0 {
+		req.Header.Set(hdrSuspects, strings.Join(s, ","))
+	}
+}
+
+// heard brings the member that sent a marked request back into the view,
+// in case it was suspected (it is alive), and takes out those it suspects.
+func (f *forwarder) heard(ctx *fasthttp.RequestCtx) {
+	from := string(ctx.Request.Header.Peek(hdrForwarded))
+	if from == "" {
+		return
+	}
+	f.members.Unsuspect(from)
+	if list := ctx.Request.Header.Peek(hdrSuspects); len(list) > 0 {
+		for _, m := range strings.Split(string(list), ",") {
+			if m != from {
+				f.members.Suspect(m, suspectFor)
+			}
+		}
+	}
 }
 
 // refreshSoon refreshes the view in the background, at most one at a time:
@@ -202,7 +250,7 @@ func (f *forwarder) send(owner, self string, body []byte) (outcome, *reply, int,
 	req.SetRequestURI("http://" + owner + "/api/v1/ingest")
 	req.Header.SetMethod(fasthttp.MethodPost)
 	req.Header.SetContentType("application/json")
-	req.Header.Set(hdrForwarded, self)
+	f.mark(req, self)
 	req.SetBodyRaw(body)
 	start := time.Now()
 	err := f.client.DoTimeout(req, resp, f.timeout)
@@ -210,6 +258,7 @@ func (f *forwarder) send(owner, self string, body []byte) (outcome, *reply, int,
 	switch {
 	case err != nil && notApplied(err):
 		p.failed.Inc()
+		f.refused(owner, err)
 		return partRetry, nil, 0, fmt.Sprintf("member %s could not be reached: %v", owner, err)
 	case err != nil:
 		p.ambiguous.Inc()
@@ -258,6 +307,7 @@ func (h *Handler) applyCluster(ctx *fasthttp.RequestCtx, st *ingestState, encode
 	b := &st.batch
 	view := h.fwd.members.View()
 	if len(ctx.Request.Header.Peek(hdrForwarded)) > 0 {
+		h.fwd.heard(ctx)
 		return h.applyForwarded(ctx, st, view)
 	}
 	n := b.Len()
@@ -653,6 +703,7 @@ func (h *Handler) forwardRead(ctx *fasthttp.RequestCtx, id string) (done bool, e
 	}
 	view := h.fwd.members.View()
 	if len(ctx.Request.Header.Peek(hdrForwarded)) > 0 {
+		h.fwd.heard(ctx)
 		if view.Owner([]byte(id)) == view.Self {
 			return false, nil
 		}
@@ -698,7 +749,7 @@ func (f *forwarder) read(ctx *fasthttp.RequestCtx, owner, self string) (failed s
 	// (absolute form carries a scheme and host).
 	req.SetRequestURI("http://" + owner + string(ctx.URI().PathOriginal()))
 	req.URI().SetQueryStringBytes(ctx.URI().QueryString())
-	req.Header.Set(hdrForwarded, self)
+	f.mark(req, self)
 	start := time.Now()
 	err := f.client.DoTimeout(req, resp, f.timeout)
 	p := f.peer(owner)
@@ -706,6 +757,7 @@ func (f *forwarder) read(ctx *fasthttp.RequestCtx, owner, self string) (failed s
 	switch {
 	case err != nil:
 		p.failed.Inc()
+		f.refused(owner, err)
 		return fmt.Sprintf("member %s could not be asked: %v", owner, err)
 	case resp.StatusCode() == fasthttp.StatusMisdirectedRequest:
 		p.misdirected.Inc()

@@ -133,15 +133,16 @@ func TestForwardedNeverForwardedAgain(t *testing.T) {
 	}
 }
 
-// TestUnreachableOwnerAnswersApplied: an owner that cannot be reached (its
-// address is in the view, nothing listens) gets one retry after a refresh;
-// then the request is answered 503 with the indexes applied, and resending
-// the rest once the view has changed applies each sample exactly once.
+// TestUnreachableOwnerAnswersApplied: an owner that cannot take a part (it
+// answers 421 to every try) gets one retry after a refresh; then the
+// request is answered 503 with the indexes applied, and resending the rest
+// once the view has changed applies each sample exactly once.
 func TestUnreachableOwnerAnswersApplied(t *testing.T) {
-	addrs := freeAddrs(t, 2) // the second never listens
+	addrs := freeAddrs(t, 2)
 	file := filepath.Join(t.TempDir(), "peers")
 	writePeers(t, file, addrs...)
 	a := startPods(t, addrs[:1], []string{file})[0]
+	startFake(t, addrs[1], answer421)
 	mine, gone := deviceOwnedBy(addrs[0], addrs), deviceOwnedBy(addrs[1], addrs)
 	samples := []string{fmt.Sprintf(`{"device":%q,"ts":1,"metrics":{"m":1}}`, gone), fmt.Sprintf(`{"device":%q,"ts":2,"metrics":{"m":1}}`, mine)}
 	code, out := post(t, a.addr, "["+strings.Join(samples, ",")+"]")
@@ -152,7 +153,7 @@ func TestUnreachableOwnerAnswersApplied(t *testing.T) {
 	if err := json.Unmarshal(out, &r); err != nil || code != 503 || !slices.Equal(r.Applied, []int{1}) {
 		t.Fatalf("got %d %s; want 503 with applied [1]", code, out)
 	}
-	writePeers(t, file, addrs[0]) // the dead member leaves the view
+	writePeers(t, file, addrs[0]) // the member leaves the view
 	var rest []string
 	for i, s := range samples {
 		if !slices.Contains(r.Applied, i) {
@@ -164,6 +165,39 @@ func TestUnreachableOwnerAnswersApplied(t *testing.T) {
 	}
 	if count(t, a, mine) != 1 || count(t, a, gone) != 1 {
 		t.Fatalf("counts %d and %d; want each sample applied once", count(t, a, mine), count(t, a, gone))
+	}
+}
+
+// TestRefusingOwnerSuspected: nothing listens at an owner's address (it
+// crashed; the peer source still lists it): the sender takes it out of its
+// view at once and the retry goes to the device's next owner, here the
+// sender itself: answered 200, each sample applied once, and the suspicion
+// rides on the sender's forwarded requests.
+func TestRefusingOwnerSuspected(t *testing.T) {
+	addrs := freeAddrs(t, 3) // the third never listens
+	file := filepath.Join(t.TempDir(), "peers")
+	writePeers(t, file, addrs...)
+	pods := startPods(t, addrs[:2], []string{file, file})
+	a := pods[0]
+	gone := devOwned(addrs[2], addrs, addrs[0], addrs[:2])
+	mine := deviceOwnedBy(addrs[0], addrs)
+	body := fmt.Sprintf(`[{"device":%q,"ts":1,"metrics":{"m":1}},{"device":%q,"ts":2,"metrics":{"m":1}}]`, gone, mine)
+	if code, out := post(t, a.addr, body); code != 200 {
+		t.Fatalf("got %d %s; want 200", code, out)
+	}
+	if count(t, a, mine) != 1 || count(t, a, gone) != 1 {
+		t.Fatalf("counts %d and %d; want each sample applied once, here", count(t, a, mine), count(t, a, gone))
+	}
+	if s := a.h.fwd.members.Suspects(); !slices.Equal(s, addrs[2:]) || slices.Contains(a.h.fwd.members.View().Members, addrs[2]) {
+		t.Fatalf("suspects %v, view %v; want %s out", s, a.h.fwd.members.View().Members, addrs[2])
+	}
+	// B hears of it with A's next forwarded request.
+	theirs := deviceOwnedBy(addrs[1], addrs)
+	if code, out := post(t, a.addr, fmt.Sprintf(`{"device":%q,"ts":3,"metrics":{"m":1}}`, theirs)); code != 200 {
+		t.Fatalf("got %d %s", code, out)
+	}
+	if s := pods[1].h.fwd.members.Suspects(); !slices.Equal(s, addrs[2:]) {
+		t.Fatalf("B suspects %v; want %s", s, addrs[2])
 	}
 }
 

@@ -330,6 +330,7 @@ func (h *Handler) handoff(ctx *fasthttp.RequestCtx) error {
 	if !deviceChars.valid(id, maxDeviceLen) {
 		return badRequest("device ID must be 1-%d characters from A-Z a-z 0-9 . _ : -", maxDeviceLen)
 	}
+	h.fwd.heard(ctx)
 	got, err := h.set.HandOff(string(id), to)
 	if err != nil {
 		return err

@@ -56,7 +56,13 @@ type Membership struct {
 	// installMu serializes installing views, so OnChange calls see each
 	// (old, new) pair once, in order, whether from a refresh or Leave.
 	installMu sync.Mutex
-	left      bool // guarded by installMu: Leave was called; Self stays out of every view
+	left      bool     // guarded by installMu: Leave was called; Self stays out of every view
+	listed    []string // guarded by installMu: the source's latest list
+	// suspects, guarded by installMu, are members out of the view until
+	// the time given (see Suspect); nsuspects counts them for a cheap
+	// check.
+	suspects  map[string]time.Time
+	nsuspects atomic.Int32
 
 	mu      sync.Mutex
 	running bool          // guarded by mu: between Start and Stop; Refresh is refused outside
@@ -220,7 +226,61 @@ func (m *Membership) Leave() {
 		return
 	}
 	m.left = true
-	m.installLocked(m.View().Members)
+	m.installLocked(m.listed)
+}
+
+// Suspect takes member (never Self) out of the view for d: a connection to
+// it was refused, so nothing listens there (it died, or is restarting).
+// Its devices go to the members that own them without it, which take their
+// state from Redis, instead of failing until the source stops listing it.
+// It is back at the first refresh after d while the source lists it, or at
+// once by Unsuspect.
+func (m *Membership) Suspect(member string, d time.Duration) {
+	if member == m.opts.Self {
+		return
+	}
+	m.installMu.Lock()
+	defer m.installMu.Unlock()
+	if m.suspects == nil {
+		m.suspects = map[string]time.Time{}
+	}
+	if _, ok := m.suspects[member]; !ok {
+		m.opts.Log.Warn().Str("member", member).Dur("for", d).Msg("cluster member refused a connection: out of the view until it answers or the time passes")
+	}
+	m.suspects[member] = time.Now().Add(d)
+	m.nsuspects.Store(int32(len(m.suspects)))
+	m.installLocked(m.listed)
+}
+
+// Suspects returns the members Suspect took out of the view, sorted.
+func (m *Membership) Suspects() []string {
+	if m.nsuspects.Load() == 0 {
+		return nil
+	}
+	m.installMu.Lock()
+	defer m.installMu.Unlock()
+	out := make([]string, 0, len(m.suspects))
+	for s := range m.suspects {
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Unsuspect brings member back into the view if Suspect took it out: it
+// was heard from.
+func (m *Membership) Unsuspect(member string) {
+	if m.nsuspects.Load() == 0 {
+		return
+	}
+	m.installMu.Lock()
+	defer m.installMu.Unlock()
+	if _, ok := m.suspects[member]; !ok {
+		return
+	}
+	delete(m.suspects, member)
+	m.nsuspects.Store(int32(len(m.suspects)))
+	m.installLocked(m.listed)
 }
 
 // loop refreshes on the timer and on Refresh calls until Stop.
@@ -312,10 +372,24 @@ func (m *Membership) refresh() error {
 // installLocked makes members (sorted, unique) the view if they differ
 // from it, less Self after Leave. It logs the change and calls OnChange.
 func (m *Membership) installLocked(members []string) {
+	m.listed = members
 	if m.left {
 		if i, ok := slices.BinarySearch(members, m.opts.Self); ok {
 			members = slices.Delete(slices.Clone(members), i, i+1)
 		}
+	}
+	if len(m.suspects) > 0 {
+		now := time.Now()
+		for s, until := range m.suspects {
+			if now.After(until) {
+				delete(m.suspects, s)
+			}
+		}
+		m.nsuspects.Store(int32(len(m.suspects)))
+		members = slices.DeleteFunc(slices.Clone(members), func(s string) bool {
+			_, out := m.suspects[s]
+			return out
+		})
 	}
 	old := m.View()
 	if slices.Equal(old.Members, members) {

@@ -504,3 +504,32 @@ func TestViewWhileRefreshing(t *testing.T) {
 	wg.Wait()
 	checkMembers(t, m.View(), "b:10")
 }
+
+// TestSuspect: a suspected member is out of the view until it is heard
+// from, or until the first refresh after its time; Self is never taken
+// out; a refresh while it is suspected keeps it out.
+func TestSuspect(t *testing.T) {
+	m := MustStart(t, Options{Self: "10.0.0.1:80", Static: []string{"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"}, Refresh: time.Hour})
+	m.Suspect("10.0.0.1:80", time.Hour)
+	m.Suspect("10.0.0.3:80", time.Hour)
+	checkMembers(t, m.View(), "10.0.0.1:80", "10.0.0.2:80")
+	if s := m.Suspects(); !slices.Equal(s, []string{"10.0.0.3:80"}) {
+		t.Fatalf("suspects %v", s)
+	}
+	if err := m.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	checkMembers(t, m.View(), "10.0.0.1:80", "10.0.0.2:80")
+	m.Unsuspect("10.0.0.3:80")
+	checkMembers(t, m.View(), "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80")
+	m.Suspect("10.0.0.2:80", time.Millisecond)
+	checkMembers(t, m.View(), "10.0.0.1:80", "10.0.0.3:80")
+	time.Sleep(2 * time.Millisecond)
+	if err := m.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	checkMembers(t, m.View(), "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80")
+	if m.Suspects() != nil {
+		t.Fatalf("suspects left: %v", m.Suspects())
+	}
+}
