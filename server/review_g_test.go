@@ -220,3 +220,138 @@ func TestReviewG_MovedSampleReportedApplied(t *testing.T) {
 		}
 	})
 }
+
+// 2. TestReviewG_TwoJoinAtOnceLosesState: View.Sources
+// (cluster/rendezvous.go:48) asks the owners of the views this pod has seen,
+// then only the top two of the current ranking. A pod that starts with two
+// new members in its first view (a scale-out 3→5, kubectl scale or an HPA
+// adding two) has no earlier view with a member in it, so for a device it
+// now owns whose rank-2 member is the other newcomer, it asks only that
+// newcomer, which never held it (204), and starts the device fresh
+// (handoff.go:266). The old owner, ranked third, keeps its copy: the
+// device's history is lost at the new owner and two pods hold it.
+func TestReviewG_TwoJoinAtOnceLosesState(t *testing.T) {
+	addrs := freeAddrs(t, 3)
+	a, x, y := addrs[0], addrs[1], addrs[2]
+	file := filepath.Join(t.TempDir(), "peers")
+	writePeers(t, file, a)
+	// Y owns it among A, X, Y; X ranks second, A third.
+	dev := gDevice("tj", []string{y, x}, []string{a, x, y}, []string{a, x})
+	pa := startGPod(t, a, file, gOpts{})
+	for i := range 20 {
+		if code, out := post(t, a, gSample(dev, i+1, float64(i%3))); code != 200 {
+			t.Fatalf("sample %d at A: %d %s", i+1, code, out)
+		}
+	}
+	// Two pods join at once.
+	writePeers(t, file, a, x, y)
+	px := startGPod(t, x, file, gOpts{})
+	py := startGPod(t, y, file, gOpts{})
+	pa.refresh(t)
+	if code, out := post(t, a, gSample(dev, 21, 1)); code != 200 { // A forwards it to Y, the owner now
+		t.Fatalf("sample 21 at A: %d %s", code, out)
+	}
+	got, held := gCount(py, dev), 0
+	for _, p := range []*gPod{pa, px, py} {
+		if gHeld(p, dev) {
+			held++
+		}
+	}
+	if got != 21 || held != 1 {
+		t.Fatalf("after 21 samples (20 at A, then X and Y joined together and the 21st went to Y): Y counts %d, want 21;\n"+
+			"pods holding the device: %d (A %v, X %v, Y %v), want 1. Y asked only X (rank 2), never A (rank 3), and started fresh",
+			got, held, gHeld(pa, dev), gHeld(px, dev), gHeld(py, dev))
+	}
+}
+
+// 3. TestReviewG_LostHandoffAnswerLosesState: Handoff.ask (handoff.go:296)
+// treats any error of the handoff request as "cannot ask" and load goes on
+// to the next source, then starts fresh (no Redis). But the holder may have
+// handed the device over already: HandOff dropped its state and kept a
+// tombstone, whose bytes are documented as re-servable to the same taker
+// precisely because "its first answer may have been lost" (shard/
+// handoff.go:58). Nobody asks again: an answer that arrives after
+// FORWARD_TIMEOUT (a slow network, a GC pause) loses the device's whole
+// state, while every later sample for it at the old holder is sent on to
+// the fresh copy.
+func TestReviewG_LostHandoffAnswerLosesState(t *testing.T) {
+	addrs := freeAddrs(t, 2)
+	a, x := addrs[0], addrs[1]
+	file := filepath.Join(t.TempDir(), "peers")
+	writePeers(t, file, a)
+	dev := gDevice("la", []string{x}, []string{a, x})
+	// A answers handoffs late (after running them): 600ms, against X's
+	// 300ms timeout; once only, as a delay in the network would.
+	var delayed sync.Once
+	slow := func(api fasthttp.RequestHandler) fasthttp.RequestHandler {
+		return func(ctx *fasthttp.RequestCtx) {
+			api(ctx)
+			if string(ctx.Path()) == handoffPath {
+				delayed.Do(func() { time.Sleep(600 * time.Millisecond) })
+			}
+		}
+	}
+	pa := startGPod(t, a, file, gOpts{wrap: slow})
+	for i := range 20 {
+		if code, out := post(t, a, gSample(dev, i+1, float64(i%3))); code != 200 {
+			t.Fatalf("sample %d at A: %d %s", i+1, code, out)
+		}
+	}
+	writePeers(t, file, a, x)
+	px := startGPod(t, x, file, gOpts{handoffTimeout: 300 * time.Millisecond})
+	pa.refresh(t)
+	if code, out := post(t, x, gSample(dev, 21, 1)); code != 200 {
+		t.Fatalf("sample 21 at X: %d %s", code, out)
+	}
+	time.Sleep(700 * time.Millisecond) // A's late answer is out by now
+	if code, out := post(t, a, gSample(dev, 22, 1)); code != 200 {
+		t.Fatalf("sample 22 at A: %d %s", code, out)
+	}
+	if got := gCount(px, dev); got != 22 {
+		t.Fatalf("X, the new owner, counts %d of the device's 22 samples; want 22. A handed the state over (A holds it: %v, tombstones at A: %d)\n"+
+			"but its answer came after X's timeout; X never asked again (A would have answered the same bytes) and started the device fresh",
+			got, gHeld(pa, dev), pa.set.Tombstones())
+	}
+}
+
+// 4. TestReviewG_HandoffToAnyone: the handoff route (handoff.go:324) hands
+// a device to whatever X-Aiload-Forwarded names, checked only for being
+// non-empty: not a member of the view, not even an address. One such
+// request (a client, a probe, a misconfigured pod) drops the device's
+// state here and leaves a tombstone pointing nowhere for TOMBSTONE (a
+// minute): every sample for the device is then "moved" to a member that
+// cannot be reached and answered 503, and when the tombstone goes, the
+// state in it goes too. Bad input to an internal route should get a 4xx
+// and change nothing.
+func TestReviewG_HandoffToAnyone(t *testing.T) {
+	addrs := freeAddrs(t, 1)
+	a := addrs[0]
+	file := filepath.Join(t.TempDir(), "peers")
+	writePeers(t, file, a)
+	pa := startGPod(t, a, file, gOpts{forwardTimeout: 300 * time.Millisecond})
+	for i, taker := range []string{"127.0.0.1:1", a} {
+		name := map[int]string{0: "a non-member", 1: "the receiver itself"}[i]
+		t.Run(name, func(t *testing.T) {
+			dev := fmt.Sprint("any", i)
+			if code, out := post(t, a, gSample(dev, 1, 1)); code != 200 {
+				t.Fatalf("%d %s", code, out)
+			}
+			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+			defer fasthttp.ReleaseRequest(req)
+			defer fasthttp.ReleaseResponse(resp)
+			req.SetRequestURI("http://" + a + handoffPath)
+			req.Header.SetMethod("POST")
+			req.Header.Set(hdrForwarded, taker)
+			req.SetBodyString(dev)
+			if err := fasthttp.DoTimeout(req, resp, 5*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if code := resp.StatusCode(); code < 400 || code >= 500 {
+				c2, out := post(t, a, gSample(dev, 2, 1))
+				t.Fatalf("handoff of %s to %q, %s (A's view is %v): answered %d; want a 4xx that changes nothing.\n"+
+					"A holds %s now: %v; the next sample for it at A: %d %s",
+					dev, taker, name, pa.members.View().Members, code, dev, gHeld(pa, dev), c2, out)
+			}
+		})
+	}
+}
