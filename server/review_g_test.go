@@ -355,3 +355,33 @@ func TestReviewG_HandoffToAnyone(t *testing.T) {
 		})
 	}
 }
+
+// 5. TestReviewG_HandoffQueueRace (run with -race): Handoff.work reads
+// len(hf.queue) after releasing hf.mu (handoff.go:193), while Load appends
+// to hf.queue under hf.mu (handoff.go:171) from the shard goroutines: a
+// data race on the slice header whenever devices are first touched
+// together, which is every scale-out. The race detector fails this test.
+func TestReviewG_HandoffQueueRace(t *testing.T) {
+	addrs := freeAddrs(t, 1)
+	file := filepath.Join(t.TempDir(), "peers")
+	writePeers(t, file, addrs...)
+	startGPod(t, addrs[0], file, gOpts{})
+	var wg sync.WaitGroup
+	for c := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for r := range 10 {
+				var parts []string
+				for d := range 200 {
+					parts = append(parts, gSample(fmt.Sprintf("race-%d-%d-%d", c, r, d), 1, 1))
+				}
+				if code, out := post(t, addrs[0], "["+strings.Join(parts, ",")+"]"); code != 200 {
+					t.Errorf("%d %s", code, out)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
