@@ -656,3 +656,47 @@ func TestReviewG_HandoffOnDeadConnection(t *testing.T) {
 		}
 	})
 }
+
+// 7. TestReviewG_DrainingPodHidesWhereDevicesWent: while a stopping pod
+// drains (it left its own view; DRAIN_DELAY), the members whose views
+// dropped it take its devices as they are touched, and it keeps a
+// tombstone naming the taker. A member whose view still lists it (its
+// source lags: PEERS_DNS keeps a terminating pod until it is deleted)
+// forwards such a device's samples and reads to it; applyForwarded
+// (forward.go:568) and forwardRead (forward.go:659) only ask Held, which
+// is false for a tombstone, and refuse the whole part with a bare 421, not
+// the partial 421 with "moved" that the sender already knows how to follow
+// (spread.moved). The sender's retry meets the same view: 503, for as long
+// as its view lags, though the draining pod knows where the device is.
+func TestReviewG_DrainingPodHidesWhereDevicesWent(t *testing.T) {
+	addrs := freeAddrs(t, 3)
+	a, b, x := addrs[0], addrs[1], addrs[2]
+	dir := t.TempDir()
+	fa, fb, fx := filepath.Join(dir, "a"), filepath.Join(dir, "b"), filepath.Join(dir, "x")
+	for _, f := range []string{fa, fb, fx} {
+		writePeers(t, f, a, b, x)
+	}
+	dev := gDevice("dr", []string{x, a}, []string{a, b, x}, []string{a, b})
+	pa := startGPod(t, a, fa, gOpts{})
+	pb := startGPod(t, b, fb, gOpts{})
+	px := startGPod(t, x, fx, gOpts{})
+	for i := range 10 {
+		if code, out := post(t, x, gSample(dev, i+1, float64(i%3))); code != 200 {
+			t.Fatalf("%d %s", code, out)
+		}
+	}
+	px.members.Leave() // SIGTERM: X drains
+	writePeers(t, fa, a, b)
+	pa.refresh(t) // A's view dropped X; B's has not yet
+	if code, out := post(t, a, gSample(dev, 11, 1)); code != 200 || gCount(pa, dev) != 11 {
+		t.Fatalf("sample 11 at A: %d %s; A counts %d, want 11 (taken from X)", code, out, gCount(pa, dev))
+	}
+	code, out := post(t, b, gSample(dev, 12, 1))
+	rc, rb := doReq(t, "GET", "http://"+b+"/api/v1/devices/"+dev, "")
+	if code != 200 || rc != 200 {
+		t.Fatalf("B's view still lists X, which handed the device to A (X's tombstone says so: %d tombstones).\n"+
+			"sample 12 at B: %d %s\nread at B: %d %s\nwant 200 for both: X's 421 carries no \"moved\", so B cannot follow the device to A",
+			px.set.Tombstones(), code, out, rc, rb)
+	}
+	_ = pb
+}
