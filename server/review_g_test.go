@@ -497,8 +497,13 @@ func (c *gClient) run(t *testing.T, stop <-chan struct{}, seed int) error {
 // joins (the others re-read their peers at different times) and then stops
 // gracefully, twice (the second time at the same address, as a restarted
 // StatefulSet pod). Every device must end as a reference fed the
-// acknowledged samples, held by exactly one pod. (Under -race this also
-// meets the data race of TestReviewG_HandoffQueueRace.)
+// acknowledged samples, held by exactly one pod. It fails in the second
+// cycle: devices the restarted fourth pod offers are lost because their
+// takers ask it on connections its first life closed (defect 6,
+// TestReviewG_HandoffOnDeadConnection); under -race it also meets the data
+// race of TestReviewG_HandoffQueueRace. With those two fixed locally (a
+// scratch copy: RetryIfErr plus enough attempts on the handoff client, and
+// moved samples not marked applied) it passed 8 runs of 8.
 func TestReviewG_ConcurrentScaleOutIn(t *testing.T) {
 	addrs := freeAddrs(t, 4)
 	dir := t.TempDir()
@@ -699,4 +704,69 @@ func TestReviewG_DrainingPodHidesWhereDevicesWent(t *testing.T) {
 			px.set.Tombstones(), code, out, rc, rb)
 	}
 	_ = pb
+}
+
+// 8. TestReviewG_TwoStopAtOnce: a scale-in by two (5→3, both pods get
+// SIGTERM together, each still listed in the other's view). Each stopping
+// pod offers its devices to their owners in its own view after Leave
+// (HandOver, server/handoff.go:434), which can be the other stopping pod.
+// That pod's claim route (handoff.go:364) takes them without checking
+// that it is itself leaving, after it listed what it holds for its own
+// offers: it exits holding them and, without Redis, their state is gone.
+// Every device must end held once, with all its samples.
+func TestReviewG_TwoStopAtOnce(t *testing.T) {
+	addrs := freeAddrs(t, 5)
+	file := filepath.Join(t.TempDir(), "peers")
+	writePeers(t, file, addrs...)
+	pods := make([]*gPod, 5)
+	for i := range pods {
+		pods[i] = startGPod(t, addrs[i], file, gOpts{})
+	}
+	x, y := pods[3], pods[4]
+	// Devices ranked X then Y, or Y then X, above the three that stay.
+	var devs []string
+	for i := 0; len(devs) < 20; i++ {
+		id := fmt.Sprint("ts", i)
+		var r []string
+		r = cluster.NewView(addrs[0], addrs).Rank([]byte(id), 2, r)
+		if r[0] == x.addr && r[1] == y.addr || r[0] == y.addr && r[1] == x.addr {
+			devs = append(devs, id)
+		}
+	}
+	for k := range 10 {
+		var parts []string
+		for _, d := range devs {
+			parts = append(parts, gSample(d, k+1, float64(k%3)))
+		}
+		if code, out := post(t, addrs[0], "["+strings.Join(parts, ",")+"]"); code != 200 {
+			t.Fatalf("%d %s", code, out)
+		}
+	}
+	var wg sync.WaitGroup
+	for _, p := range []*gPod{x, y} {
+		wg.Add(1)
+		go func() { defer wg.Done(); p.stop(t) }()
+	}
+	wg.Wait()
+	writePeers(t, file, addrs[:3]...)
+	for _, p := range pods[:3] {
+		p.refresh(t)
+	}
+	var lost []string
+	for _, d := range devs {
+		n := uint64(0)
+		for _, p := range pods[:3] {
+			if gHeld(p, d) {
+				n += gCount(p, d)
+			}
+		}
+		if n != 10 {
+			lost = append(lost, fmt.Sprintf("%s:%d", d, n))
+		}
+	}
+	if len(lost) > 0 {
+		t.Fatalf("two pods stopped gracefully together; of %d devices they held (each ranked them first and second), %d did not reach the three that stay with their 10 samples (device:count held): %v\n"+
+			"devices the stopping pods took from each other while stopping: X %d, Y %d",
+			len(devs), len(lost), lost, x.hf.fromPeer.Get(), y.hf.fromPeer.Get())
+	}
 }
