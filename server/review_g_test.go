@@ -41,7 +41,8 @@ type gOpts struct {
 	handoffTimeout time.Duration
 	// wrap, if set, wraps the pod's handler (to delay answers, say).
 	wrap func(api fasthttp.RequestHandler) fasthttp.RequestHandler
-	idle time.Duration // IDLE_TIMEOUT
+	idle       time.Duration // IDLE_TIMEOUT
+	maxStreams int
 }
 
 func startGPod(t *testing.T, addr, file string, o gOpts) *gPod {
@@ -64,7 +65,7 @@ func startGPod(t *testing.T, addr, file string, o gOpts) *gPod {
 	}
 	ms := metrics.NewSet()
 	p.hf = NewHandoff(HandoffOptions{Members: m, Timeout: o.handoffTimeout, Metrics: ms})
-	p.set = shard.New(shard.Options{Shards: 2, Store: p.hf, LoadOnly: true})
+	p.set = shard.New(shard.Options{Shards: 2, Store: p.hf, LoadOnly: true, MaxStreams: o.maxStreams})
 	p.hf.Start(p.set)
 	m.Start()
 	p.members = m
@@ -768,5 +769,162 @@ func TestReviewG_TwoStopAtOnce(t *testing.T) {
 		t.Fatalf("two pods stopped gracefully together; of %d devices they held (each ranked them first and second), %d did not reach the three that stay with their 10 samples (device:count held): %v\n"+
 			"devices the stopping pods took from each other while stopping: X %d, Y %d",
 			len(devs), len(lost), lost, x.hf.fromPeer.Get(), y.hf.fromPeer.Get())
+	}
+}
+
+// TestReviewG_MovedAnswersMatchReference: a client whose entry pod's view
+// lags sends batches mixing devices the pod holds with devices it handed
+// over; the answers (anomalies in sample order, /metric's head), the
+// devices' state and samples_ingested_total summed over the pods must be
+// those of a stand-alone pod fed the same stream.
+func TestReviewG_MovedAnswersMatchReference(t *testing.T) {
+	addrs := freeAddrs(t, 3)
+	a, x, r := addrs[0], addrs[1], addrs[2]
+	dir := t.TempDir()
+	fa, fx := filepath.Join(dir, "a"), filepath.Join(dir, "x")
+	writePeers(t, fa, a)
+	writePeers(t, fx, a, x)
+	moved := gDevice("mr", []string{x}, []string{a, x})
+	kept := gDevice("mk", []string{a}, []string{a, x})
+	pa := startGPod(t, a, fa, gOpts{})
+	set := shard.New(shard.Options{Shards: 2})
+	ref := New(Options{Shards: set})
+	ref.SetReady()
+	nl, err := net.Listen("tcp", r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl := ref.Listen(nl)
+	rs := ref.NewServer()
+	go rs.Serve(rl) //nolint:errcheck
+	t.Cleanup(func() { rs.Shutdown(); rl.Stop(); set.Stop() }) //nolint:errcheck
+	both := func(path, body string, via string) {
+		t.Helper()
+		c1, b1 := doReq(t, "POST", "http://"+via+path, body)
+		c2, b2 := doReq(t, "POST", "http://"+r+path, body)
+		if c1 != c2 || b1 != b2 {
+			t.Fatalf("%s %s via %s:\n cluster %d %s\n     ref %d %s", path, body, via, c1, b1, c2, b2)
+		}
+	}
+	ts := 0
+	batch := func(spike string) string {
+		var parts []string
+		for _, d := range []string{moved, kept, moved} {
+			ts++
+			v := float64(ts % 3)
+			if d == spike {
+				v = 50
+			}
+			parts = append(parts, gSample(d, ts, v))
+		}
+		return "[" + strings.Join(parts, ",") + "]"
+	}
+	for range 15 {
+		both("/api/v1/ingest", batch(""), a)
+	}
+	px := startGPod(t, x, fx, gOpts{})
+	both("/api/v1/ingest", batch(""), x) // X takes the moved device from A
+	both("/api/v1/ingest", batch(moved), a)
+	both("/api/v1/ingest", batch(kept), a)
+	ts++
+	both("/metric", fmt.Sprintf(`{"device_id":%q,"timestamp":%d,"m":%d}`, moved, ts, 2), a)
+	ts++
+	both("/metric", fmt.Sprintf(`{"device_id":%q,"timestamp":%d,"m":%d}`, moved, ts, 60), a)
+	for _, d := range []string{moved, kept} {
+		for _, path := range []string{"/api/v1/devices/" + d, "/api/v1/devices/" + d + "/anomalies"} {
+			c1, b1 := doReq(t, "GET", "http://"+a+path, "")
+			c2, b2 := doReq(t, "GET", "http://"+r+path, "")
+			if c1 != c2 || b1 != b2 {
+				t.Errorf("GET %s via A: %d %s; ref %d %s", path, c1, b1, c2, b2)
+			}
+		}
+	}
+	sum := pa.h.samples.Get() + px.h.samples.Get()
+	if want := ref.samples.Get(); sum != want {
+		t.Errorf("samples_ingested_total: A %d + X %d = %d; the reference counts %d", pa.h.samples.Get(), px.h.samples.Get(), sum, want)
+	}
+	if pa.set.Devices()+px.set.Devices() != set.Devices() {
+		t.Errorf("devices held: A %d + X %d; reference %d", pa.set.Devices(), px.set.Devices(), set.Devices())
+	}
+}
+
+// 9. TestReviewG_StreamLimitPassedOnHandoff: a device at its stream limit
+// (MAX_STREAMS_PER_DEVICE) has its names published by its shard, so a
+// sample naming one more metric is refused with 429 before anything is
+// applied (shard/limits.go). At a member that takes the device over, no
+// set is published yet (nfull is 0), checkLimits checks nothing, and the
+// sample that triggered the pull is applied after the restore: the device
+// passes its limit on every move, where a single pod and the old owner
+// both answer 429. (limits.go documents such a pass after a process
+// restart, not on a handoff, which every scale-out makes.)
+func TestReviewG_StreamLimitPassedOnHandoff(t *testing.T) {
+	addrs := freeAddrs(t, 2)
+	a, x := addrs[0], addrs[1]
+	file := filepath.Join(t.TempDir(), "peers")
+	writePeers(t, file, a)
+	dev := gDevice("sl", []string{x}, []string{a, x})
+	pa := startGPod(t, a, file, gOpts{maxStreams: 2})
+	if code, out := post(t, a, fmt.Sprintf(`{"device":%q,"ts":1,"metrics":{"m1":1,"m2":2}}`, dev)); code != 200 {
+		t.Fatalf("%d %s", code, out)
+	}
+	third := fmt.Sprintf(`{"device":%q,"ts":2,"metrics":{"m3":3}}`, dev)
+	if code, out := post(t, a, third); code != 429 {
+		t.Fatalf("a third metric at the owner: %d %s; want 429", code, out)
+	}
+	writePeers(t, file, a, x)
+	px := startGPod(t, x, file, gOpts{maxStreams: 2})
+	pa.refresh(t)
+	code, out := post(t, x, third)
+	ms, _, _ := px.set.Device(dev)
+	if code != 429 || len(ms) > 2 {
+		t.Fatalf("the same sample after the device moved to X: %d %s; X now holds %d metrics for it; want 429 and 2 metrics, as before the move", code, out, len(ms))
+	}
+}
+
+// TestReviewG_ClaimBadInput: malformed claims and handoff requests get a
+// clear 4xx and change nothing.
+func TestReviewG_ClaimBadInput(t *testing.T) {
+	addrs := freeAddrs(t, 2)
+	a := addrs[0]
+	file := filepath.Join(t.TempDir(), "peers")
+	writePeers(t, file, addrs...)
+	pa := startGPod(t, a, file, gOpts{})
+	if code, out := post(t, a, gSample("cb1", 1, 1)); code != 200 {
+		t.Fatalf("%d %s", code, out)
+	}
+	many := make([]string, claimChunk+1)
+	for i := range many {
+		many[i] = fmt.Sprint("d", i)
+	}
+	for _, tc := range []struct {
+		name, path, from, body string
+		want                   int
+	}{
+		{"claim without sender", claimPath, "", "cb1", 400},
+		{"claim with a bad ID", claimPath, addrs[1], "cb1\nbad id", 400},
+		{"claim too long", claimPath, addrs[1], strings.Join(many, "\n"), 400},
+		{"handoff without taker", handoffPath, "", "cb1", 400},
+		{"handoff of a bad ID", handoffPath, addrs[1], "bad id", 400},
+		{"handoff of an empty ID", handoffPath, addrs[1], "", 400},
+		{"handoff of two IDs", handoffPath, addrs[1], "cb1\ncb2", 400},
+	} {
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		req.SetRequestURI("http://" + a + tc.path)
+		req.Header.SetMethod("POST")
+		if tc.from != "" {
+			req.Header.Set(hdrForwarded, tc.from)
+		}
+		req.SetBodyString(tc.body)
+		if err := fasthttp.DoTimeout(req, resp, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode() != tc.want || !strings.Contains(string(resp.Body()), `"error"`) {
+			t.Errorf("%s: %d %s; want %d with an error", tc.name, resp.StatusCode(), resp.Body(), tc.want)
+		}
+		fasthttp.ReleaseRequest(req)
+		fasthttp.ReleaseResponse(resp)
+	}
+	if !gHeld(pa, "cb1") || gCount(pa, "cb1") != 1 {
+		t.Errorf("cb1 after the bad requests: held %v count %d", gHeld(pa, "cb1"), gCount(pa, "cb1"))
 	}
 }
