@@ -928,3 +928,38 @@ func TestReviewG_ClaimBadInput(t *testing.T) {
 		t.Errorf("cb1 after the bad requests: held %v count %d", gHeld(pa, "cb1"), gCount(pa, "cb1"))
 	}
 }
+
+// 10. TestReviewG_ReadDoesNotFollowSecondMove: a read at a pod that handed
+// a device over goes to the member its tombstone names (movedRead,
+// forward.go:725), marked as forwarded. If that member handed it on in
+// turn (A→X→Y during a fast scale-out, views lagging), it answers 421
+// (movedRead with the marker) without saying where, and A answers 503,
+// never asking Y; an ingest of the same device at A is sent on to Y
+// (spread.moved follows "moved" answers). The read should find the device
+// as the ingest does.
+func TestReviewG_ReadDoesNotFollowSecondMove(t *testing.T) {
+	addrs := freeAddrs(t, 3)
+	a, x, y := addrs[0], addrs[1], addrs[2]
+	dir := t.TempDir()
+	fa, fx, fy := filepath.Join(dir, "a"), filepath.Join(dir, "x"), filepath.Join(dir, "y")
+	writePeers(t, fa, a)
+	writePeers(t, fx, a, x)
+	writePeers(t, fy, a, x, y)
+	dev := gDevice("rd", []string{x, y}, []string{a, x}, []string{a, x, y})
+	startGPod(t, a, fa, gOpts{})
+	if code, out := post(t, a, gSample(dev, 1, 1)); code != 200 {
+		t.Fatalf("%d %s", code, out)
+	}
+	startGPod(t, x, fx, gOpts{})
+	if code, out := post(t, x, gSample(dev, 2, 1)); code != 200 {
+		t.Fatalf("%d %s", code, out)
+	}
+	py := startGPod(t, y, fy, gOpts{})
+	if code, out := post(t, y, gSample(dev, 3, 1)); code != 200 {
+		t.Fatalf("%d %s", code, out)
+	}
+	code, body := doReq(t, "GET", "http://"+a+"/api/v1/devices/"+dev, "")
+	if code != 200 {
+		t.Fatalf("read at A of a device handed A→X→Y (Y holds it: %v): %d %s; want 200 with Y's state", gHeld(py, dev), code, body)
+	}
+}
