@@ -963,3 +963,52 @@ func TestReviewG_ReadDoesNotFollowSecondMove(t *testing.T) {
 		t.Fatalf("read at A of a device handed A→X→Y (Y holds it: %v): %d %s; want 200 with Y's state", gHeld(py, dev), code, body)
 	}
 }
+
+// 11. TestReviewG_EmptyClaimVoidsAllTombstones: the claim route collects
+// the offered IDs into ids, nil when the body has none (an empty body, or
+// blank lines), and calls Set.Forget([]string{from}, ids)
+// (server/handoff.go:385); Forget reads nil ids as "every device"
+// (shard/handoff.go:111-119). So an empty claim answers 200
+// {"offered":0} and voids every tombstone pointing to the sender, though it
+// offered nothing. The next sample for such a device at the old holder
+// revives it and loads it anew; if the old holder's view does not list
+// the taker yet (or no longer ranks it), the load asks nobody and the
+// device starts fresh: a second copy, while the taker keeps the real one.
+func TestReviewG_EmptyClaimVoidsAllTombstones(t *testing.T) {
+	addrs := freeAddrs(t, 2)
+	a, x := addrs[0], addrs[1]
+	dir := t.TempDir()
+	fa, fx := filepath.Join(dir, "a"), filepath.Join(dir, "x")
+	writePeers(t, fa, a) // A's view lags: X joined, A has not re-read yet
+	writePeers(t, fx, a, x)
+	dev := gDevice("ec", []string{x}, []string{a, x})
+	pa := startGPod(t, a, fa, gOpts{})
+	for i := range 10 {
+		if code, out := post(t, a, gSample(dev, i+1, 1)); code != 200 {
+			t.Fatalf("%d %s", code, out)
+		}
+	}
+	px := startGPod(t, x, fx, gOpts{})
+	if code, out := post(t, x, gSample(dev, 11, 1)); code != 200 { // X takes it
+		t.Fatalf("%d %s", code, out)
+	}
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI("http://" + a + claimPath)
+	req.Header.SetMethod("POST")
+	req.Header.Set(hdrForwarded, x)
+	req.SetBodyString("\n")
+	if err := fasthttp.DoTimeout(req, resp, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	claim := fmt.Sprintf("%d %s", resp.StatusCode(), resp.Body())
+	if code, out := post(t, a, gSample(dev, 12, 1)); code != 200 {
+		t.Fatalf("%d %s", code, out)
+	}
+	if gHeld(pa, dev) || gCount(px, dev) != 12 {
+		t.Fatalf("an empty claim from X to A answered %s;\nthen sample 12 at A: A holds the device: %v (count %d), X counts %d; want A holding nothing (its tombstone sends the sample to X) and X counting 12.\n"+
+			"The empty claim voided every tombstone to X, and A, whose view lacks X, started the device fresh",
+			strings.TrimSpace(claim), gHeld(pa, dev), gCount(pa, dev), gCount(px, dev))
+	}
+}
