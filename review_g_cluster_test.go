@@ -191,3 +191,71 @@ func TestReviewG_RestartedTakerGetsStaleTombstone(t *testing.T) {
 			"After one more sample, Redis holds count %d (want 31): the stale state overwrote the newer snapshot", got, gStoredCount(t, redis, dev))
 	}
 }
+
+// 8. TestReviewG_EvictedDeviceReloadsStaleTombstone: the same premise as
+// test 7 fails without any crash. With Redis, the new owner writes a
+// device it took over (once samples changed it) and evicts it after
+// IDLE_EVICT; on its next touch Handoff.load asks the members first
+// (server/handoff.go:228), the old owner still has its tombstone (a
+// minute at least) and answers the bytes it handed over long ago, which
+// win over the newer snapshot in Redis: every sample the new owner
+// applied before the eviction is lost, and its next snapshot overwrites
+// Redis with the stale state.
+func TestReviewG_EvictedDeviceReloadsStaleTombstone(t *testing.T) {
+	bin := buildService(t)
+	redis := startRedis(t)
+	a, x := freeAddr(t), freeAddr(t)
+	file := filepath.Join(t.TempDir(), "peers")
+	gPeers(t, file, a)
+	env := func(self string) []string {
+		return []string{"REDIS_ADDR=" + redis, "SNAPSHOT_INTERVAL=200ms", "IDLE_EVICT=1s",
+			"PEERS_FILE=" + file, "SELF_ADDR=" + self, "PEERS_REFRESH=200ms"}
+	}
+	pa := startServiceAt(t, bin, a, env(a)...)
+	dev := gDeviceOwned("ev", x, []string{a, x})
+	n := 0
+	send := func(s *service) {
+		n++
+		s.post(t, fmt.Sprintf(`{"device":%q,"ts":%d,"metrics":{"m":%d}}`, dev, n, n%3))
+	}
+	// Steady traffic through A while X joins: the device stays warm at A
+	// until A's view lists X, then goes to X, which takes it from A.
+	stop := make(chan struct{})
+	fed := make(chan struct{})
+	go func() {
+		defer close(fed)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			send(pa)
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	gPeers(t, file, a, x)
+	px := startServiceAt(t, bin, x, env(x)...)
+	gWaitMembers(t, pa, 2)
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	<-fed
+	if c, got := gCountOf(t, px, dev); c != n {
+		t.Fatalf("X reads %s; want count %d", got, n)
+	}
+	// Idle: X writes it, then evicts it (IDLE_EVICT 1s).
+	for deadline := time.Now().Add(10 * time.Second); px.devicesHeld(t) != 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("X never evicted the device")
+		}
+	}
+	if c := gStoredCount(t, redis, dev); c != n {
+		t.Fatalf("Redis holds count %d after X evicted the device; want %d", c, n)
+	}
+	send(px)
+	if c, got := gCountOf(t, px, dev); c != n {
+		t.Fatalf("after %d samples (the last one at X after it evicted the idle device, whose count %d Redis holds), X reads %s; want count %d.\n"+
+			"X reloaded it from A, whose tombstone still had the state it handed over before X applied the rest", n, n-1, got, n)
+	}
+}
