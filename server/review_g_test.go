@@ -889,7 +889,8 @@ func TestReviewG_ClaimBadInput(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "peers")
 	writePeers(t, file, addrs...)
 	pa := startGPod(t, a, file, gOpts{})
-	if code, out := post(t, a, gSample("cb1", 1, 1)); code != 200 {
+	cb1 := gDevice("cb", []string{a}, addrs) // A's own
+	if code, out := post(t, a, gSample(cb1, 1, 1)); code != 200 {
 		t.Fatalf("%d %s", code, out)
 	}
 	many := make([]string, claimChunk+1)
@@ -900,13 +901,13 @@ func TestReviewG_ClaimBadInput(t *testing.T) {
 		name, path, from, body string
 		want                   int
 	}{
-		{"claim without sender", claimPath, "", "cb1", 400},
-		{"claim with a bad ID", claimPath, addrs[1], "cb1\nbad id", 400},
+		{"claim without sender", claimPath, "", cb1, 400},
+		{"claim with a bad ID", claimPath, addrs[1], cb1 + "\nbad id", 400},
 		{"claim too long", claimPath, addrs[1], strings.Join(many, "\n"), 400},
-		{"handoff without taker", handoffPath, "", "cb1", 400},
+		{"handoff without taker", handoffPath, "", cb1, 400},
 		{"handoff of a bad ID", handoffPath, addrs[1], "bad id", 400},
 		{"handoff of an empty ID", handoffPath, addrs[1], "", 400},
-		{"handoff of two IDs", handoffPath, addrs[1], "cb1\ncb2", 400},
+		{"handoff of two IDs", handoffPath, addrs[1], cb1 + "\ncb2", 400},
 	} {
 		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 		req.SetRequestURI("http://" + a + tc.path)
@@ -924,8 +925,8 @@ func TestReviewG_ClaimBadInput(t *testing.T) {
 		fasthttp.ReleaseRequest(req)
 		fasthttp.ReleaseResponse(resp)
 	}
-	if !gHeld(pa, "cb1") || gCount(pa, "cb1") != 1 {
-		t.Errorf("cb1 after the bad requests: held %v count %d", gHeld(pa, "cb1"), gCount(pa, "cb1"))
+	if !gHeld(pa, cb1) || gCount(pa, cb1) != 1 {
+		t.Errorf("%s after the bad requests: held %v count %d", cb1, gHeld(pa, cb1), gCount(pa, cb1))
 	}
 }
 
