@@ -1013,3 +1013,34 @@ func TestReviewG_EmptyClaimVoidsAllTombstones(t *testing.T) {
 			strings.TrimSpace(claim), gHeld(pa, dev), gCount(pa, dev), gCount(px, dev))
 	}
 }
+
+// TestReviewG_ReadAtNewOwnerPulls: a read at the new owner before any
+// sample takes the device over (one copy, the old owner's state), and the
+// old owner sends its reads and samples on.
+func TestReviewG_ReadAtNewOwnerPulls(t *testing.T) {
+	addrs := freeAddrs(t, 2)
+	a, x := addrs[0], addrs[1]
+	file := filepath.Join(t.TempDir(), "peers")
+	writePeers(t, file, a)
+	dev := gDevice("rp", []string{x}, []string{a, x})
+	pa := startGPod(t, a, file, gOpts{})
+	for i := range 5 {
+		if code, out := post(t, a, gSample(dev, i+1, float64(i))); code != 200 {
+			t.Fatalf("%d %s", code, out)
+		}
+	}
+	_, before := doReq(t, "GET", "http://"+a+"/api/v1/devices/"+dev, "")
+	writePeers(t, file, a, x)
+	px := startGPod(t, x, file, gOpts{})
+	code, got := doReq(t, "GET", "http://"+x+"/api/v1/devices/"+dev, "")
+	if code != 200 || got != before || gHeld(pa, dev) || !gHeld(px, dev) {
+		t.Fatalf("read at X: %d %s; before the move A answered %s; A holds it %v, X %v", code, got, before, gHeld(pa, dev), gHeld(px, dev))
+	}
+	// A's view still lags: its reads and samples go to X.
+	if code, out := post(t, a, gSample(dev, 6, 1)); code != 200 || gCount(px, dev) != 6 {
+		t.Fatalf("sample 6 at A: %d %s; X counts %d", code, out, gCount(px, dev))
+	}
+	if c1, b1 := doReq(t, "GET", "http://"+a+"/api/v1/devices/"+dev, ""); c1 != 200 {
+		t.Fatalf("read at A: %d %s", c1, b1)
+	}
+}
