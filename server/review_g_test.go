@@ -148,10 +148,10 @@ func gSample(dev string, ts int, v float64) string {
 // 1. TestReviewG_MovedSampleReportedApplied: applyCluster's all-local path
 // (forward.go:287-292) marks every sample applied, then calls sp.moved for
 // the samples the shards reported moved, without clearing their applied
-// flag (sendParts' local path does clear it, forward.go:427). A moved
+// flag (sendParts' local path does clear it, forward.go:430). A moved
 // sample therefore counts as applied before it was sent anywhere. When its
 // new owner answers a partial 421 saying the device moved on again, the
-// retry loop skips it ("case sp.applied[i]", forward.go:466) and, since
+// retry loop skips it ("case sp.applied[i]", forward.go:474) and, since
 // the answer carried "moved", adds no problem either: the client gets 200
 // {"accepted":1} for a sample no pod applied. When the new owner is down,
 // the client gets 503 with the sample listed in "applied", so it never
