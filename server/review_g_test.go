@@ -40,7 +40,7 @@ type gOpts struct {
 	forwardTimeout time.Duration
 	handoffTimeout time.Duration
 	// wrap, if set, wraps the pod's handler (to delay answers, say).
-	wrap func(api fasthttp.RequestHandler) fasthttp.RequestHandler
+	wrap       func(api fasthttp.RequestHandler) fasthttp.RequestHandler
 	idle       time.Duration // IDLE_TIMEOUT
 	maxStreams int
 }
@@ -625,8 +625,8 @@ func TestReviewG_HandoffOnDeadConnection(t *testing.T) {
 			t.Fatalf("first stop of X: %v; A counts %d, want 10", err, gCount(pa, dev))
 		}
 		px2 := startGPod(t, x, fx, gOpts{}) // X back at its address (a StatefulSet pod)
-		send(x, 10)                          // X takes the device back from A
-		offered, err := px2.stop(t)          // and offers it to A again
+		send(x, 10)                         // X takes the device back from A
+		offered, err := px2.stop(t)         // and offers it to A again
 		if got := gCount(pa, dev); got != 20 {
 			t.Fatalf("X, restarted at its address, stopped gracefully: it offered %d devices (error %v), yet A counts %d of the device's 20 samples; want 20.\n"+
 				"A asked X on the connection kept from X's first life, which X closed when it stopped; the ask failed (A's handoffs_in_total{from=\"failed\"} is %d), A started the device fresh, and X exited holding it",
@@ -801,7 +801,7 @@ func TestReviewG_MovedAnswersMatchReference(t *testing.T) {
 	}
 	rl := ref.Listen(nl)
 	rs := ref.NewServer()
-	go rs.Serve(rl) //nolint:errcheck
+	go rs.Serve(rl)                                            //nolint:errcheck
 	t.Cleanup(func() { rs.Shutdown(); rl.Stop(); set.Stop() }) //nolint:errcheck
 	both := func(path, body string, via string) {
 		t.Helper()
