@@ -19,6 +19,7 @@ check:
 
 bench:
 	./loadtest/bench.sh
+	./loadtest/cluster.sh
 
 fuzz:
 	go test -run='^$$' -fuzz=FuzzDecodeIngest -fuzztime=30s ./server

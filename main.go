@@ -444,7 +444,7 @@ func run(c config, log zerolog.Logger) error {
 		if store != nil {
 			next = store
 		}
-		handoff = server.NewHandoff(server.HandoffOptions{Members: members, Next: next, Timeout: c.ForwardTimeout,
+		handoff = server.NewHandoff(server.HandoffOptions{Members: members, Next: next, Timeout: c.ForwardTimeout, Idle: c.IdleTimeout,
 			Log: log, Metrics: clusterMetrics})
 		opts.Store, opts.LoadOnly = handoff, store == nil
 		// Tombstones outlive the slowest view to catch up (a DNS cache

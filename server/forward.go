@@ -338,6 +338,7 @@ func (h *Handler) applyCluster(ctx *fasthttp.RequestCtx, st *ingestState, encode
 			sp.applied[i] = true
 		}
 		for _, m := range b.Moved() {
+			sp.applied[m.Sample] = false
 			sp.moved(int32(m.Sample), m.To)
 		}
 		for _, a := range b.Anomalies {
@@ -549,7 +550,7 @@ func (h *Handler) ownerHere(view *cluster.View, device []byte) (string, error) {
 	if o == view.Self || view.HasSelf() {
 		return o, nil
 	}
-	held, err := h.set.Held(string(device))
+	held, _, err := h.set.Held(string(device))
 	if held {
 		return view.Self, err
 	}
@@ -617,11 +618,11 @@ func (h *Handler) applyForwarded(ctx *fasthttp.RequestCtx, st *ingestState, view
 		if view.Owner(b.Device(i)) == view.Self {
 			continue
 		}
-		held, err := h.set.Held(string(b.Device(i)))
+		held, movedTo, err := h.set.Held(string(b.Device(i)))
 		if err != nil {
 			return err
 		}
-		if !held {
+		if !held && movedTo == "" {
 			h.fwd.refreshSoon() // the sender's view and this one disagree
 			return errorf(fasthttp.StatusMisdirectedRequest, "device %q is not owned here by this member's view (%d members); refresh the view and send it to its owner",
 				b.Device(i), len(view.Members))
@@ -705,11 +706,14 @@ func (h *Handler) forwardRead(ctx *fasthttp.RequestCtx, id string) (done bool, e
 	if len(ctx.Request.Header.Peek(hdrForwarded)) > 0 {
 		h.fwd.heard(ctx)
 		if view.Owner([]byte(id)) == view.Self {
-			return false, nil
+			return false, nil // a tombstone here answers with movedRead
 		}
-		held, err := h.set.Held(id)
+		held, movedTo, err := h.set.Held(id)
 		if err != nil || held {
 			return err != nil, err
+		}
+		if movedTo != "" {
+			return true, h.movedRead(ctx, id, &shard.MovedError{Device: id, To: movedTo})
 		}
 		return true, errorf(fasthttp.StatusMisdirectedRequest, "device %q is not owned here by this member's view; refresh the view and ask its owner", id)
 	}
@@ -732,16 +736,42 @@ func (h *Handler) forwardRead(ctx *fasthttp.RequestCtx, id string) (done bool, e
 			last = "this member's view has no members (it is leaving, or its peer source lists none)"
 			continue
 		}
-		if last = h.fwd.read(ctx, owner, view.Self); last == "" {
+		var here bool
+		if last, here = h.fwd.readChain(ctx, owner, view.Self); here {
+			return false, nil
+		}
+		if last == "" {
 			return true, nil
 		}
 	}
 	return true, errorf(fasthttp.StatusServiceUnavailable, "the owner of device %q cannot answer: %s; retry", id, last)
 }
 
+// readChain asks owner the read ctx holds, following the members a device
+// was handed on to (at most maxHops): failed says why it could not be
+// answered; here, that the device was handed to this member (read it
+// here).
+func (f *forwarder) readChain(ctx *fasthttp.RequestCtx, owner, self string) (failed string, here bool) {
+	for hop := 0; ; hop++ {
+		failed, next := f.read(ctx, owner, self)
+		switch {
+		case next == self:
+			return "", true
+		case next == "" || hop == maxHops:
+			return failed, false
+		}
+		owner = next
+	}
+}
+
+// maxHops bounds the handoffs a read follows: a device moves once per view
+// change, and views change seconds apart.
+const maxHops = 3
+
 // read asks owner the read ctx holds and answers ctx with its answer, or
-// returns why it could not.
-func (f *forwarder) read(ctx *fasthttp.RequestCtx, owner, self string) (failed string) {
+// returns why it could not, and where the device went if owner handed it
+// on.
+func (f *forwarder) read(ctx *fasthttp.RequestCtx, owner, self string) (failed, movedTo string) {
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
@@ -758,16 +788,19 @@ func (f *forwarder) read(ctx *fasthttp.RequestCtx, owner, self string) (failed s
 	case err != nil:
 		p.failed.Inc()
 		f.refused(owner, err)
-		return fmt.Sprintf("member %s could not be asked: %v", owner, err)
+		return fmt.Sprintf("member %s could not be asked: %v", owner, err), ""
 	case resp.StatusCode() == fasthttp.StatusMisdirectedRequest:
 		p.misdirected.Inc()
-		return fmt.Sprintf("member %s does not own it", owner)
+		if to := string(resp.Header.Peek(hdrMovedTo)); to != "" {
+			return fmt.Sprintf("member %s handed it to %s", owner, to), to
+		}
+		return fmt.Sprintf("member %s does not own it", owner), ""
 	}
 	p.ok.Inc()
 	ctx.SetStatusCode(resp.StatusCode())
 	ctx.SetContentType("application/json")
 	ctx.SetBody(resp.Body())
-	return ""
+	return "", ""
 }
 
 // movedRead answers a read whose device this pod handed over (err is a
@@ -780,9 +813,14 @@ func (h *Handler) movedRead(ctx *fasthttp.RequestCtx, id string, err error) erro
 		return err
 	}
 	if len(ctx.Request.Header.Peek(hdrForwarded)) > 0 {
+		ctx.Response.Header.Set(hdrMovedTo, m.To) // the sender asks it next
 		return errorf(fasthttp.StatusMisdirectedRequest, "device %q was handed over to member %s; ask it", id, m.To)
 	}
-	if failed := h.fwd.read(ctx, m.To, h.fwd.members.View().Self); failed != "" {
+	failed, here := h.fwd.readChain(ctx, m.To, h.fwd.members.View().Self)
+	if here {
+		failed = "it was handed back here meanwhile"
+	}
+	if failed != "" {
 		return errorf(fasthttp.StatusServiceUnavailable, "device %q was handed over to member %s, which cannot answer: %s; retry", id, m.To, failed)
 	}
 	return nil

@@ -13,12 +13,16 @@ package server
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
+	"syscall"
 	"time"
 
 	"ai-load-service/server/cluster"
@@ -52,10 +56,17 @@ type Handoff struct {
 	mu    sync.Mutex
 	queue []pull            // loads waiting for a worker; guarded by mu
 	hints map[string]string // guarded by mu: device → the member that offered it (claim)
-	wake  chan struct{}
-	stop  chan struct{}
-	wg    sync.WaitGroup
-	ended bool // guarded by mu: Stop was called
+	// claims, guarded by mu, records for each offered device loaded
+	// whether the offering member handed it over.
+	claims map[string]bool
+	// tokens, guarded by mu, keeps the token of a load that got no
+	// answer from a member that may have handed the device over: the
+	// next load asks with it again, and gets the state handed.
+	tokens map[string]uint64
+	wake   chan struct{}
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	ended  bool // guarded by mu: Stop was called
 
 	fromPeer, fromNext, none, busy, failed *metrics.Counter
 	duration                               *metrics.Histogram
@@ -71,6 +82,7 @@ type HandoffOptions struct {
 	Members *cluster.Membership
 	Next    shard.Store   // where devices no member holds are loaded from; nil: they start fresh
 	Timeout time.Duration // of one ask, and of waiting for a busy holder; zero: 2s
+	Idle    time.Duration // the members' IDLE_TIMEOUT: connections are dropped before they would
 	Log     zerolog.Logger
 	Metrics *metrics.Set // required
 }
@@ -88,10 +100,17 @@ func NewHandoff(o HandoffOptions) *Handoff {
 	c := func(result string) *metrics.Counter {
 		return ms.NewCounter(fmt.Sprintf(`handoffs_in_total{from=%q}`, result))
 	}
+	keep := 10 * time.Second
+	if o.Idle > 0 {
+		keep = min(keep, o.Idle/2) // drop connections before the peer does
+	}
 	return &Handoff{members: o.Members, next: o.Next, timeout: o.Timeout, log: o.Log,
-		client: &fasthttp.Client{Name: "ai-load-service", MaxConnsPerHost: handoffWorkers,
-			ReadTimeout: o.Timeout, WriteTimeout: o.Timeout, MaxIdleConnDuration: 10 * time.Second},
+		// As the forwarder's: a connection the peer closed before reading
+		// the request is retried on another (see retryClosed).
+		client: &fasthttp.Client{Name: "ai-load-service", MaxConnsPerHost: handoffWorkers, MaxConnWaitTimeout: o.Timeout,
+			ReadTimeout: o.Timeout, WriteTimeout: o.Timeout, MaxIdleConnDuration: keep, RetryIfErr: retryClosed},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), hints: map[string]string{},
+		claims: map[string]bool{}, tokens: map[string]uint64{},
 		fromPeer: c("member"), fromNext: c("store"), none: c("none"), busy: c("busy"), failed: c("failed"),
 		duration: ms.NewHistogram("handoff_in_duration_seconds"),
 	}
@@ -187,10 +206,10 @@ func (hf *Handoff) work() {
 			hf.queue[0] = pull{}
 			hf.queue = hf.queue[1:]
 		}
-		ended := hf.ended
+		more, ended := len(hf.queue) > 0, hf.ended
 		hf.mu.Unlock()
 		if ok {
-			if len(hf.queue) > 0 {
+			if more {
 				select { // pass the wake-up on
 				case hf.wake <- struct{}{}:
 				default:
@@ -213,6 +232,10 @@ func (hf *Handoff) work() {
 // timeout.
 var errBusy = errors.New("the member holding the device is still loading it")
 
+// errUnanswered: a member was asked and did not answer in time; it may
+// have handed the device over (and keeps the state for a retry).
+var errUnanswered = errors.New("the member asked did not answer; it may have handed the device over")
+
 // load finds id's state and answers done once.
 func (hf *Handoff) load(id string, done func(*shard.Snapshot, error)) {
 	start := time.Now()
@@ -220,49 +243,59 @@ func (hf *Handoff) load(id string, done func(*shard.Snapshot, error)) {
 	view := hf.members.View()
 	var asked []string
 	hf.mu.Lock()
-	if m, ok := hf.hints[id]; ok {
-		asked = append(asked, m) // it offered the device: ask it first
+	hint, hinted := hf.hints[id]
+	if hinted {
+		asked = append(asked, hint) // it offered the device: ask it first
 		delete(hf.hints, id)
+	}
+	token, again := hf.tokens[id]
+	if !again {
+		token = rand.Uint64() | 1 // nonzero: zero is no token
 	}
 	hf.mu.Unlock()
 	asked = view.Sources([]byte(id), asked)
-	var busyAt string
-	var unreachable []string
+	var stuck, stuckAt string // a member busy, or silent, to the end
+	var stuckErr error
+	deadline := start.Add(2 * hf.timeout)
 	for i := 0; i < len(asked) && i < maxAsked; i++ {
 		m := asked[i]
-		snap, movedTo, err := hf.ask(m, view.Self, id, start.Add(hf.timeout))
+		snap, movedTo, err := hf.ask(m, view.Self, id, token, deadline)
 		switch {
 		case err == nil && snap != nil:
 			hf.fromPeer.Inc()
+			hf.settled(id, hinted && m == hint)
+			snap.Unsaved = true // not in Redis: the next snapshot writes it
 			done(snap, nil)
 			return
-		case errors.Is(err, errBusy):
-			busyAt = m
+		case errors.Is(err, errBusy), errors.Is(err, errUnanswered):
+			stuck, stuckAt, stuckErr = id, m, err
 		case err != nil:
-			unreachable = append(unreachable, m)
-			hf.log.Warn().Err(err).Str("device", id).Str("member", m).Msg("handoff: cannot ask a member that may hold the device; trying the next")
+			hf.log.Warn().Err(err).Str("device", id).Str("member", m).Msg("handoff: cannot reach a member that may hold the device; asking the next")
 		case movedTo != "" && movedTo != view.Self && !contains(asked, movedTo):
 			asked = append(asked, movedTo) // it was handed on: follow it
 		}
 	}
-	if busyAt != "" {
+	hf.settled(id, false)
+	if stuck != "" {
 		hf.busy.Inc()
-		err := fmt.Errorf("cannot take device %q over: member %s: %w", id, busyAt, errBusy)
+		err := fmt.Errorf("cannot take device %q over from member %s: %w", id, stuckAt, stuckErr)
 		if hf.next == nil {
 			// Nobody would retry an unrestored device: serve it fresh.
 			hf.log.Warn().Err(err).Msg("handoff: starting the device fresh")
 			done(nil, nil)
 			return
 		}
-		done(nil, err) // unrestored; the persister's retries ask again
+		// Unrestored: the persister's retries ask again, with this token
+		// (a member that handed the state over serves it again only to
+		// the same load).
+		hf.mu.Lock()
+		hf.tokens[id] = token
+		hf.mu.Unlock()
+		done(nil, err)
 		return
 	}
 	if hf.next == nil {
-		if len(unreachable) > 0 {
-			hf.failed.Inc()
-		} else {
-			hf.none.Inc()
-		}
+		hf.none.Inc()
 		done(nil, nil)
 		return
 	}
@@ -270,8 +303,19 @@ func (hf *Handoff) load(id string, done func(*shard.Snapshot, error)) {
 	hf.next.Load(id, done)
 }
 
+// settled forgets id's token and records, for a claim, whether the member
+// that offered it handed it over.
+func (hf *Handoff) settled(id string, fromHint bool) {
+	hf.mu.Lock()
+	defer hf.mu.Unlock()
+	delete(hf.tokens, id)
+	if _, claimed := hf.claims[id]; claimed {
+		hf.claims[id] = fromHint
+	}
+}
+
 // maxAsked bounds the members asked for one device, following handoffs.
-const maxAsked = 6
+const maxAsked = 8
 
 func contains(list []string, s string) bool {
 	for _, x := range list {
@@ -282,9 +326,15 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// ask asks member m to hand id over to self, and again while it answers
-// busy until deadline. It returns the state, or the member it went to.
-func (hf *Handoff) ask(m, self, id string, deadline time.Time) (*shard.Snapshot, string, error) {
+// hdrToken carries a taker's load token (see shard.Set.HandOff).
+const hdrToken = "X-Aiload-Token"
+
+// ask asks member m to hand id over to self, again while it answers busy,
+// or does not answer (it may have handed the state over: asked again with
+// the same token, it hands the same state), until deadline. It returns the
+// state, or the member it went to; errBusy or errUnanswered at the
+// deadline, another error when m cannot be reached at all.
+func (hf *Handoff) ask(m, self, id string, token uint64, deadline time.Time) (*shard.Snapshot, string, error) {
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
@@ -292,12 +342,22 @@ func (hf *Handoff) ask(m, self, id string, deadline time.Time) (*shard.Snapshot,
 		req.SetRequestURI("http://" + m + handoffPath)
 		req.Header.SetMethod(fasthttp.MethodPost)
 		req.Header.Set(hdrForwarded, self)
+		req.Header.Set(hdrToken, strconv.FormatUint(token, 10))
 		req.SetBodyString(id)
-		if err := hf.client.DoDeadline(req, resp, time.Now().Add(hf.timeout)); err != nil {
-			return nil, "", err
+		try := time.Now().Add(hf.timeout)
+		if try.After(deadline) {
+			try = deadline
 		}
-		switch resp.StatusCode() {
-		case fasthttp.StatusOK:
+		err := hf.client.DoDeadline(req, resp, try)
+		retry := errUnanswered
+		switch {
+		case err != nil && notApplied(err) && !isOp(err, "write"):
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				hf.members.Suspect(m, suspectFor)
+			}
+			return nil, "", err // never reached it: nothing was handed
+		case err != nil:
+		case resp.StatusCode() == fasthttp.StatusOK:
 			snap, err := shard.DecodeSnapshot(resp.Body())
 			if err == nil && snap.Device != id {
 				err = fmt.Errorf("snapshot of %q", snap.Device)
@@ -306,16 +366,17 @@ func (hf *Handoff) ask(m, self, id string, deadline time.Time) (*shard.Snapshot,
 				return nil, "", fmt.Errorf("member %s handed over a bad snapshot: %w", m, err)
 			}
 			return snap, "", nil
-		case fasthttp.StatusNoContent:
+		case resp.StatusCode() == fasthttp.StatusNoContent:
 			return nil, string(resp.Header.Peek(hdrMovedTo)), nil
-		case fasthttp.StatusConflict:
-			if time.Now().After(deadline) {
-				return nil, "", errBusy
-			}
-			time.Sleep(20 * time.Millisecond)
+		case resp.StatusCode() == fasthttp.StatusConflict:
+			retry = errBusy
 		default:
 			return nil, "", fmt.Errorf("member %s answered %d: %s", m, resp.StatusCode(), clip(resp.Body()))
 		}
+		if time.Now().After(deadline) {
+			return nil, "", retry
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -326,12 +387,19 @@ func (h *Handler) handoff(ctx *fasthttp.RequestCtx) error {
 	if h.fwd == nil || to == "" {
 		return errorf(fasthttp.StatusBadRequest, "%s is for cluster members taking a device over", handoffPath)
 	}
+	if host, port, err := net.SplitHostPort(to); err != nil || host == "" || port == "" || to == h.fwd.members.View().Self {
+		return badRequest("%s %q must be the host:port of the member taking the device, not this one", hdrForwarded, clip([]byte(to)))
+	}
+	token, err := strconv.ParseUint(string(ctx.Request.Header.Peek(hdrToken)), 10, 64)
+	if err != nil {
+		return badRequest("%s must be the taker's load token, an unsigned integer", hdrToken)
+	}
 	id := ctx.PostBody()
 	if !deviceChars.valid(id, maxDeviceLen) {
 		return badRequest("device ID must be 1-%d characters from A-Z a-z 0-9 . _ : -", maxDeviceLen)
 	}
 	h.fwd.heard(ctx)
-	got, err := h.set.HandOff(string(id), to)
+	got, err := h.set.HandOff(string(id), to, token)
 	if err != nil {
 		return err
 	}
@@ -377,9 +445,15 @@ func (h *Handler) claim(ctx *fasthttp.RequestCtx) error {
 		}
 		ids = append(ids, string(line))
 	}
-	if len(ids) > claimChunk {
-		return badRequest("at most %d devices a claim", claimChunk)
+	if len(ids) == 0 || len(ids) > claimChunk {
+		return badRequest("a claim offers 1 to %d devices, one ID a line", claimChunk)
 	}
+	if !h.fwd.members.View().HasSelf() {
+		// Leaving too: what it took now, it would hold past its own
+		// handover.
+		return errorf(fasthttp.StatusServiceUnavailable, "this member is leaving too; offer the devices to another")
+	}
+	h.fwd.heard(ctx)
 	hf := h.opts.Handoff
 	// Devices this pod handed to the sender before come back: their
 	// tombstones here must not send them on to it again.
@@ -389,21 +463,19 @@ func (h *Handler) claim(ctx *fasthttp.RequestCtx) error {
 	hf.mu.Lock()
 	for _, id := range ids {
 		hf.hints[id] = from
+		hf.claims[id] = false
 	}
 	hf.mu.Unlock()
 	// A read loads a device it does not hold (through hf, which asks the
 	// sender first) and waits for the load; the answer itself is unused.
 	var wg sync.WaitGroup
-	var failed atomic.Int64
 	work := make(chan string)
 	for range min(len(ids), handoffWorkers) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for id := range work {
-				if _, _, err := h.set.Device(id); err != nil {
-					failed.Add(1)
-				}
+				_, _, _ = h.set.Device(id)
 			}
 		}()
 	}
@@ -412,15 +484,25 @@ func (h *Handler) claim(ctx *fasthttp.RequestCtx) error {
 	}
 	close(work)
 	wg.Wait()
+	failed := 0
 	hf.mu.Lock()
 	for _, id := range ids {
-		delete(hf.hints, id) // not asked for: held already
+		// A device held here already was not loaded: nothing to take.
+		// One loaded but not from the sender was not taken over: it
+		// stays with the sender (the read that loaded it left no copy).
+		if took, loaded := hf.claims[id]; loaded && !took {
+			if _, stillHinted := hf.hints[id]; !stillHinted {
+				failed++
+			}
+		}
+		delete(hf.claims, id)
+		delete(hf.hints, id)
 	}
 	hf.mu.Unlock()
 	b := []byte(`{"offered":`)
 	b = strconv.AppendInt(b, int64(len(ids)), 10)
 	b = append(b, `,"failed":`...)
-	b = strconv.AppendInt(b, failed.Load(), 10)
+	b = strconv.AppendInt(b, int64(failed), 10)
 	b = append(b, "}\n"...)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(b)
@@ -429,51 +511,74 @@ func (h *Handler) claim(ctx *fasthttp.RequestCtx) error {
 
 // HandOver offers every device this pod holds to its owner by the current
 // view (call it after Leave, while the server still serves: the owners
-// take the devices through handoffPath). It returns how many devices were
-// offered and the errors of the offers that failed; the devices of those
-// stay here, for the final snapshot.
+// take the devices through handoffPath), until none is left or ctx ends.
+// A member that refuses (it is leaving too) is left out and its devices
+// offered to the next owner. It returns how many devices were offered and
+// the errors of the offers that failed; the devices of those stay here,
+// for the final snapshot.
 func (h *Handler) HandOver(ctx context.Context) (int, error) {
 	if h.fwd == nil {
 		return 0, nil
 	}
-	ids, err := h.set.HeldIDs()
-	if err != nil {
-		return 0, err
-	}
-	view := h.fwd.members.View()
-	byOwner := map[string][]string{}
-	for _, id := range ids {
-		if o := view.Owner([]byte(id)); o != "" && o != view.Self {
-			byOwner[o] = append(byOwner[o], id)
-		}
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var errs []error
 	offered := 0
-	for owner, list := range byOwner {
-		offered += len(list)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for len(list) > 0 {
-				n := min(len(list), claimChunk)
-				if err := h.offer(ctx, owner, view.Self, list[:n]); err != nil {
-					mu.Lock()
-					errs = append(errs, fmt.Errorf("offering %d devices to %s: %w", len(list), owner, err))
-					mu.Unlock()
-					return
-				}
-				list = list[n:]
+	var out []string // members that refused
+	var errs []error
+	for round := 0; round < 3 && ctx.Err() == nil; round++ {
+		ids, err := h.set.HeldIDs()
+		if err != nil {
+			return offered, err
+		}
+		view := h.fwd.members.View()
+		if len(out) > 0 {
+			view = cluster.NewView(view.Self, slices.DeleteFunc(slices.Clone(view.Members), func(m string) bool { return slices.Contains(out, m) }))
+		}
+		byOwner := map[string][]string{}
+		for _, id := range ids {
+			if o := view.Owner([]byte(id)); o != "" && o != view.Self {
+				byOwner[o] = append(byOwner[o], id)
 			}
-		}()
+		}
+		if len(byOwner) == 0 {
+			break
+		}
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		errs = errs[:0]
+		for owner, list := range byOwner {
+			offered += len(list)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for len(list) > 0 {
+					n := min(len(list), claimChunk)
+					failed, err := h.offer(ctx, owner, view.Self, list[:n])
+					if err == nil && failed > 0 {
+						err = fmt.Errorf("%d devices not taken", failed)
+					}
+					if err != nil {
+						mu.Lock()
+						errs = append(errs, fmt.Errorf("offering %d devices to %s: %w", len(list), owner, err))
+						if errors.Is(err, errLeaving) {
+							out = append(out, owner)
+						}
+						mu.Unlock()
+						return
+					}
+					list = list[n:]
+				}
+			}()
+		}
+		wg.Wait()
 	}
-	wg.Wait()
 	return offered, errors.Join(errs...)
 }
 
-// offer sends one claim to owner and waits for its answer.
-func (h *Handler) offer(ctx context.Context, owner, self string, ids []string) error {
+// errLeaving: the member offered devices is leaving too.
+var errLeaving = errors.New("it is leaving too")
+
+// offer sends one claim to owner and waits for its answer: how many of ids
+// it could not take.
+func (h *Handler) offer(ctx context.Context, owner, self string, ids []string) (int, error) {
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
@@ -486,10 +591,18 @@ func (h *Handler) offer(ctx context.Context, owner, self string, ids []string) e
 		deadline = time.Now().Add(time.Minute)
 	}
 	if err := h.fwd.client.DoDeadline(req, resp, deadline); err != nil {
-		return err
+		return 0, err
 	}
-	if resp.StatusCode() != fasthttp.StatusOK {
-		return fmt.Errorf("status %d: %s", resp.StatusCode(), clip(resp.Body()))
+	switch resp.StatusCode() {
+	case fasthttp.StatusOK:
+	case fasthttp.StatusServiceUnavailable:
+		return 0, fmt.Errorf("%w: %s", errLeaving, clip(resp.Body()))
+	default:
+		return 0, fmt.Errorf("status %d: %s", resp.StatusCode(), clip(resp.Body()))
 	}
-	return nil
+	var r struct{ Failed int }
+	if err := json.Unmarshal(resp.Body(), &r); err != nil {
+		return 0, fmt.Errorf("unreadable answer %q: %w", clip(resp.Body()), err)
+	}
+	return r.Failed, nil
 }

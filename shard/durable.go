@@ -221,7 +221,7 @@ func (sh *shard) settle(d *device, snap *Snapshot, err error) {
 						Mean: sc.Mean, Stddev: sc.Stddev, Z: sc.Z}, s.opts.HistoryLen)
 				}
 			}
-			if len(replay) > 0 {
+			if len(replay) > 0 || snap.Unsaved {
 				sh.touch(d, d.touched)
 			}
 		} else if len(d.streams) > 0 {

@@ -54,18 +54,20 @@ func (e *MovedError) Unwrap() error { return ErrMoved }
 
 // HandOff gives device id to member to: it returns the device's state
 // and drops it here. For Options.Tombstone afterwards, samples of the
-// device are not applied here but listed by Batch.Moved, reads fail with
-// a *MovedError, and the same member asking again gets the same state
-// (its first answer may have been lost; nothing changed it since); another
-// member gets MovedTo. A device not held here gives an empty Handed.
+// device are not applied here but listed by Batch.Moved, and reads fail
+// with a *MovedError. The same member asking again with the same token
+// (the same load: its first answer may have been lost) gets the same
+// state; any other ask gets MovedTo, so a later load of the taker (after
+// it evicted the device, or restarted) never gets this old state. A device
+// not held here gives an empty Handed.
 //
 // HandOff works after Seal, until Stop: a stopping member hands its
 // devices over until its shards end.
-func (s *Set) HandOff(id, to string) (Handed, error) {
+func (s *Set) HandOff(id, to string, token uint64) (Handed, error) {
 	if !s.enter() {
 		return Handed{}, ErrStopped
 	}
-	o := &op{kind: opHandoff, id: id, to: to, done: new(latch)}
+	o := &op{kind: opHandoff, id: id, to: to, token: token, done: new(latch)}
 	o.done.add(1)
 	o.hash = maphash.String(s.seed, id)
 	sh := s.shards[s.shardOfHash(o.hash)]
@@ -152,7 +154,7 @@ func (sh *shard) handoff(o *op) {
 	switch {
 	case d == nil:
 	case d.gone:
-		if d.to == o.to {
+		if d.to == o.to && d.token == o.token {
 			o.handed.State = d.handed
 		} else {
 			o.handed.MovedTo = d.to
@@ -163,6 +165,7 @@ func (sh *shard) handoff(o *op) {
 		d.gen++ // the taker's snapshots come after any written here
 		data := d.encode()
 		sh.bury(d, o.to, data)
+		d.token = o.token
 		o.handed.State = data
 	}
 }

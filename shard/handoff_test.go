@@ -17,7 +17,7 @@ type peerStore struct {
 
 func (p peerStore) Load(id string, done func(*Snapshot, error)) {
 	go func() {
-		h, err := p.from.HandOff(id, p.self)
+		h, err := p.from.HandOff(id, p.self, 7)
 		if err != nil || h.State == nil {
 			done(nil, err)
 			return
@@ -66,19 +66,20 @@ func TestHandOff(t *testing.T) {
 	if _, _, err := a.Anomalies("d1"); !errors.Is(err, ErrMoved) {
 		t.Fatalf("anomalies of a handed-over device: %v; want ErrMoved", err)
 	}
-	if held, _ := a.Held("d1"); held {
+	if held, to, _ := a.Held("d1"); held || to != "b" {
 		t.Fatal("a still holds d1")
 	}
-	first, _ := ref.HandOff("d1", "x") // ref's own copy, for comparison only
-	again, _ := a.HandOff("d1", "b")
-	other, _ := a.HandOff("d1", "c")
-	if again.State == nil || other.State != nil || other.MovedTo != "b" {
-		t.Fatalf("asked again: %d bytes; asked by another: %+v; want the state again, then moved to b", len(again.State), other)
+	first, _ := ref.HandOff("d1", "x", 1) // ref's own copy, for comparison only
+	again, _ := a.HandOff("d1", "b", 7)
+	other, _ := a.HandOff("d1", "c", 7)
+	later, _ := a.HandOff("d1", "b", 8)
+	if again.State == nil || other.State != nil || other.MovedTo != "b" || later.State != nil || later.MovedTo != "b" {
+		t.Fatalf("asked again: %d bytes; asked by another: %+v; by a later load of b: %+v; want the state again, then moved to b twice", len(again.State), other, later)
 	}
 	if len(first.State) == 0 {
 		t.Fatal("ref handed nothing")
 	}
-	none, _ := a.HandOff("never", "b")
+	none, _ := a.HandOff("never", "b", 7)
 	if none.State != nil || none.Busy || none.MovedTo != "" {
 		t.Fatalf("unknown device: %+v; want nothing", none)
 	}
@@ -109,12 +110,12 @@ func TestHandOffBusyWhileLoading(t *testing.T) {
 	for s.Devices() == 0 {
 		time.Sleep(time.Millisecond)
 	}
-	h, err := s.HandOff("slow", "b")
+	h, err := s.HandOff("slow", "b", 1)
 	if err != nil || !h.Busy || h.State != nil {
 		t.Fatalf("handoff while loading: %+v, %v; want busy", h, err)
 	}
 	<-done
-	if h, _ = s.HandOff("slow", "b"); h.State == nil {
+	if h, _ = s.HandOff("slow", "b", 1); h.State == nil {
 		t.Fatalf("handoff once loaded: %+v; want the state", h)
 	}
 }
@@ -128,7 +129,7 @@ func TestHandedOffNotCollected(t *testing.T) {
 	s := MustNewSet(t, Options{Shards: 1, Store: st, Tombstone: time.Millisecond})
 	ingestOne(t, s, "d1", 1, map[string]float64{"m": 1})
 	ingestOne(t, s, "d2", 1, map[string]float64{"m": 1})
-	if h, _ := s.HandOff("d1", "b"); h.State == nil {
+	if h, _ := s.HandOff("d1", "b", 1); h.State == nil {
 		t.Fatal("nothing handed")
 	}
 	snaps, err := s.Collect(true)
@@ -157,7 +158,7 @@ func TestHandedOffNotCollected(t *testing.T) {
 func snapOf(t *testing.T, id string) []byte {
 	s := MustNewSet(t, Options{Shards: 1})
 	ingestOne(t, s, id, 1, map[string]float64{"m": 1})
-	h, _ := s.HandOff(id, "x")
+	h, _ := s.HandOff(id, "x", 1)
 	if !bytes.Contains(h.State, []byte(id)) {
 		t.Fatal("no state")
 	}
@@ -180,7 +181,7 @@ func TestSnapshotGen(t *testing.T) {
 	st.save(again)
 	b := MustNewSet(t, Options{Shards: 1, Store: st})
 	ingestOne(t, b, "d", 3, map[string]float64{"m": 3}) // restored at gen 2
-	h, _ := b.HandOff("d", "c")
+	h, _ := b.HandOff("d", "c", 1)
 	got, err := DecodeSnapshot(h.State)
 	if err != nil || got.Gen != 3 {
 		t.Fatalf("handed gen %d, %v; want 3", got.Gen, err)

@@ -33,9 +33,13 @@ import (
 // limit, still apply, so a device can pass the limit by the new names they
 // carry (fewer than MaxStreams each: a request naming more new metrics for
 // one device than a device may hold is refused outright). So can a device
-// whose names were not published because the process restarted: what it
-// takes while Redis cannot load it is replayed onto what Redis holds. The
-// shard then republishes. The snapshot format has no stream limit of its
+// whose names were not published here because the process restarted or
+// the device was handed over from another cluster member: the samples that
+// wait for its load are checked against nothing and applied on what the
+// load brings (and what it takes while Redis cannot load it is replayed
+// onto what Redis holds). The shard then republishes, and the next request
+// is checked. Refusing those samples after the load would leave the rest
+// of their requests applied (in other shards) and the 429 untrue. The snapshot format has no stream limit of its
 // own, so such a device persists and restores like any other.
 
 // maxAway bounds the away sets a shard keeps (each 8 bytes a name).

@@ -478,12 +478,13 @@ func (s *Set) Device(id string) ([]MetricState, bool, error) {
 // Held reports whether device is in memory here: a cluster member applies a
 // forwarded sample for a device it does not own only if it holds it (its
 // view lags the sender's). Unlike Device, it never loads the device.
-func (s *Set) Held(id string) (bool, error) {
+// movedTo names the member it was handed to, if it was (see HandOff).
+func (s *Set) Held(id string) (held bool, movedTo string, err error) {
 	o, err := s.ask(opHeld, id)
 	if err != nil {
-		return false, err
+		return false, "", err
 	}
-	return o.found, nil
+	return o.found, o.handed.MovedTo, nil
 }
 
 // Anomalies returns device's most recent anomalies, newest first, or false
@@ -710,6 +711,7 @@ type op struct {
 	all     bool               // opRetry: every unrestored device, not a trickle
 	started int                // opRetry: loads started
 	to      string             // opHandoff: the member taking the device
+	token   uint64             // opHandoff: the taker's load
 	handed  Handed             // opHandoff; MovedTo also for reads
 	ids     []string           // opList; opForget: nil for all
 	members []string           // opForget
@@ -799,6 +801,9 @@ func (sh *shard) handle(o *op) bool {
 	case opHeld:
 		d := sh.lookup(o.hash, []byte(o.id))
 		o.found = d != nil && !d.loading && !d.gone
+		if d != nil && d.gone && !sh.expired(d) {
+			o.handed.MovedTo = d.to
+		}
 	case opHandoff:
 		sh.handoff(o)
 	case opSweep:
@@ -1065,6 +1070,7 @@ type device struct {
 	to     string
 	handed []byte
 	goneAt int64
+	token  uint64 // the taker's load that got it
 }
 
 const headLen = 32

@@ -535,7 +535,7 @@ func TestHeld(t *testing.T) {
 		t.Fatal(err)
 	}
 	for id, want := range map[string]bool{"a": true, "b": false} {
-		if got, err := s.Held(id); err != nil || got != want {
+		if got, _, err := s.Held(id); err != nil || got != want {
 			t.Fatalf("Held(%q) = %v, %v; want %v", id, got, err, want)
 		}
 	}

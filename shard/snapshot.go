@@ -19,6 +19,10 @@ type Snapshot struct {
 	// persist's fencing). Zero in version 1 snapshots.
 	Gen     uint64
 	Streams []StreamSnapshot
+	// Unsaved says the snapshot came from somewhere other than the Store's
+	// own storage (another member handed it over): the device is marked
+	// changed once restored, so it is written. Not encoded.
+	Unsaved bool
 	History []Anomaly // oldest first
 }
 

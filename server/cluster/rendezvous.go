@@ -42,9 +42,9 @@ func (v *View) follow(old *View) *View {
 
 // Sources appends to dst the members other than Self that may hold
 // device's state, in the order to ask them: its owner in each earlier view
-// this one remembers (newest first), then the member that would own it in
-// this view without Self, which is where it was before Self joined. Each
-// member appears once.
+// this one remembers (newest first), then the members ranking highest for
+// it in this view (up to sourceRank of them), which is where it was before
+// Self joined, even when others joined with Self. Each member appears once.
 func (v *View) Sources(device []byte, dst []string) []string {
 	add := func(m string) {
 		if m != "" && m != v.Self && !slices.Contains(dst, m) {
@@ -54,12 +54,16 @@ func (v *View) Sources(device []byte, dst []string) []string {
 	for _, p := range v.past {
 		add(p.Owner(device))
 	}
-	var two [2]string
-	for _, m := range v.Rank(device, 2, two[:0]) {
+	var top [sourceRank]string
+	for _, m := range v.Rank(device, sourceRank, top[:0]) {
 		add(m)
 	}
 	return dst
 }
+
+// sourceRank is how many of the highest-ranking members Sources lists: a
+// member joining with two others asks past both.
+const sourceRank = 4
 
 // NewView returns a view of members (sorted and deduplicated here, taken
 // as given otherwise) with Seq 0. Membership builds its views with it;
