@@ -311,16 +311,15 @@ func (h *Handler) applyCluster(ctx *fasthttp.RequestCtx, st *ingestState, encode
 		return h.applyForwarded(ctx, st, view)
 	}
 	n := b.Len()
-	sp := spread{owner: make([]string, n), applied: make([]bool, n), to: map[int32]string{}, tries: 2}
 	remote := false
-	for i := range n {
+	for i := 0; i < n && !remote; i++ { // nothing allocated while all is local
 		o, err := h.ownerHere(view, b.Device(i))
 		if err != nil {
 			return err
 		}
-		sp.owner[i] = o
-		remote = remote || o != view.Self
+		remote = o != view.Self
 	}
+	sp := spread{tries: 2}
 	if !remote {
 		if err := h.set.Ingest(b); err != nil {
 			return err
@@ -334,6 +333,7 @@ func (h *Handler) applyCluster(ctx *fasthttp.RequestCtx, st *ingestState, encode
 		}
 		// Some devices were handed over since ownerHere: send those
 		// samples on to their new owners.
+		sp.alloc(n)
 		for i := range sp.applied {
 			sp.applied[i] = true
 		}
@@ -354,6 +354,14 @@ func (h *Handler) applyCluster(ctx *fasthttp.RequestCtx, st *ingestState, encode
 		clear(sp.to)
 		sp.retry = sp.retry[:0]
 	} else {
+		sp.alloc(n)
+		for i := range n {
+			o, err := h.ownerHere(view, b.Device(i))
+			if err != nil {
+				return err
+			}
+			sp.owner[i] = o
+		}
 		sp.pending = make([]int32, n)
 		for i := range sp.pending {
 			sp.pending[i] = int32(i)
@@ -419,6 +427,10 @@ type spread struct {
 	final, retry []string
 	tries        int  // attempts allowed: 2, or 3 once a device was found handed over
 	refresh      bool // the next attempt refreshes the view first
+}
+
+func (sp *spread) alloc(n int) {
+	sp.owner, sp.applied, sp.to = make([]string, n), make([]bool, n), map[int32]string{}
 }
 
 // moved notes that sample i's device was handed over to member to: the
