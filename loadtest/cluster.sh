@@ -25,7 +25,7 @@ pids=()
 cleanup() { [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 go build -o "$work/svc" .
-lua 100 >"$work/batch.lua"
+lua "${PER:-100}" >"$work/batch.lua"
 
 addr() { echo "127.0.0.1:$((PORT + $1))"; }
 

@@ -458,9 +458,9 @@ func (h *Handler) sendParts(st *ingestState, view *cluster.View, sp *spread) {
 		code int
 		msg  string
 	}
-	results := make(chan result, len(sp.owner))
-	sent := 0
 	var local []int32
+	var parts []chunk
+	var to []string // parts[k] goes to to[k]
 	for o, idx := range byOwner {
 		switch o {
 		case view.Self:
@@ -473,12 +473,17 @@ func (h *Handler) sendParts(st *ingestState, view *cluster.View, sp *spread) {
 			continue
 		}
 		for _, c := range h.fwd.split(b, idx, h.opts.MaxBodyBytes) {
-			sent++
-			go func() {
-				out, r, code, msg := h.fwd.send(o, view.Self, c.body)
-				results <- result{c.idx, out, r, code, msg}
-			}()
+			parts = append(parts, c)
+			to = append(to, o)
 		}
+	}
+	results := make(chan result, len(parts))
+	sent := len(parts)
+	for k, c := range parts {
+		go func() {
+			out, r, code, msg := h.fwd.send(to[k], view.Self, c.body)
+			results <- result{c.idx, out, r, code, msg}
+		}()
 	}
 	if local != nil {
 		as, hd, moved, err := h.applyPart(st, local)
@@ -580,7 +585,7 @@ type chunk struct {
 // this pod's): a forwarded body can be larger than the client's, since
 // every sample carries its ts and values are written in Go's form.
 func (f *forwarder) split(b *shard.Batch, idx []int32, limit int) []chunk {
-	body := appendForward(nil, b, idx)
+	body := appendForward(make([]byte, 0, 96*len(idx)), b, idx)
 	if len(body) <= limit || len(idx) == 1 {
 		return []chunk{{idx, body}}
 	}
