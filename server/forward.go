@@ -113,7 +113,7 @@ const suspectFor = 5 * time.Second
 // Kubernetes, seconds after a crash).
 func (f *forwarder) refused(member string, err error) {
 	if errors.Is(err, syscall.ECONNREFUSED) {
-		f.members.Suspect(member, suspectFor)
+		f.members.Suspect(member, time.Now().Add(suspectFor))
 	}
 }
 
@@ -124,16 +124,28 @@ func (f *forwarder) refused(member string, err error) {
 const hdrSuspects = "X-Aiload-Suspects"
 
 // mark marks a request to another member: forwarded by self, with self's
-// suspects.
+// suspects, each as member@unix-ms it comes back (so passing a suspicion
+// on never makes it last longer).
 func (f *forwarder) mark(req *fasthttp.Request, self string) {
 	req.Header.Set(hdrForwarded, self)
 	if s := f.members.Suspects(); len(s) > 0 {
-		req.Header.Set(hdrSuspects, strings.Join(s, ","))
+		var b []byte
+		for i, x := range s {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, x.Member...)
+			b = append(b, '@')
+			b = strconv.AppendInt(b, x.Until.UnixMilli(), 10)
+		}
+		req.Header.SetBytesV(hdrSuspects, b)
 	}
 }
 
 // heard brings the member that sent a marked request back into the view,
-// in case it was suspected (it is alive), and takes out those it suspects.
+// in case it was suspected (it is alive), and takes out those it suspects,
+// until the times it gives. Call it before reading the view the request is
+// decided on.
 func (f *forwarder) heard(ctx *fasthttp.RequestCtx) {
 	from := string(ctx.Request.Header.Peek(hdrForwarded))
 	if from == "" {
@@ -141,10 +153,14 @@ func (f *forwarder) heard(ctx *fasthttp.RequestCtx) {
 	}
 	f.members.Unsuspect(from)
 	if list := ctx.Request.Header.Peek(hdrSuspects); len(list) > 0 {
-		for _, m := range strings.Split(string(list), ",") {
-			if m != from {
-				f.members.Suspect(m, suspectFor)
+		for _, x := range strings.Split(string(list), ",") {
+			m, at, ok := strings.Cut(x, "@")
+			ms, err := strconv.ParseInt(at, 10, 64)
+			if !ok || err != nil || m == from {
+				continue
 			}
+			// Never past suspectFor from now, whatever the sender says.
+			f.members.Suspect(m, time.UnixMilli(min(ms, time.Now().Add(suspectFor).UnixMilli())))
 		}
 	}
 }
@@ -305,11 +321,11 @@ type placed struct {
 // the file. st.batch holds the request; encode writes the 200 answer.
 func (h *Handler) applyCluster(ctx *fasthttp.RequestCtx, st *ingestState, encode func([]byte, *shard.Batch) []byte) error {
 	b := &st.batch
-	view := h.fwd.members.View()
 	if len(ctx.Request.Header.Peek(hdrForwarded)) > 0 {
-		h.fwd.heard(ctx)
-		return h.applyForwarded(ctx, st, view)
+		h.fwd.heard(ctx) // its suspects decide this request too
+		return h.applyForwarded(ctx, st, h.fwd.members.View())
 	}
+	view := h.fwd.members.View()
 	n := b.Len()
 	remote := false
 	for i := 0; i < n && !remote; i++ { // nothing allocated while all is local
@@ -719,9 +735,11 @@ func (h *Handler) forwardRead(ctx *fasthttp.RequestCtx, id string) (done bool, e
 	if h.fwd == nil {
 		return false, nil
 	}
-	view := h.fwd.members.View()
 	if len(ctx.Request.Header.Peek(hdrForwarded)) > 0 {
 		h.fwd.heard(ctx)
+	}
+	view := h.fwd.members.View()
+	if len(ctx.Request.Header.Peek(hdrForwarded)) > 0 {
 		if view.Owner([]byte(id)) == view.Self {
 			return false, nil // a tombstone here answers with movedRead
 		}

@@ -68,6 +68,12 @@ type Handoff struct {
 	wg     sync.WaitGroup
 	ended  bool // guarded by mu: Stop was called
 
+	// offer offers the devices held here that others own to their owners
+	// (Handler.HandOver), set by server.New; rebalance wakes the goroutine
+	// that runs it after a change of view.
+	offer     func(context.Context) (int, error)
+	rebalance chan struct{}
+
 	fromPeer, fromNext, none, busy, failed *metrics.Counter
 	duration                               *metrics.Histogram
 }
@@ -109,7 +115,7 @@ func NewHandoff(o HandoffOptions) *Handoff {
 		// the request is retried on another (see retryClosed).
 		client: &fasthttp.Client{Name: "ai-load-service", MaxConnsPerHost: handoffWorkers, MaxConnWaitTimeout: o.Timeout,
 			ReadTimeout: o.Timeout, WriteTimeout: o.Timeout, MaxIdleConnDuration: keep, RetryIfErr: retryClosed},
-		wake: make(chan struct{}, 1), stop: make(chan struct{}), hints: map[string]string{},
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), hints: map[string]string{}, rebalance: make(chan struct{}, 1),
 		claims: map[string]bool{}, tokens: map[string]uint64{},
 		fromPeer: c("member"), fromNext: c("store"), none: c("none"), busy: c("busy"), failed: c("failed"),
 		duration: ms.NewHistogram("handoff_in_duration_seconds"),
@@ -124,8 +130,42 @@ func (hf *Handoff) Start(set *shard.Set) {
 		hf.wg.Add(1)
 		go hf.work()
 	}
-	hf.wg.Add(1)
+	hf.wg.Add(2)
 	go hf.sweep(set.Options().Tombstone / 2)
+	go hf.rebalancer()
+}
+
+// rebalancer offers what this member holds but no longer owns, after each
+// change of view that leaves it some, so state moves soon after the view
+// changes, not only when a device is touched: a member that joined
+// settle ago holds what it owns (see load).
+func (hf *Handoff) rebalancer() {
+	defer hf.wg.Done()
+	for {
+		select {
+		case <-hf.stop:
+			return
+		case <-hf.rebalance:
+		}
+		if hf.offer == nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), settle/2)
+		go func() { // Stop ends the offers in flight
+			select {
+			case <-hf.stop:
+			case <-ctx.Done():
+			}
+			cancel()
+		}()
+		n, err := hf.offer(ctx)
+		cancel()
+		ev := hf.log.Info()
+		if err != nil {
+			ev = hf.log.Warn().Err(err)
+		}
+		ev.Int("offered", n).Msg("devices owned by other members since the view changed offered to them")
+	}
 }
 
 // Stop ends the workers once the queue is answered (with errors: the Set
@@ -176,7 +216,13 @@ func (hf *Handoff) ViewChanged(old, v *cluster.View) {
 		}
 	}
 	hf.log.Info().Uint64("seq", v.Seq).Int("held", len(ids)).Int("owned_elsewhere", away).
-		Msg("cluster view changed: devices held here that other members now own move on their next touch")
+		Msg("cluster view changed: devices held here that other members now own are offered to them")
+	if away > 0 && v.HasSelf() { // a leaving member offers them itself
+		select {
+		case hf.rebalance <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // Load implements shard.Store: a worker asks the members, then Next.
@@ -253,32 +299,44 @@ func (hf *Handoff) load(id string, done func(*shard.Snapshot, error)) {
 		token = rand.Uint64() | 1 // nonzero: zero is no token
 	}
 	hf.mu.Unlock()
-	asked = view.Sources([]byte(id), asked)
-	var stuck, stuckAt string // a member busy, or silent, to the end
+	asked = view.Sources([]byte(id), nil, asked) // the owners of past views
+	ranked := len(asked)
+	asked = view.Sources([]byte(id), hf.members.Listed(), asked)
+	var stuck string // a member busy, or silent, to the end
 	var stuckErr error
 	deadline := start.Add(2 * hf.timeout)
 	for i := 0; i < len(asked) && i < maxAsked; i++ {
 		m := asked[i]
-		snap, movedTo, err := hf.ask(m, view.Self, id, token, deadline)
+		a, err := hf.ask(m, view.Self, id, token, deadline)
 		switch {
-		case err == nil && snap != nil:
+		case err == nil && a.snap != nil:
 			hf.fromPeer.Inc()
 			hf.settled(id, hinted && m == hint)
-			snap.Unsaved = true // not in Redis: the next snapshot writes it
-			done(snap, nil)
+			a.snap.Unsaved = true // not in Redis: the next snapshot writes it
+			done(a.snap, nil)
 			return
+		case errors.Is(err, errHolderUnrestored):
+			// Its copy lacks the stored state: the store has it (and the
+			// holder reconciles its own copy with it).
 		case errors.Is(err, errBusy), errors.Is(err, errUnanswered):
-			stuck, stuckAt, stuckErr = id, m, err
+			stuck, stuckErr = m, err
 		case err != nil:
 			hf.log.Warn().Err(err).Str("device", id).Str("member", m).Msg("handoff: cannot reach a member that may hold the device; asking the next")
-		case movedTo != "" && movedTo != view.Self && !contains(asked, movedTo):
-			asked = append(asked, movedTo) // it was handed on: follow it
+		case a.movedTo != "":
+			if a.movedTo != view.Self && !contains(asked, a.movedTo) {
+				asked = append(asked, a.movedTo) // it was handed on: follow it
+			}
+		case i >= ranked && !a.joined.IsZero() && time.Since(a.joined) > settle:
+			// A member for long that does not hold it: whoever does ranks
+			// above it (it took the device after m joined) and was asked,
+			// or held it from before m joined and offered it when m did.
+			i = len(asked)
 		}
 	}
 	hf.settled(id, false)
 	if stuck != "" {
 		hf.busy.Inc()
-		err := fmt.Errorf("cannot take device %q over from member %s: %w", id, stuckAt, stuckErr)
+		err := fmt.Errorf("cannot take device %q over from member %s: %w", id, stuck, stuckErr)
 		if hf.next == nil {
 			// Nobody would retry an unrestored device: serve it fresh.
 			hf.log.Warn().Err(err).Msg("handoff: starting the device fresh")
@@ -302,6 +360,11 @@ func (hf *Handoff) load(id string, done func(*shard.Snapshot, error)) {
 	hf.fromNext.Inc()
 	hf.next.Load(id, done)
 }
+
+// settle is how long a member must have been one for a handoff to stop
+// at it (see load): longer than views take to agree and a member's offers
+// of what it no longer owns take to finish.
+const settle = 2 * time.Minute
 
 // settled forgets id's token and records, for a claim, whether the member
 // that offered it handed it over.
@@ -329,12 +392,29 @@ func contains(list []string, s string) bool {
 // hdrToken carries a taker's load token (see shard.Set.HandOff).
 const hdrToken = "X-Aiload-Token"
 
+// answer is what a member answered a handoff ask.
+type answer struct {
+	snap    *shard.Snapshot
+	movedTo string    // it handed the device to this member
+	joined  time.Time // when it became a member (see Membership.Joined)
+}
+
+// errHolderUnrestored: the member holding the device runs it unrestored.
+var errHolderUnrestored = errors.New("the member holding the device has not loaded its stored state")
+
+// hdrJoined carries, on a 204 handoff answer, when the member joined (unix
+// ms); hdrUnrestored marks a 409 for a device held unrestored.
+const (
+	hdrJoined     = "X-Aiload-Joined"
+	hdrUnrestored = "X-Aiload-Unrestored"
+)
+
 // ask asks member m to hand id over to self, again while it answers busy,
 // or does not answer (it may have handed the state over: asked again with
 // the same token, it hands the same state), until deadline. It returns the
-// state, or the member it went to; errBusy or errUnanswered at the
-// deadline, another error when m cannot be reached at all.
-func (hf *Handoff) ask(m, self, id string, token uint64, deadline time.Time) (*shard.Snapshot, string, error) {
+// answer; errBusy or errUnanswered at the deadline, another error when m
+// cannot be reached at all.
+func (hf *Handoff) ask(m, self, id string, token uint64, deadline time.Time) (answer, error) {
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
@@ -353,9 +433,9 @@ func (hf *Handoff) ask(m, self, id string, token uint64, deadline time.Time) (*s
 		switch {
 		case err != nil && notApplied(err) && !isOp(err, "write"):
 			if errors.Is(err, syscall.ECONNREFUSED) {
-				hf.members.Suspect(m, suspectFor)
+				hf.members.Suspect(m, time.Now().Add(suspectFor))
 			}
-			return nil, "", err // never reached it: nothing was handed
+			return answer{}, err // never reached it: nothing was handed
 		case err != nil:
 		case resp.StatusCode() == fasthttp.StatusOK:
 			snap, err := shard.DecodeSnapshot(resp.Body())
@@ -363,18 +443,25 @@ func (hf *Handoff) ask(m, self, id string, token uint64, deadline time.Time) (*s
 				err = fmt.Errorf("snapshot of %q", snap.Device)
 			}
 			if err != nil {
-				return nil, "", fmt.Errorf("member %s handed over a bad snapshot: %w", m, err)
+				return answer{}, fmt.Errorf("member %s handed over a bad snapshot: %w", m, err)
 			}
-			return snap, "", nil
+			return answer{snap: snap}, nil
 		case resp.StatusCode() == fasthttp.StatusNoContent:
-			return nil, string(resp.Header.Peek(hdrMovedTo)), nil
+			a := answer{movedTo: string(resp.Header.Peek(hdrMovedTo))}
+			if ms, err := strconv.ParseInt(string(resp.Header.Peek(hdrJoined)), 10, 64); err == nil && ms > 0 {
+				a.joined = time.UnixMilli(ms)
+			}
+			return a, nil
 		case resp.StatusCode() == fasthttp.StatusConflict:
+			if len(resp.Header.Peek(hdrUnrestored)) > 0 {
+				return answer{}, errHolderUnrestored
+			}
 			retry = errBusy
 		default:
-			return nil, "", fmt.Errorf("member %s answered %d: %s", m, resp.StatusCode(), clip(resp.Body()))
+			return answer{}, fmt.Errorf("member %s answered %d: %s", m, resp.StatusCode(), clip(resp.Body()))
 		}
 		if time.Now().After(deadline) {
-			return nil, "", retry
+			return answer{}, retry
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -405,14 +492,22 @@ func (h *Handler) handoff(ctx *fasthttp.RequestCtx) error {
 	}
 	switch {
 	case got.State != nil:
-		h.handedOut.Inc()
+		if !got.Again {
+			h.handedOut.Inc()
+		}
 		ctx.SetContentType("application/octet-stream")
 		ctx.SetBody(got.State)
+	case got.Busy && got.Unrestored:
+		ctx.Response.Header.Set(hdrUnrestored, "1")
+		return errorf(fasthttp.StatusConflict, "device %q runs here without its stored state (Redis failed it); load it from Redis", id)
 	case got.Busy:
 		return errorf(fasthttp.StatusConflict, "device %q is loading here; ask again shortly", id)
 	default:
 		if got.MovedTo != "" {
 			ctx.Response.Header.Set(hdrMovedTo, got.MovedTo)
+		}
+		if j := h.fwd.members.Joined(); !j.IsZero() {
+			ctx.Response.Header.Set(hdrJoined, strconv.FormatInt(j.UnixMilli(), 10))
 		}
 		ctx.SetStatusCode(fasthttp.StatusNoContent)
 	}
@@ -558,8 +653,8 @@ func (h *Handler) HandOver(ctx context.Context) (int, error) {
 					if err != nil {
 						mu.Lock()
 						errs = append(errs, fmt.Errorf("offering %d devices to %s: %w", len(list), owner, err))
-						if errors.Is(err, errLeaving) {
-							out = append(out, owner)
+						if errors.Is(err, errLeaving) || notApplied(err) && !isOp(err, "write") {
+							out = append(out, owner) // leaving, or down: the next owner takes them
 						}
 						mu.Unlock()
 						return

@@ -121,6 +121,9 @@ func New(opts Options) *Handler {
 		}
 		return 0
 	})
+	if opts.Handoff != nil {
+		opts.Handoff.offer = h.HandOver
+	}
 	if opts.Cluster != nil {
 		h.fwd = newForwarder(opts.Cluster, opts.ForwardTimeout, opts.Timeouts.Idle, h.ms)
 		h.handedOut = h.ms.NewCounter("handoffs_out_total")

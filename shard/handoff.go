@@ -30,6 +30,13 @@ type Handed struct {
 	// MovedTo is the member the device was handed to before, when that is
 	// not the one asking now.
 	MovedTo string
+	// Unrestored (with Busy): the device runs on fresh state here, its
+	// stored state not loaded yet: the taker is better served by the
+	// store itself.
+	Unrestored bool
+	// Again: the state was handed over before, to the same load, and is
+	// handed again (the first answer was lost).
+	Again bool
 }
 
 // Moved is a sample Ingest did not apply because its device was handed
@@ -155,12 +162,13 @@ func (sh *shard) handoff(o *op) {
 	case d == nil:
 	case d.gone:
 		if d.to == o.to && d.token == o.token {
-			o.handed.State = d.handed
+			o.handed.State, o.handed.Again = d.handed, true
 		} else {
 			o.handed.MovedTo = d.to
 		}
 	case d.loading || d.retrying || d.unrestored:
 		o.handed.Busy = true
+		o.handed.Unrestored = d.unrestored && !d.loading
 	case len(d.streams) > 0:
 		d.gen++ // the taker's snapshots come after any written here
 		data := d.encode()

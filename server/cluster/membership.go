@@ -63,6 +63,7 @@ type Membership struct {
 	// check.
 	suspects  map[string]time.Time
 	nsuspects atomic.Int32
+	joined    atomic.Int64 // unix ns when Self was first in the view; 0 before
 
 	mu      sync.Mutex
 	running bool          // guarded by mu: between Start and Stop; Refresh is refused outside
@@ -229,14 +230,16 @@ func (m *Membership) Leave() {
 	m.installLocked(m.listed)
 }
 
-// Suspect takes member (never Self) out of the view for d: a connection to
-// it was refused, so nothing listens there (it died, or is restarting).
-// Its devices go to the members that own them without it, which take their
-// state from Redis, instead of failing until the source stops listing it.
-// It is back at the first refresh after d while the source lists it, or at
-// once by Unsuspect.
-func (m *Membership) Suspect(member string, d time.Duration) {
-	if member == m.opts.Self {
+// Suspect takes member (never Self) out of the view until the time given:
+// a connection to it was refused, so nothing listens there (it died, or is
+// restarting). Its devices go to the members that own them without it,
+// which take their state from Redis, instead of failing until the source
+// stops listing it. It is back at the first refresh after until while the
+// source lists it, or at once by Unsuspect. An earlier until than the one
+// in force changes nothing: suspicion passed on by other members (see
+// Suspects) never outlasts the refusal it started from.
+func (m *Membership) Suspect(member string, until time.Time) {
+	if member == m.opts.Self || !time.Now().Before(until) {
 		return
 	}
 	m.installMu.Lock()
@@ -244,27 +247,59 @@ func (m *Membership) Suspect(member string, d time.Duration) {
 	if m.suspects == nil {
 		m.suspects = map[string]time.Time{}
 	}
-	if _, ok := m.suspects[member]; !ok {
-		m.opts.Log.Warn().Str("member", member).Dur("for", d).Msg("cluster member refused a connection: out of the view until it answers or the time passes")
+	old, ok := m.suspects[member]
+	if ok && !old.Before(until) {
+		return
 	}
-	m.suspects[member] = time.Now().Add(d)
+	if !ok {
+		m.opts.Log.Warn().Str("member", member).Time("until", until).Msg("cluster member refused a connection: out of the view until it answers or the time passes")
+	}
+	m.suspects[member] = until
 	m.nsuspects.Store(int32(len(m.suspects)))
 	m.installLocked(m.listed)
 }
 
-// Suspects returns the members Suspect took out of the view, sorted.
-func (m *Membership) Suspects() []string {
+// Suspects returns the members Suspect took out of the view and not yet
+// back, sorted, each with the time it comes back.
+func (m *Membership) Suspects() []Suspect {
 	if m.nsuspects.Load() == 0 {
 		return nil
 	}
 	m.installMu.Lock()
 	defer m.installMu.Unlock()
-	out := make([]string, 0, len(m.suspects))
-	for s := range m.suspects {
-		out = append(out, s)
+	now := time.Now()
+	var out []Suspect
+	for s, until := range m.suspects {
+		if now.Before(until) {
+			out = append(out, Suspect{s, until})
+		}
 	}
-	slices.Sort(out)
+	slices.SortFunc(out, func(a, b Suspect) int { return strings.Compare(a.Member, b.Member) })
 	return out
+}
+
+// Suspect is a suspected member and the time it comes back.
+type Suspect struct {
+	Member string
+	Until  time.Time
+}
+
+// Listed returns the members the source lists now, suspected or not (less
+// Self after Leave).
+func (m *Membership) Listed() []string {
+	m.installMu.Lock()
+	defer m.installMu.Unlock()
+	return slices.Clone(m.listed)
+}
+
+// Joined returns when this member first saw itself in its view (zero
+// before): how long it has been a member, for handoffs (a member that
+// joined before a change of view held what it owned before the change).
+func (m *Membership) Joined() time.Time {
+	if t := m.joined.Load(); t != 0 {
+		return time.Unix(0, t)
+	}
+	return time.Time{}
 }
 
 // Unsuspect brings member back into the view if Suspect took it out: it
@@ -397,6 +432,9 @@ func (m *Membership) installLocked(members []string) {
 	}
 	v := NewView(m.opts.Self, members).follow(old)
 	v.Changed = time.Now()
+	if m.joined.Load() == 0 && v.HasSelf() {
+		m.joined.Store(v.Changed.UnixNano())
+	}
 	v.Seq = old.Seq + 1
 	m.view.Store(v)
 	m.changes.Inc()

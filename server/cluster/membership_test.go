@@ -510,10 +510,12 @@ func TestViewWhileRefreshing(t *testing.T) {
 // out; a refresh while it is suspected keeps it out.
 func TestSuspect(t *testing.T) {
 	m := MustStart(t, Options{Self: "10.0.0.1:80", Static: []string{"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"}, Refresh: time.Hour})
-	m.Suspect("10.0.0.1:80", time.Hour)
-	m.Suspect("10.0.0.3:80", time.Hour)
+	hour := time.Now().Add(time.Hour)
+	m.Suspect("10.0.0.1:80", hour)
+	m.Suspect("10.0.0.3:80", hour)
+	m.Suspect("10.0.0.3:80", time.Now().Add(time.Minute)) // earlier: no change
 	checkMembers(t, m.View(), "10.0.0.1:80", "10.0.0.2:80")
-	if s := m.Suspects(); !slices.Equal(s, []string{"10.0.0.3:80"}) {
+	if s := m.Suspects(); len(s) != 1 || s[0].Member != "10.0.0.3:80" || !s[0].Until.Equal(hour) {
 		t.Fatalf("suspects %v", s)
 	}
 	if err := m.Refresh(context.Background()); err != nil {
@@ -522,9 +524,12 @@ func TestSuspect(t *testing.T) {
 	checkMembers(t, m.View(), "10.0.0.1:80", "10.0.0.2:80")
 	m.Unsuspect("10.0.0.3:80")
 	checkMembers(t, m.View(), "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80")
-	m.Suspect("10.0.0.2:80", time.Millisecond)
+	m.Suspect("10.0.0.2:80", time.Now().Add(time.Millisecond))
 	checkMembers(t, m.View(), "10.0.0.1:80", "10.0.0.3:80")
 	time.Sleep(2 * time.Millisecond)
+	if m.Suspects() != nil {
+		t.Fatalf("an expired suspect is still listed (and passed on): %v", m.Suspects())
+	}
 	if err := m.Refresh(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -42,10 +42,11 @@ func (v *View) follow(old *View) *View {
 
 // Sources appends to dst the members other than Self that may hold
 // device's state, in the order to ask them: its owner in each earlier view
-// this one remembers (newest first), then the members ranking highest for
-// it in this view (up to sourceRank of them), which is where it was before
-// Self joined, even when others joined with Self. Each member appears once.
-func (v *View) Sources(device []byte, dst []string) []string {
+// this one remembers (newest first), then every member of listed (the
+// peer source's list, suspected members too) in descending weight for
+// device, which is where it was before Self joined, whoever joined with
+// Self. Each member appears once. Callers bound how many they ask.
+func (v *View) Sources(device []byte, listed []string, dst []string) []string {
 	add := func(m string) {
 		if m != "" && m != v.Self && !slices.Contains(dst, m) {
 			dst = append(dst, m)
@@ -54,16 +55,12 @@ func (v *View) Sources(device []byte, dst []string) []string {
 	for _, p := range v.past {
 		add(p.Owner(device))
 	}
-	var top [sourceRank]string
-	for _, m := range v.Rank(device, sourceRank, top[:0]) {
+	all := NewView(v.Self, listed)
+	for _, m := range all.Rank(device, len(all.Members), nil) {
 		add(m)
 	}
 	return dst
 }
-
-// sourceRank is how many of the highest-ranking members Sources lists: a
-// member joining with two others asks past both.
-const sourceRank = 4
 
 // NewView returns a view of members (sorted and deduplicated here, taken
 // as given otherwise) with Seq 0. Membership builds its views with it;

@@ -248,7 +248,8 @@ func BenchmarkRank2of10(b *testing.B) {
 	}
 }
 
-// TestSources: a member taking a device over asks where its state was:
+// TestSources: a member taking a device over asks where its state was
+// (every listed member, by weight, so also past any others that joined with it):
 // after a scale-out, the owner before the new member joined; after a
 // scale-in, the member that left (it may still be handing over); and,
 // for a member's first view, the owner it would have without this member.
@@ -262,7 +263,7 @@ func TestSources(t *testing.T) {
 		first := NewView("d:1", abcd).follow(NewView("d:1", nil))
 		before := NewView("", abc).Owner(dev)
 		if first.Owner(dev) == "d:1" {
-			if got := first.Sources(dev, nil); len(got) == 0 || got[0] != before {
+			if got := first.Sources(dev, abcd, nil); len(got) == 0 || got[0] != before {
 				t.Fatalf("%s: d's first view asks %v; want %s first", dev, got, before)
 			}
 			checked++
@@ -271,12 +272,12 @@ func TestSources(t *testing.T) {
 		four := NewView(before, abcd)
 		three := NewView(before, abc).follow(four)
 		if four.Owner(dev) == "d:1" {
-			if got := three.Sources(dev, nil); len(got) == 0 || got[0] != "d:1" {
+			if got := three.Sources(dev, abc, nil); len(got) == 0 || got[0] != "d:1" {
 				t.Fatalf("%s: after d left, %s asks %v; want d:1 first", dev, before, got)
 			}
 			checked++
 		}
-		for _, m := range three.Sources(dev, []string{"hint:1"}) {
+		for _, m := range three.Sources(dev, abcd, []string{"hint:1"}) {
 			if m == three.Self {
 				t.Fatalf("%s: Sources lists self", dev)
 			}
