@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"ai-load-service/server/cluster"
+	"ai-load-service/shard"
 )
 
 // 1. TestReviewH_SuspicionGossipNeverExpires: a member that refused one
@@ -128,5 +129,157 @@ func TestReviewH_FourJoinAtOnceLosesState(t *testing.T) {
 		t.Fatalf("after 20 samples at A, four pods joining at once and a 21st sample: the new owner counts %d, want 21; pods holding the device %d, want 1 (A holds it: %v).\n"+
 			"View.Sources asks the top %d of the ranking, the asking pod among them: A, fifth, is never asked and the device starts fresh",
 			got, held, gHeld(pa, dev), 4)
+	}
+}
+
+// hCheck compares every client device held by pods with ref: held once,
+// same count, mean and anomalies.
+func hCheck(t *testing.T, pods []*gPod, clients []*gClient, ref *shard.Set) {
+	t.Helper()
+	bad := 0
+	for _, c := range clients {
+		for d := range c.devices {
+			dev := fmt.Sprintf("c%d-dev%d", c.id, d)
+			want, ok, _ := ref.Device(dev)
+			if !ok {
+				continue
+			}
+			holders := 0
+			var got []shard.MetricState
+			var at []string
+			for _, p := range pods {
+				if gHeld(p, dev) {
+					holders++
+					at = append(at, p.addr)
+					got, _, _ = p.set.Device(dev)
+				}
+			}
+			if holders != 1 || len(got) != 1 || got[0].Count != want[0].Count || got[0].Mean != want[0].Mean || got[0].Anomalies != want[0].Anomalies {
+				bad++
+				if bad <= 10 {
+					t.Errorf("%s: held by %d pods %v; got %+v\nwant %+v", dev, holders, at, got, want)
+				}
+			}
+		}
+	}
+	if bad > 0 {
+		t.Errorf("%d devices wrong", bad)
+	}
+}
+
+// hRun runs clients until stop is closed and returns their first error.
+func hRun(t *testing.T, clients []*gClient, stop chan struct{}) func() error {
+	errs := make(chan error, len(clients))
+	for i := range clients {
+		go func() { errs <- clients[i].run(t, stop, i) }()
+	}
+	return func() error {
+		close(stop)
+		var first error
+		for range clients {
+			if err := <-errs; err != nil && first == nil {
+				first = err
+			}
+		}
+		return first
+	}
+}
+
+// 3. TestReviewH_RestartSameAddressUnderTraffic: a member restarts at the
+// same address (a StatefulSet pod: SIGTERM, hand over, exit, start again)
+// while clients send through every member, resending what a 503 did not
+// list as applied. While it is down the others' forwards to it are
+// refused and they suspect it; when it is back it owns its devices again.
+// Every device must end held once, equal to a reference fed the
+// acknowledged samples.
+func TestReviewH_RestartSameAddressUnderTraffic(t *testing.T) {
+	addrs := freeAddrs(t, 3)
+	file := filepath.Join(t.TempDir(), "peers")
+	writePeers(t, file, addrs...)
+	pods := make([]*gPod, 3)
+	for i := range pods {
+		pods[i] = startGPod(t, addrs[i], file, gOpts{})
+	}
+	ref := shard.New(shard.Options{Shards: 2})
+	t.Cleanup(ref.Stop)
+	clients := make([]*gClient, 4)
+	for i := range clients {
+		clients[i] = &gClient{id: i, devices: 25, ref: ref, pods: func() []string { return addrs }}
+	}
+	wait := hRun(t, clients, make(chan struct{}))
+	time.Sleep(400 * time.Millisecond)
+	for cycle := range 2 {
+		offered, err := pods[2].stop(t)
+		t.Logf("cycle %d: pod 3 offered %d devices (err %v)", cycle, offered, err)
+		time.Sleep(300 * time.Millisecond) // down: the others' forwards are refused
+		pods[2] = startGPod(t, addrs[2], file, gOpts{})
+		time.Sleep(700 * time.Millisecond)
+	}
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range clients {
+		t.Logf("client %d: %d batches, %d samples resent", c.id, c.sent, c.resent)
+	}
+	hCheck(t, pods, clients, ref)
+}
+
+// 4. TestReviewH_SuspectedHolderNeverAsked: View.Sources
+// (cluster/rendezvous.go) lists the owners of the last keepPast (3) views,
+// then the top of the ranking of the current view. A suspected member is
+// out of the current view (Membership.Suspect), so it is never ranked; it
+// is asked only while one of the last three views names it owner. After a
+// few view changes (here the peers file adding and dropping a pod, as a
+// scale-out and a rollback do; suspicion flaps of other members count as
+// well) a pod that owns a device under the suspicion loads it, asks only
+// members that never held it, and starts it fresh (no Redis), while the
+// live, suspected holder keeps the whole state: two copies, history lost.
+// Suspicion of a live member is ordinary: it travels as X-Aiload-Suspects
+// from any member that was refused a connection once (and, see test 1,
+// lasts as long as traffic flows). Expected: a load asks every member that
+// may hold the device, suspected or not (a refused ask costs nothing).
+func TestReviewH_SuspectedHolderNeverAsked(t *testing.T) {
+	addrs := freeAddrs(t, 4)
+	a, b, hAddr, c := addrs[0], addrs[1], addrs[2], addrs[3]
+	dir := t.TempDir()
+	fa, fo := filepath.Join(dir, "a"), filepath.Join(dir, "others")
+	writePeers(t, fa, a, b, hAddr)
+	writePeers(t, fo, a, b, hAddr)
+	// H owns the device among A, B, H; A owns it once H is out of the view,
+	// with or without C.
+	dev := gDevice("sh", []string{hAddr, a, a}, []string{a, b, hAddr}, []string{a, b}, []string{a, b, c})
+	pa := startGPod(t, a, fa, gOpts{})
+	startGPod(t, b, fo, gOpts{})
+	ph := startGPod(t, hAddr, fo, gOpts{})
+	for i := range 20 {
+		if code, out := post(t, a, gSample(dev, i+1, float64(i%3))); code != 200 { // applied at H
+			t.Fatalf("sample %d: %d %s", i+1, code, out)
+		}
+	}
+	if got := gCount(ph, dev); got != 20 {
+		t.Fatalf("H counts %d; want 20", got)
+	}
+	// B was refused a connection to H once and says so on a request it
+	// forwards to A (any device of A's will do).
+	own := gDevice("ao", []string{a}, []string{a, b, hAddr})
+	if code, out := post(t, a, gSample(own, 1, 1), hdrForwarded, b, hdrSuspects, hAddr); code != 200 {
+		t.Fatalf("forwarded sample at A: %d %s", code, out)
+	}
+	if v := pa.members.View(); slices.Contains(v.Members, hAddr) {
+		t.Fatalf("A's view %v still has H after B's X-Aiload-Suspects", v.Members)
+	}
+	// Three more view changes at A: C is listed, dropped, listed again.
+	for _, l := range [][]string{{a, b, hAddr, c}, {a, b, hAddr}, {a, b, hAddr, c}} {
+		writePeers(t, fa, l...)
+		pa.refresh(t)
+	}
+	// A now owns the device and takes it over on its next sample.
+	if code, out := post(t, a, gSample(dev, 21, 1)); code != 200 {
+		t.Fatalf("sample 21 at A: %d %s", code, out)
+	}
+	if got := gCount(pa, dev); got != 21 || gHeld(ph, dev) {
+		t.Fatalf("A, the owner while H is suspected, counts %d; want 21 (H's 20, then sample 21). H still holds the device: %v (want false).\n"+
+			"A asked only the owners of its last 3 views and the top of a ranking that leaves the suspected H out; H, alive and holding the state, was never asked",
+			got, gHeld(ph, dev))
 	}
 }
