@@ -283,3 +283,41 @@ func TestReviewH_SuspectedHolderNeverAsked(t *testing.T) {
 			got, gHeld(ph, dev))
 	}
 }
+
+// 5. TestReviewH_HandOverIgnoresDeadOwner: a stopping member offers each
+// device to its owner by its view (HandOver, server/handoff.go); only a
+// member that answers 503 (leaving too) is left out and its devices offered
+// to the next owner. A member that refuses the connection (it crashed; the
+// source still lists it: a peers file, or a headless Service with
+// publishNotReadyAddresses, as docs/cluster.md recommends, while the
+// kubelet restarts it) is offered the same devices in all three rounds and
+// they stay with the stopping member, which then exits: without Redis
+// their state is lost, though a live member (the next owner) could have
+// taken them. The forwarder suspects a member that refuses a connection
+// (forward.go refused); HandOver's offers do not. Expected: devices whose
+// owner cannot be reached are offered to the next live owner.
+func TestReviewH_HandOverIgnoresDeadOwner(t *testing.T) {
+	addrs := freeAddrs(t, 3)
+	s, r1, r2 := addrs[0], addrs[1], addrs[2]
+	file := filepath.Join(t.TempDir(), "peers")
+	writePeers(t, file, s, r1, r2)
+	// S owns it; without S, R1; without S and R1, R2.
+	dev := gDevice("ho", []string{s, r1}, []string{s, r1, r2}, []string{r1, r2})
+	ps := startGPod(t, s, file, gOpts{})
+	pr1 := startGPod(t, r1, file, gOpts{})
+	pr2 := startGPod(t, r2, file, gOpts{})
+	for i := range 20 {
+		if code, out := post(t, s, gSample(dev, i+1, float64(i%3))); code != 200 {
+			t.Fatalf("sample %d at S: %d %s", i+1, code, out)
+		}
+	}
+	pr1.kill() // R1 crashes; the peers file still lists it
+	offered, err := ps.stop(t)
+	if !gHeld(pr2, dev) {
+		t.Fatalf("S stopped (offered %d, err %v) while R1, the device's next owner, was down; R2, alive, does not hold the device.\n"+
+			"Want R2 to hold it with its 20 samples: HandOver offered it to the dead R1 three times and S exited with it (no Redis: lost)", offered, err)
+	}
+	if got := gCount(pr2, dev); got != 20 {
+		t.Fatalf("R2 counts %d; want 20", got)
+	}
+}
