@@ -6,14 +6,22 @@ package server
 // review_g_test.go, or startHPod here for a member with Redis).
 
 import (
+	"context"
 	"fmt"
+	"net"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"ai-load-service/persist"
 	"ai-load-service/server/cluster"
 	"ai-load-service/shard"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/valyala/fasthttp"
 )
 
 // 1. TestReviewH_SuspicionGossipNeverExpires: a member that refused one
@@ -319,5 +327,213 @@ func TestReviewH_HandOverIgnoresDeadOwner(t *testing.T) {
 	}
 	if got := gCount(pr2, dev); got != 20 {
 		t.Fatalf("R2 counts %d; want 20", got)
+	}
+}
+
+// hRedisServer is a redis-server on a loopback port with an append-only
+// file, so it can be killed and restarted with its data.
+type hRedisServer struct {
+	t    *testing.T
+	addr string
+	dir  string
+	cmd  *exec.Cmd
+}
+
+func (r *hRedisServer) start() {
+	r.t.Helper()
+	_, port, _ := net.SplitHostPort(r.addr)
+	r.cmd = exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+		"--appendonly", "yes", "--appendfsync", "always", "--dir", r.dir)
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", r.addr); err == nil {
+			c.Close()
+			return
+		}
+	}
+	r.t.Fatal("redis-server did not start")
+}
+
+func (r *hRedisServer) kill() {
+	if r.cmd != nil {
+		r.cmd.Process.Kill() //nolint:errcheck
+		r.cmd.Wait()         //nolint:errcheck
+		r.cmd = nil
+	}
+}
+
+func startHRedis(t *testing.T) *hRedisServer {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Fatal("redis-server not found")
+	}
+	r := &hRedisServer{t: t, addr: freeAddrs(t, 1)[0], dir: t.TempDir()}
+	r.start()
+	t.Cleanup(r.kill)
+	return r
+}
+
+// hRedis runs a redis-server on a free loopback port for the test.
+func hRedis(t *testing.T) string { return startHRedis(t).addr }
+
+// hPod is a member with Redis, wired as main.go wires it: a fenced
+// persist.Writer behind the Handoff.
+type hPod struct {
+	*gPod
+	w *persist.Writer
+}
+
+func startHPod(t *testing.T, addr, file, redis string, interval time.Duration) *hPod {
+	t.Helper()
+	p := &hPod{gPod: &gPod{addr: addr}}
+	m, err := cluster.New(cluster.Options{Self: addr, File: file, Refresh: time.Hour,
+		OnChange: func(old, v *cluster.View) {
+			if p.hf != nil {
+				p.hf.ViewChanged(old, v)
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms := metrics.NewSet()
+	p.w = persist.New(persist.Options{Addrs: []string{redis}, Interval: interval, Timeout: time.Second, Fence: true})
+	p.hf = NewHandoff(HandoffOptions{Members: m, Next: p.w, Timeout: time.Second, Metrics: ms})
+	p.set = shard.New(shard.Options{Shards: 2, Store: p.hf, Tombstone: time.Minute})
+	p.w.Start(p.set)
+	p.hf.Start(p.set)
+	m.Start()
+	p.members = m
+	p.h = New(Options{Shards: p.set, Cluster: m, ForwardTimeout: time.Second, Handoff: p.hf, Metrics: []*metrics.Set{ms, p.w.Metrics()}})
+	p.h.SetReady()
+	nl, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.ln = p.h.Listen(nl)
+	p.srv = p.h.NewServer()
+	go p.srv.Serve(p.ln) //nolint:errcheck
+	t.Cleanup(func() { p.stop(t) })
+	return p
+}
+
+// stop stops the member as main.go does on SIGTERM in cluster mode: leave,
+// hand over, seal and write the final snapshot while still answering
+// handoffs, then stop serving and stop the shards.
+func (p *hPod) stop(t *testing.T) (offered int, err error) {
+	p.once.Do(func() {
+		p.members.Leave()
+		p.h.SetDraining()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		offered, err = p.h.HandOver(ctx)
+		cancel()
+		sctx, scancel := context.WithTimeout(context.Background(), 4*time.Second)
+		_ = p.set.Seal(sctx)
+		_, _ = p.w.Stop(sctx)
+		scancel()
+		p.srv.Shutdown() //nolint:errcheck
+		p.ln.Stop()
+		p.set.Stop()
+		p.members.Stop()
+		p.hf.Stop()
+	})
+	return offered, err
+}
+
+// hConnected reports whether p's persister is connected to Redis.
+func hConnected(p *hPod) bool {
+	var b strings.Builder
+	p.w.Metrics().WritePrometheus(&b)
+	return strings.Contains(b.String(), "\nredis_connected 1")
+}
+
+// 6. TestReviewH_UnrestoredPairNeverReconciles: with Redis, a device whose
+// load failed is unrestored: it serves fresh state and the persister
+// retries its load every second. A member whose copy is unrestored
+// answers a handoff ask 409 (busy), and Handoff.load, having met a busy
+// member, gives up with an error after 2×timeout instead of asking Redis
+// (server/handoff.go load: "stuck", then done(nil, err)), so the asker
+// stays unrestored too. Two members each holding an unrestored copy ask
+// each other first on every retry, both get 409, neither ever asks Redis:
+// the pair never reconciles, however long Redis has been back.
+//
+// It takes one Redis blip during a scale-out: A (the owner) loads the
+// device while Redis is down and serves it unrestored; X joins and owns
+// it, asks A (busy) and is left unrestored; Redis comes back. Seconds
+// later the owner still serves the device without its stored history
+// (every read is wrong), nothing of it is written (a SIGKILL loses all of
+// it), and A's samples from the outage never reach X. Expected: once Redis
+// answers, the device is restored from it (and A's copy reconciled and
+// handed over).
+func TestReviewH_UnrestoredPairNeverReconciles(t *testing.T) {
+	r := startHRedis(t)
+	addrs := freeAddrs(t, 2)
+	a, x := addrs[0], addrs[1]
+	dir := t.TempDir()
+	fa, fx := filepath.Join(dir, "a"), filepath.Join(dir, "x")
+	writePeers(t, fa, a)
+	writePeers(t, fx, a, x)
+	dev := gDevice("up", []string{a, x}, []string{a}, []string{a, x})
+	// The device's history, 30 samples, is in Redis.
+	pa := startHPod(t, a, fa, r.addr, 100*time.Millisecond)
+	for i := range 30 {
+		if code, out := hPost(t, a, gSample(dev, i+1, float64(i%3))); code != 200 {
+			t.Fatalf("sample %d: %d %s", i+1, code, out)
+		}
+	}
+	pa.stop(t) // final snapshot: count 30
+	// Redis blips; A restarts meanwhile and its first sample of the device
+	// finds Redis down.
+	r.kill()
+	pa = startHPod(t, a, fa, r.addr, 100*time.Millisecond)
+	if code, out := hPost(t, a, gSample(dev, 31, 1)); code != 200 {
+		t.Fatalf("sample 31 at A: %d %s", code, out)
+	}
+	if pa.set.Unrestored() != 1 {
+		t.Fatalf("A has %d unrestored devices; want 1 (Redis is down)", pa.set.Unrestored())
+	}
+	// Scale-out: X joins and owns the device; A sees it.
+	px := startHPod(t, x, fx, r.addr, 100*time.Millisecond)
+	writePeers(t, fa, a, x)
+	pa.refresh(t)
+	if code, out := hPost(t, x, gSample(dev, 32, 1)); code != 200 { // X asks A: busy
+		t.Fatalf("sample 32 at X: %d %s", code, out)
+	}
+	r.start() // Redis is back
+	for deadline := time.Now().Add(10 * time.Second); !hConnected(pa) || !hConnected(px); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the persisters did not reconnect to Redis")
+		}
+	}
+	time.Sleep(6 * time.Second) // several retries of both loads
+	got := gCount(px.gPod, dev)
+	if got != 32 || px.set.Unrestored() != 0 || pa.set.Unrestored() != 0 {
+		t.Fatalf("6 s after Redis came back (both persisters connected), X (the owner) counts %d, want 32 (30 stored, 31 at A, 32 at X);\n"+
+			"unrestored devices: X %d, A %d, want 0 and 0; loads given up on a busy member: X %d, A %d.\n"+
+			"Each copy is unrestored, each member's retry asks the other first, gets 409 and gives up without asking Redis",
+			got, px.set.Unrestored(), pa.set.Unrestored(), px.hf.busy.Get(), pa.hf.busy.Get())
+	}
+}
+
+// hPost is post, sent again when the connection it used was one a
+// stopped server had closed.
+func hPost(t *testing.T, addr, body string) (int, []byte) {
+	t.Helper()
+	for try := 0; ; try++ {
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		req.SetRequestURI("http://" + addr + "/api/v1/ingest")
+		req.Header.SetMethod("POST")
+		req.SetBodyString(body)
+		err := fasthttp.DoTimeout(req, resp, 10*time.Second)
+		code, out := resp.StatusCode(), append([]byte(nil), resp.Body()...)
+		fasthttp.ReleaseRequest(req)
+		fasthttp.ReleaseResponse(resp)
+		if err == nil {
+			return code, out
+		}
+		if try == 3 {
+			t.Fatal(err)
+		}
 	}
 }
