@@ -571,3 +571,42 @@ func TestReviewH_SuspectsHeaderIgnoredByItsOwnRequest(t *testing.T) {
 		t.Fatalf("B counts %d; want 1", got)
 	}
 }
+
+// 8. TestReviewH_HandedOutCountsRetries: handoffs_out_total is "devices
+// handed over to other members" (server.go handedOut). A taker whose
+// answer was lost asks again with the same token and gets the same state
+// again (shard/handoff.go: the tombstone's bytes); the handoff route
+// counts that second answer as a second device handed over
+// (handoff.go: h.handedOut.Inc() on every State). One device, handed
+// once, is counted twice; the taker's handoffs_in_total{from="member"}
+// counts it once. Expected: 1.
+func TestReviewH_HandedOutCountsRetries(t *testing.T) {
+	addrs := freeAddrs(t, 2)
+	a, x := addrs[0], addrs[1]
+	file := filepath.Join(t.TempDir(), "peers")
+	writePeers(t, file, a)
+	dev := gDevice("ho", []string{a}, []string{a})
+	pa := startGPod(t, a, file, gOpts{})
+	for i := range 5 {
+		if code, out := post(t, a, gSample(dev, i+1, 1)); code != 200 {
+			t.Fatalf("sample: %d %s", code, out)
+		}
+	}
+	// X's ask, and its retry after the first answer was lost.
+	for try := range 2 {
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		req.SetRequestURI("http://" + a + handoffPath)
+		req.Header.SetMethod("POST")
+		req.Header.Set(hdrForwarded, x)
+		req.Header.Set(hdrToken, "12345")
+		req.SetBodyString(dev)
+		if err := fasthttp.DoTimeout(req, resp, 5*time.Second); err != nil || resp.StatusCode() != 200 {
+			t.Fatalf("ask %d: %v %d %s", try+1, err, resp.StatusCode(), resp.Body())
+		}
+		fasthttp.ReleaseRequest(req)
+		fasthttp.ReleaseResponse(resp)
+	}
+	if got := pa.h.handedOut.Get(); got != 1 {
+		t.Fatalf("handoffs_out_total %d after handing one device to one member (asked twice with the same token: the first answer lost); want 1", got)
+	}
+}
