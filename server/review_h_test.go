@@ -572,6 +572,25 @@ func TestReviewH_SuspectsHeaderIgnoredByItsOwnRequest(t *testing.T) {
 	}
 }
 
+// TestReviewH_SuspectsHeaderIgnoredByItsOwnRead: the same for a read
+// (forward.go forwardRead loads the view, then calls heard()): a read of a
+// dead member's device is answered 503 by its successor's refusal (421)
+// instead of by the successor.
+func TestReviewH_SuspectsHeaderIgnoredByItsOwnRead(t *testing.T) {
+	addrs := freeAddrs(t, 3)
+	a, b, x := addrs[0], addrs[1], addrs[2]
+	file := filepath.Join(t.TempDir(), "peers")
+	writePeers(t, file, a, b, x)
+	dev := gDevice("rx", []string{x, b}, []string{a, b, x}, []string{a, b})
+	startGPod(t, a, file, gOpts{})
+	startGPod(t, b, file, gOpts{})
+	code, body := doReq(t, "GET", "http://"+a+"/api/v1/devices/"+dev, "")
+	if code != 404 && code != 200 {
+		t.Fatalf("read of a device of the dead X at A: %d %s; want B's answer (404: it holds nothing):\n"+
+			"B refused A's retry, which carried X-Aiload-Suspects: X, with 421, judging it by its view from before the header", code, body)
+	}
+}
+
 // 8. TestReviewH_HandedOutCountsRetries: handoffs_out_total is "devices
 // handed over to other members" (server.go handedOut). A taker whose
 // answer was lost asks again with the same token and gets the same state
