@@ -56,7 +56,7 @@ func TestReviewH_SuspicionGossipNeverExpires(t *testing.T) {
 	if code, out := post(t, a, gSample(devX, 1, 1)); code != 200 {
 		t.Fatalf("sample for X's device at A while X is down: %d %s", code, out)
 	}
-	if !slices.Contains(pa.members.Suspects(), x) {
+	if !slices.ContainsFunc(pa.members.Suspects(), func(s cluster.Suspect) bool { return s.Member == x }) {
 		t.Fatalf("A does not suspect X after X refused a connection; suspects %v", pa.members.Suspects())
 	}
 	refusedAt := time.Now()
