@@ -449,7 +449,7 @@ func run(c config, log zerolog.Logger) error {
 		opts.Store, opts.LoadOnly = handoff, store == nil
 		// Tombstones outlive the slowest view to catch up (a DNS cache
 		// plus a few refreshes).
-		opts.Tombstone = max(time.Minute, 6*c.PeersRefresh)
+		opts.Tombstone = max(time.Minute, min(6*c.PeersRefresh, 10*time.Minute))
 	}
 	set := shard.New(opts)
 	if store != nil {

@@ -371,7 +371,13 @@ func (w *Writer) decode(id string, b []byte) (*shard.Snapshot, error) {
 		err = fmt.Errorf("%w: holds device %q", shard.ErrCorrupt, s.Device)
 	}
 	if err != nil {
-		return w.corruptValue(id, err)
+		snap, err := w.corruptValue(id, err)
+		if g, ok := shard.HeaderGen(b); ok && w.opts.Fence {
+			// Start fresh, but after the corrupt value's Gen, so the
+			// fenced write of the next snapshot replaces it.
+			snap = &shard.Snapshot{Device: id, Gen: g}
+		}
+		return snap, err
 	}
 	w.hits.Inc()
 	return s, nil

@@ -62,7 +62,7 @@ type Handoff struct {
 	// tokens, guarded by mu, keeps the token of a load that got no
 	// answer from a member that may have handed the device over: the
 	// next load asks with it again, and gets the state handed.
-	tokens map[string]uint64
+	tokens map[string]tokenAt
 	wake   chan struct{}
 	stop   chan struct{}
 	wg     sync.WaitGroup
@@ -116,7 +116,7 @@ func NewHandoff(o HandoffOptions) *Handoff {
 		client: &fasthttp.Client{Name: "ai-load-service", MaxConnsPerHost: handoffWorkers, MaxConnWaitTimeout: o.Timeout,
 			ReadTimeout: o.Timeout, WriteTimeout: o.Timeout, MaxIdleConnDuration: keep, RetryIfErr: retryClosed},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), hints: map[string]string{}, rebalance: make(chan struct{}, 1),
-		claims: map[string]bool{}, tokens: map[string]uint64{},
+		claims: map[string]bool{}, tokens: map[string]tokenAt{},
 		fromPeer: c("member"), fromNext: c("store"), none: c("none"), busy: c("busy"), failed: c("failed"),
 		duration: ms.NewHistogram("handoff_in_duration_seconds"),
 	}
@@ -188,6 +188,13 @@ func (hf *Handoff) sweep(every time.Duration) {
 			return
 		case <-t.C:
 			_ = hf.set.Sweep()
+			hf.mu.Lock()
+			for id, t := range hf.tokens { // devices dropped while unrestored
+				if time.Since(t.at) > every*2 {
+					delete(hf.tokens, id)
+				}
+			}
+			hf.mu.Unlock()
 		}
 	}
 }
@@ -294,8 +301,8 @@ func (hf *Handoff) load(id string, done func(*shard.Snapshot, error)) {
 		asked = append(asked, hint) // it offered the device: ask it first
 		delete(hf.hints, id)
 	}
-	token, again := hf.tokens[id]
-	if !again {
+	token := hf.tokens[id].token
+	if token == 0 {
 		token = rand.Uint64() | 1 // nonzero: zero is no token
 	}
 	hf.mu.Unlock()
@@ -304,10 +311,9 @@ func (hf *Handoff) load(id string, done func(*shard.Snapshot, error)) {
 	asked = view.Sources([]byte(id), hf.members.Listed(), asked)
 	var stuck string // a member busy, or silent, to the end
 	var stuckErr error
-	deadline := start.Add(2 * hf.timeout)
 	for i := 0; i < len(asked) && i < maxAsked; i++ {
 		m := asked[i]
-		a, err := hf.ask(m, view.Self, id, token, deadline)
+		a, err := hf.ask(m, view.Self, id, token, time.Now().Add(2*hf.timeout))
 		switch {
 		case err == nil && a.snap != nil:
 			hf.fromPeer.Inc()
@@ -315,10 +321,13 @@ func (hf *Handoff) load(id string, done func(*shard.Snapshot, error)) {
 			a.snap.Unsaved = true // not in Redis: the next snapshot writes it
 			done(a.snap, nil)
 			return
-		case errors.Is(err, errHolderUnrestored):
-			// Its copy lacks the stored state: the store has it (and the
-			// holder reconciles its own copy with it).
-		case errors.Is(err, errBusy), errors.Is(err, errUnanswered):
+		case errors.Is(err, errHolderUnrestored) && view.Owner([]byte(id)) != view.Self:
+			// Its copy lacks the stored state and this member does not
+			// own the device (it reconciles a copy of its own): the store
+			// has what it needs. The owner instead waits for the holder,
+			// which reconciles through the store this way, and then hands
+			// over everything, its samples from the outage too.
+		case errors.Is(err, errBusy), errors.Is(err, errUnanswered), errors.Is(err, errHolderUnrestored):
 			stuck, stuckErr = m, err
 		case err != nil:
 			hf.log.Warn().Err(err).Str("device", id).Str("member", m).Msg("handoff: cannot reach a member that may hold the device; asking the next")
@@ -347,7 +356,7 @@ func (hf *Handoff) load(id string, done func(*shard.Snapshot, error)) {
 		// (a member that handed the state over serves it again only to
 		// the same load).
 		hf.mu.Lock()
-		hf.tokens[id] = token
+		hf.tokens[id] = tokenAt{token, time.Now()}
 		hf.mu.Unlock()
 		done(nil, err)
 		return
@@ -365,6 +374,12 @@ func (hf *Handoff) load(id string, done func(*shard.Snapshot, error)) {
 // at it (see load): longer than views take to agree and a member's offers
 // of what it no longer owns take to finish.
 const settle = 2 * time.Minute
+
+// tokenAt is a load's token kept for the next load, and when.
+type tokenAt struct {
+	token uint64
+	at    time.Time
+}
 
 // settled forgets id's token and records, for a claim, whether the member
 // that offered it handed it over.
@@ -452,10 +467,9 @@ func (hf *Handoff) ask(m, self, id string, token uint64, deadline time.Time) (an
 				a.joined = time.UnixMilli(ms)
 			}
 			return a, nil
+		case resp.StatusCode() == fasthttp.StatusConflict && len(resp.Header.Peek(hdrUnrestored)) > 0:
+			return answer{}, errHolderUnrestored // it reconciles on its own time: ask again on a retry
 		case resp.StatusCode() == fasthttp.StatusConflict:
-			if len(resp.Header.Peek(hdrUnrestored)) > 0 {
-				return answer{}, errHolderUnrestored
-			}
 			retry = errBusy
 		default:
 			return answer{}, fmt.Errorf("member %s answered %d: %s", m, resp.StatusCode(), clip(resp.Body()))

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -270,7 +271,9 @@ func TestReviewH_SuspectedHolderNeverAsked(t *testing.T) {
 	// B was refused a connection to H once and says so on a request it
 	// forwards to A (any device of A's will do).
 	own := gDevice("ao", []string{a}, []string{a, b, hAddr})
-	if code, out := post(t, a, gSample(own, 1, 1), hdrForwarded, b, hdrSuspects, hAddr); code != 200 {
+	// (The header gives each suspect's deadline since the fix of test 1.)
+	gossip := hAddr + "@" + strconv.FormatInt(time.Now().Add(suspectFor).UnixMilli(), 10)
+	if code, out := post(t, a, gSample(own, 1, 1), hdrForwarded, b, hdrSuspects, gossip); code != 200 {
 		t.Fatalf("forwarded sample at A: %d %s", code, out)
 	}
 	if v := pa.members.View(); slices.Contains(v.Members, hAddr) {
@@ -374,9 +377,6 @@ func startHRedis(t *testing.T) *hRedisServer {
 	t.Cleanup(r.kill)
 	return r
 }
-
-// hRedis runs a redis-server on a free loopback port for the test.
-func hRedis(t *testing.T) string { return startHRedis(t).addr }
 
 // hPod is a member with Redis, wired as main.go wires it: a fenced
 // persist.Writer behind the Handoff.

@@ -327,6 +327,9 @@ func (d *device) oldestFirst() []Anomaly {
 func (sh *shard) collect(o *op) {
 	if o.start {
 		sh.scan(o.evict)
+		o.snaps = append(o.snaps, sh.handedSnaps...)
+		clear(sh.handedSnaps)
+		sh.handedSnaps = sh.handedSnaps[:0]
 		// Devices changed from now on wait for the next Collect, so a
 		// busy fleet cannot keep this one going.
 		// (Anything left from a Collect cut short by Stop goes too.)

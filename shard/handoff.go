@@ -172,6 +172,13 @@ func (sh *shard) handoff(o *op) {
 	case len(d.streams) > 0:
 		d.gen++ // the taker's snapshots come after any written here
 		data := d.encode()
+		if sh.set.opts.Store != nil && !sh.set.opts.LoadOnly {
+			// Written by this member's next snapshot too: until the taker
+			// writes its own, a crash of the taker would otherwise lose the
+			// changes this member never wrote (fencing drops this write if
+			// the taker's comes first).
+			sh.handedSnaps = append(sh.handedSnaps, Encoded{Device: d.id, Data: data, Gen: d.gen})
+		}
 		sh.bury(d, o.to, data)
 		d.token = o.token
 		o.handed.State = data

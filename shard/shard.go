@@ -746,7 +746,10 @@ type shard struct {
 	// collecting is what was dirty when the current Collect began, taken a
 	// chunk per op.
 	collecting []*device
-	now        int64 // Set.clock when the current op started, unix ns
+	// handedSnaps are the states handed over since the last Collect, for
+	// it to write (see handoff).
+	handedSnaps []Encoded
+	now         int64 // Set.clock when the current op started, unix ns
 }
 
 func (sh *shard) acquire() bool {

@@ -169,6 +169,22 @@ var ErrNewerVersion = errors.New("snapshot written by a newer version")
 // newerMagic follows the version byte of every version after 1.
 const newerMagic = "aisv"
 
+// HeaderGen reads the Gen in the header of an encoded snapshot whatever
+// follows it (false for version 1, or when the header itself is cut):
+// the Gen a store's fencing compares, which a corrupt snapshot's device
+// must continue from for its next snapshot to replace it.
+func HeaderGen(b []byte) (uint64, bool) {
+	if len(b) < 1+len(newerMagic) || b[0] != snapshotVersion || string(b[1:1+len(newerMagic)]) != newerMagic {
+		return 0, false
+	}
+	d := decoder{b: b[1+len(newerMagic):]}
+	d.string()
+	if d.err != nil || len(d.b) < 8 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(d.b), true
+}
+
 // DecodeSnapshot parses an encoding made by AppendBinary. It rejects a
 // wrong version, truncation, trailing bytes, non-minimal varints, absurd
 // lengths, and values that no stream fed valid samples can hold (NaN, Inf,
