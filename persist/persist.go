@@ -748,6 +748,7 @@ local function gen(s)
     if c == nil then return nil end
     g = g * 256 + c
   end
+  if g > 4503599627370495 then return nil end -- shard.MaxGen: beyond, garbage
   return g
 end
 local ok, cur = pcall(redis.call, 'GET', KEYS[1])

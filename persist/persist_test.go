@@ -607,6 +607,7 @@ func TestFencedWrites(t *testing.T) {
 		{"garbage stored", "h", []byte("garbage"), false, snap("h", 1), false},
 		{"list stored", "i", nil, true, snap("i", 1), false},
 		{"long ID, newer stored", long, snap(long, 300), false, snap(long, 299), true},
+		{"garbage gen stored", "j", snap("j", 1<<60), false, snap("j", 1), false},
 		{"long ID, older stored", long, snap(long, 2), false, snap(long, 3), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

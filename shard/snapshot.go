@@ -182,8 +182,15 @@ func HeaderGen(b []byte) (uint64, bool) {
 	if d.err != nil || len(d.b) < 8 {
 		return 0, false
 	}
-	return binary.BigEndian.Uint64(d.b), true
+	g := binary.BigEndian.Uint64(d.b)
+	return g, g <= MaxGen
 }
+
+// MaxGen is the largest Gen a snapshot may have: one per snapshot of a
+// device, it never comes near; beyond it a Gen is garbage, which fencing
+// (a Redis script, with Lua's doubles) must not compare: 2^53 and 2^53+1
+// are the same double.
+const MaxGen = 1<<52 - 1
 
 // DecodeSnapshot parses an encoding made by AppendBinary. It rejects a
 // wrong version, truncation, trailing bytes, non-minimal varints, absurd
@@ -212,6 +219,9 @@ func DecodeSnapshot(b []byte) (*Snapshot, error) {
 		}
 		s.Gen = binary.BigEndian.Uint64(d.b)
 		d.b = d.b[8:]
+		if s.Gen > MaxGen {
+			return nil, fmt.Errorf("%w: generation %d beyond %d", ErrCorrupt, s.Gen, uint64(MaxGen))
+		}
 	}
 	n := d.count(len(d.b) / minStreamBytes)
 	if d.err == nil {
