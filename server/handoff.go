@@ -137,20 +137,27 @@ func (hf *Handoff) Start(set *shard.Set) {
 
 // rebalancer offers what this member holds but no longer owns, after each
 // change of view that leaves it some, so state moves soon after the view
-// changes, not only when a device is touched: a member that joined
-// settle ago holds what it owns (see load).
+// changes, not only when a device is touched. Offers that fail (the new
+// owners did not listen yet) are made again, 2 s later and then doubling
+// up to a minute, until one round succeeds.
 func (hf *Handoff) rebalancer() {
 	defer hf.wg.Done()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	backoff := 2 * time.Second
 	for {
 		select {
 		case <-hf.stop:
 			return
 		case <-hf.rebalance:
+			backoff = 2 * time.Second
+		case <-retry.C:
 		}
 		if hf.offer == nil {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), settle/2)
+		ctx, cancel := context.WithTimeout(context.Background(), offerBudget)
 		go func() { // Stop ends the offers in flight
 			select {
 			case <-hf.stop:
@@ -160,11 +167,15 @@ func (hf *Handoff) rebalancer() {
 		}()
 		n, err := hf.offer(ctx)
 		cancel()
-		ev := hf.log.Info()
-		if err != nil {
-			ev = hf.log.Warn().Err(err)
+		if err == nil {
+			if n > 0 {
+				hf.log.Info().Int("offered", n).Msg("devices owned by other members since the view changed offered to them")
+			}
+			continue
 		}
-		ev.Int("offered", n).Msg("devices owned by other members since the view changed offered to them")
+		hf.log.Warn().Err(err).Int("offered", n).Dur("again_in", backoff).Msg("devices owned by other members not all taken; offering them again")
+		retry.Reset(backoff)
+		backoff = min(2*backoff, time.Minute)
 	}
 }
 
@@ -306,41 +317,54 @@ func (hf *Handoff) load(id string, done func(*shard.Snapshot, error)) {
 		token = rand.Uint64() | 1 // nonzero: zero is no token
 	}
 	hf.mu.Unlock()
-	asked = view.Sources([]byte(id), nil, asked) // the owners of past views
-	ranked := len(asked)
 	asked = view.Sources([]byte(id), hf.members.Listed(), asked)
+	if len(asked) > maxAsked {
+		asked = asked[:maxAsked]
+	}
+	seen := slices.Clone(asked)
+	// All at once: one holds the state at most (the others answer 204),
+	// so a new device costs one round trip, not one per member.
 	var stuck string // a member busy, or silent, to the end
 	var stuckErr error
-	for i := 0; i < len(asked) && i < maxAsked; i++ {
-		m := asked[i]
-		a, err := hf.ask(m, view.Self, id, token, time.Now().Add(2*hf.timeout))
-		switch {
-		case err == nil && a.snap != nil:
-			hf.fromPeer.Inc()
-			hf.settled(id, hinted && m == hint)
-			a.snap.Unsaved = true // not in Redis: the next snapshot writes it
-			done(a.snap, nil)
-			return
-		case errors.Is(err, errHolderUnrestored) && view.Owner([]byte(id)) != view.Self:
-			// Its copy lacks the stored state and this member does not
-			// own the device (it reconciles a copy of its own): the store
-			// has what it needs. The owner instead waits for the holder,
-			// which reconciles through the store this way, and then hands
-			// over everything, its samples from the outage too.
-		case errors.Is(err, errBusy), errors.Is(err, errUnanswered), errors.Is(err, errHolderUnrestored):
-			stuck, stuckErr = m, err
-		case err != nil:
-			hf.log.Warn().Err(err).Str("device", id).Str("member", m).Msg("handoff: cannot reach a member that may hold the device; asking the next")
-		case a.movedTo != "":
-			if a.movedTo != view.Self && !contains(asked, a.movedTo) {
-				asked = append(asked, a.movedTo) // it was handed on: follow it
-			}
-		case i >= ranked && !a.joined.IsZero() && time.Since(a.joined) > settle:
-			// A member for long that does not hold it: whoever does ranks
-			// above it (it took the device after m joined) and was asked,
-			// or held it from before m joined and offered it when m did.
-			i = len(asked)
+	for len(asked) > 0 {
+		answers := make([]answer, len(asked))
+		errs := make([]error, len(asked))
+		var wg sync.WaitGroup
+		for i, m := range asked {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				answers[i], errs[i] = hf.ask(m, view.Self, id, token, time.Now().Add(2*hf.timeout))
+			}()
 		}
+		wg.Wait()
+		var next []string
+		for i, m := range asked {
+			a, err := answers[i], errs[i]
+			switch {
+			case err == nil && a.snap != nil:
+				hf.fromPeer.Inc()
+				hf.settled(id, hinted && m == hint)
+				a.snap.Unsaved = true // not in Redis: the next snapshot writes it
+				done(a.snap, nil)
+				return
+			case errors.Is(err, errHolderUnrestored) && view.Owner([]byte(id)) != view.Self:
+				// Its copy lacks the stored state and this member does not
+				// own the device (it reconciles a copy of its own): the
+				// store has what it needs. The owner instead waits for the
+				// holder, which reconciles through the store this way, and
+				// then hands over everything, its samples from the outage
+				// too.
+			case errors.Is(err, errBusy), errors.Is(err, errUnanswered), errors.Is(err, errHolderUnrestored):
+				stuck, stuckErr = m, err
+			case err != nil:
+				hf.log.Warn().Err(err).Str("device", id).Str("member", m).Msg("handoff: cannot reach a member that may hold the device")
+			case a.movedTo != "" && a.movedTo != view.Self && !contains(seen, a.movedTo) && len(seen) < 2*maxAsked:
+				next = append(next, a.movedTo) // it was handed on: follow it
+				seen = append(seen, a.movedTo)
+			}
+		}
+		asked = next
 	}
 	hf.settled(id, false)
 	if stuck != "" {
@@ -370,10 +394,8 @@ func (hf *Handoff) load(id string, done func(*shard.Snapshot, error)) {
 	hf.next.Load(id, done)
 }
 
-// settle is how long a member must have been one for a handoff to stop
-// at it (see load): longer than views take to agree and a member's offers
-// of what it no longer owns take to finish.
-const settle = 2 * time.Minute
+// offerBudget bounds one round of offers after a change of view.
+const offerBudget = time.Minute
 
 // tokenAt is a load's token kept for the next load, and when.
 type tokenAt struct {
@@ -410,19 +432,14 @@ const hdrToken = "X-Aiload-Token"
 // answer is what a member answered a handoff ask.
 type answer struct {
 	snap    *shard.Snapshot
-	movedTo string    // it handed the device to this member
-	joined  time.Time // when it became a member (see Membership.Joined)
+	movedTo string // it handed the device to this member
 }
 
 // errHolderUnrestored: the member holding the device runs it unrestored.
 var errHolderUnrestored = errors.New("the member holding the device has not loaded its stored state")
 
-// hdrJoined carries, on a 204 handoff answer, when the member joined (unix
-// ms); hdrUnrestored marks a 409 for a device held unrestored.
-const (
-	hdrJoined     = "X-Aiload-Joined"
-	hdrUnrestored = "X-Aiload-Unrestored"
-)
+// hdrUnrestored marks a 409 for a device held unrestored.
+const hdrUnrestored = "X-Aiload-Unrestored"
 
 // ask asks member m to hand id over to self, again while it answers busy,
 // or does not answer (it may have handed the state over: asked again with
@@ -462,11 +479,7 @@ func (hf *Handoff) ask(m, self, id string, token uint64, deadline time.Time) (an
 			}
 			return answer{snap: snap}, nil
 		case resp.StatusCode() == fasthttp.StatusNoContent:
-			a := answer{movedTo: string(resp.Header.Peek(hdrMovedTo))}
-			if ms, err := strconv.ParseInt(string(resp.Header.Peek(hdrJoined)), 10, 64); err == nil && ms > 0 {
-				a.joined = time.UnixMilli(ms)
-			}
-			return a, nil
+			return answer{movedTo: string(resp.Header.Peek(hdrMovedTo))}, nil
 		case resp.StatusCode() == fasthttp.StatusConflict && len(resp.Header.Peek(hdrUnrestored)) > 0:
 			return answer{}, errHolderUnrestored // it reconciles on its own time: ask again on a retry
 		case resp.StatusCode() == fasthttp.StatusConflict:
@@ -519,9 +532,6 @@ func (h *Handler) handoff(ctx *fasthttp.RequestCtx) error {
 	default:
 		if got.MovedTo != "" {
 			ctx.Response.Header.Set(hdrMovedTo, got.MovedTo)
-		}
-		if j := h.fwd.members.Joined(); !j.IsZero() {
-			ctx.Response.Header.Set(hdrJoined, strconv.FormatInt(j.UnixMilli(), 10))
 		}
 		ctx.SetStatusCode(fasthttp.StatusNoContent)
 	}

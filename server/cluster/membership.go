@@ -63,7 +63,6 @@ type Membership struct {
 	// check.
 	suspects  map[string]time.Time
 	nsuspects atomic.Int32
-	joined    atomic.Int64 // unix ns when Self was first in the view; 0 before
 
 	mu      sync.Mutex
 	running bool          // guarded by mu: between Start and Stop; Refresh is refused outside
@@ -292,16 +291,6 @@ func (m *Membership) Listed() []string {
 	return slices.Clone(m.listed)
 }
 
-// Joined returns when this member first saw itself in its view (zero
-// before): how long it has been a member, for handoffs (a member that
-// joined before a change of view held what it owned before the change).
-func (m *Membership) Joined() time.Time {
-	if t := m.joined.Load(); t != 0 {
-		return time.Unix(0, t)
-	}
-	return time.Time{}
-}
-
 // Unsuspect brings member back into the view if Suspect took it out: it
 // was heard from.
 func (m *Membership) Unsuspect(member string) {
@@ -432,9 +421,6 @@ func (m *Membership) installLocked(members []string) {
 	}
 	v := NewView(m.opts.Self, members).follow(old)
 	v.Changed = time.Now()
-	if m.joined.Load() == 0 && v.HasSelf() {
-		m.joined.Store(v.Changed.UnixNano())
-	}
 	v.Seq = old.Seq + 1
 	m.view.Store(v)
 	m.changes.Inc()
