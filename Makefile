@@ -1,5 +1,5 @@
 # Quality gates and measurements; `make check` is what to run before a commit.
-.PHONY: run test check bench fuzz eval
+.PHONY: run test check bench fuzz eval manifests
 
 run:
 	go run .
@@ -15,7 +15,13 @@ check:
 	test -z "$$(gofmt -s -l .)" || { gofmt -s -l .; exit 1; }
 	go vet ./...
 	staticcheck ./...
+	./.ci/manifests
 	$(MAKE) test
+
+# The Dockerfile and the Kubernetes manifests, checked offline (kubectl,
+# promtool and go; see .ci/manifests).
+manifests:
+	./.ci/manifests
 
 bench:
 	./loadtest/bench.sh

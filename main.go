@@ -422,7 +422,7 @@ func run(c config, log zerolog.Logger) error {
 		return fmt.Errorf("invalid detector settings: %w", err)
 	}
 	var store *persist.Writer
-	var extra []*metrics.Set
+	extra := []*metrics.Set{buildInfo()}
 	state := "in-memory only (set REDIS_ADDR to persist)"
 	if addrs := c.redisAddrs(); len(addrs) > 0 {
 		store = persist.New(persist.Options{Addrs: addrs, Password: c.RedisPassword, DB: c.RedisDB,
@@ -479,7 +479,7 @@ func run(c config, log zerolog.Logger) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	h.SetReady()
-	log.Info().Str("addr", ln.Addr().String()).Int("shards", set.Len()).Int("window", c.WindowSize).
+	log.Info().Str("version", version).Str("addr", ln.Addr().String()).Int("shards", set.Len()).Int("window", c.WindowSize).
 		Float64("z_threshold", c.ZThreshold).Str("detector", c.Detector).Int("alert_cooldown", c.Cooldown).
 		Int("detector_rules", len(c.Rules)).Str("state", state).
 		Dur("startup", time.Since(start)).Msg("serving")
@@ -556,6 +556,17 @@ func run(c config, log zerolog.Logger) error {
 	}
 	stopShards(set, log)
 	return nil
+}
+
+// version is the build's version, set at build time:
+// go build -ldflags "-X main.version=1.0.0" (the Dockerfile does).
+var version = "dev"
+
+// buildInfo is the build_info gauge: always 1, its labels say what runs.
+func buildInfo() *metrics.Set {
+	ms := metrics.NewSet()
+	ms.NewGauge(fmt.Sprintf(`build_info{version=%q,goversion=%q}`, version, runtime.Version()), func() float64 { return 1 })
+	return ms
 }
 
 // flushTimeout bounds the final snapshot, so SIGTERM still exits promptly

@@ -1023,3 +1023,73 @@ func (s *service) devicesHeld(t *testing.T) int {
 	}
 	return info.Devices
 }
+
+// TestVersionStamped: the version given at build time (as the Dockerfile
+// gives it) is in the start-up log line and in build_info.
+func TestVersionStamped(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "ai-load-service")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=1.2.3-test", "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	s := startService(t, bin)
+	if got := s.get(t, "/metrics"); !strings.Contains(got, `build_info{version="1.2.3-test",goversion="go`) {
+		t.Fatalf("no build_info with the version in /metrics:\n%s", got)
+	}
+	if !strings.Contains(s.logs.String(), `"version":"1.2.3-test"`) {
+		t.Fatalf("the start-up log does not say the version:\n%s", s.logs)
+	}
+}
+
+// TestManifestSettings: every variable the manifests set is one the binary
+// reads (or the Go runtime does), and every setting in the README's table
+// is in the ConfigMap, set or as a commented default.
+func TestManifestSettings(t *testing.T) {
+	read := map[string]bool{}
+	if _, err := parseConfig(nil, func(k string) string { read[k] = true; return "" }, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	runtimeVars := map[string]bool{"GOMAXPROCS": true, "GOMEMLIMIT": true}
+	helpers := map[string]bool{"POD_IP": true, "POD_NAMESPACE": true, "GOMEMLIMIT_MIB": true} // used inside other values
+	cm, err := os.ReadFile("manifests/base/configmap.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dep, err := os.ReadFile("manifests/base/deployment.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^  ([A-Z][A-Z0-9_]*): `).FindAllSubmatch(cm, -1) {
+		set[string(m[1])] = true
+	}
+	for _, m := range regexp.MustCompile(`(?m)^ +- name: ([A-Z][A-Z0-9_]*)$`).FindAllSubmatch(dep, -1) {
+		set[string(m[1])] = true
+	}
+	for k := range set {
+		if !read[k] && !runtimeVars[k] && !helpers[k] {
+			t.Errorf("the manifests set %s, which the binary does not read", k)
+		}
+	}
+	listed := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^  #? ?([A-Z][A-Z0-9_]*): `).FindAllSubmatch(cm, -1) {
+		listed[string(m[1])] = true
+	}
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := regexp.MustCompile("(?m)^\\| `([A-Z][A-Z0-9_]*)` \\| `-").FindAllSubmatch(readme, -1)
+	if len(rows) < 20 {
+		t.Fatalf("found %d settings in the README's table; the pattern is stale", len(rows))
+	}
+	for _, m := range rows {
+		if k := string(m[1]); !listed[k] && !set[k] {
+			t.Errorf("the README's setting %s is not in the ConfigMap (set it, or list its default as a comment)", k)
+		}
+		if !read[string(m[1])] {
+			t.Errorf("the README's setting %s is not read by the binary", m[1])
+		}
+	}
+}
