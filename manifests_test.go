@@ -1,7 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // queries returns every PromQL expression of the dashboard and the alert
@@ -140,4 +145,163 @@ func TestMetricNames(t *testing.T) {
 			t.Errorf("metricNames(%q) = %q; want %q", tc.expr, got, tc.want)
 		}
 	}
+}
+
+// TestPrometheusEndToEnd: a real Prometheus scrapes a cluster of two with
+// Redis on loopback, with the ServiceMonitor's path and interval, loads
+// the alert rules (each must evaluate without error), and the dashboard's
+// main queries return data while samples flow.
+func TestPrometheusEndToEnd(t *testing.T) {
+	if _, err := exec.LookPath("prometheus"); err != nil {
+		t.Fatal("prometheus not found: apt-get install -y prometheus (make test installs it)")
+	}
+	sm, err := os.ReadFile("manifests/base/servicemonitor.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := regexp.MustCompile(`(?m)^\s+path: (\S+)$`).FindSubmatch(sm)
+	interval := regexp.MustCompile(`(?m)^\s+interval: (\S+)$`).FindSubmatch(sm)
+	if path == nil || interval == nil {
+		t.Fatal("no path or interval in the ServiceMonitor")
+	}
+	every, err := time.ParseDuration(string(interval[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	bin := buildService(t)
+	a, b2 := freeAddr(t), freeAddr(t)
+	redis := "REDIS_ADDR=" + startRedis(t)
+	pa := startServiceAt(t, bin, a, redis, "SNAPSHOT_INTERVAL=200ms", "PEERS="+a+","+b2, "SELF_ADDR="+a)
+	startServiceAt(t, bin, b2, redis, "SNAPSHOT_INTERVAL=200ms", "PEERS="+a+","+b2, "SELF_ADDR="+b2)
+	stop := make(chan struct{})
+	fed := make(chan struct{})
+	go func() { // traffic for the whole test: rates need it
+		defer close(fed)
+		for round := 0; ; round++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			resp, err := http.Post(pa.base+"/api/v1/ingest", "application/json", strings.NewReader(fleetBatch(40, round%30)))
+			if err == nil {
+				resp.Body.Close()
+			}
+		}
+	}()
+	defer func() { close(stop); <-fed }()
+
+	dir := t.TempDir()
+	rules := regexp.MustCompile(`(?s)^.*?\nspec:\n`).ReplaceAllString(string(mustRead(t, "manifests/base/prometheusrule.yaml")), "")
+	rules = regexp.MustCompile(`(?m)^  `).ReplaceAllString(rules, "")
+	if err := os.WriteFile(filepath.Join(dir, "rules.yaml"), []byte(rules), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`global:
+  scrape_interval: %s
+  evaluation_interval: %s
+rule_files: [rules.yaml]
+scrape_configs:
+  - job_name: ai-load-service
+    metrics_path: %s
+    static_configs:
+      - targets: [%q]
+        labels: {pod: a}
+      - targets: [%q]
+        labels: {pod: b}
+`, every, every, path[1], a, b2)
+	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	web := freeAddr(t)
+	prom := exec.Command("prometheus", "--config.file="+filepath.Join(dir, "prometheus.yml"), "--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+web)
+	var logs bytes.Buffer
+	prom.Stdout, prom.Stderr = &logs, &logs
+	if err := prom.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { prom.Process.Kill(); prom.Wait() }() //nolint:errcheck
+	api := func(q string) (status string, n int, errText string) {
+		resp, err := http.Get("http://" + web + "/api/v1/query?query=" + url.QueryEscape(q))
+		if err != nil {
+			return "", 0, err.Error()
+		}
+		defer resp.Body.Close()
+		var r struct {
+			Status, Error string
+			Data          struct{ Result []json.RawMessage }
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+			return "", 0, err.Error()
+		}
+		return r.Status, len(r.Data.Result), r.Error
+	}
+	// Two scrapes of each target, so rates have two points.
+	deadline := time.Now().Add(every*3 + 20*time.Second)
+	for {
+		if _, n, _ := api(`count_over_time(up{job="ai-load-service"}[5m]) >= 2`); n == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Prometheus did not scrape both pods twice:\n%s", logs.String())
+		}
+		time.Sleep(time.Second)
+	}
+	if _, n, _ := api(`up{job="ai-load-service"} == 1`); n != 2 {
+		t.Fatalf("not both targets up")
+	}
+	// The rules loaded, and each evaluated without error.
+	resp, err := http.Get("http://" + web + "/api/v1/rules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rs struct {
+		Data struct {
+			Groups []struct {
+				Rules []struct{ Name, Health, LastError string }
+			}
+		}
+	}
+	err = json.NewDecoder(resp.Body).Decode(&rs)
+	resp.Body.Close()
+	nrules := 0
+	for _, g := range rs.Data.Groups {
+		for _, r := range g.Rules {
+			nrules++
+			if r.Health != "ok" {
+				t.Errorf("rule %s: health %q, %s", r.Name, r.Health, r.LastError)
+			}
+		}
+	}
+	if err != nil || nrules < 8 {
+		t.Fatalf("%d rules loaded (%v)", nrules, err)
+	}
+	// The dashboard's queries: every one runs; the main ones return data.
+	main := []string{"Requests per second by route", "Latency of ingest (p50, p95, p99)", "Samples ingested per second, by pod",
+		"Rolling average by metric", "Active devices and streams", "Shard queue depth (deepest per pod)",
+		"Snapshots written and failing per second", "Forwarded requests per second, by result", "Cluster members seen by each pod"}
+	for q, from := range queries(t) {
+		if !strings.HasPrefix(from, "dashboard panel ") {
+			continue
+		}
+		status, n, e := api(q)
+		if status != "success" {
+			t.Errorf("%s: %s: %s %s", from, q, status, e)
+			continue
+		}
+		if slices.Contains(main, strings.TrimPrefix(from, "dashboard panel ")) && n == 0 && !regexp.MustCompile(`kube_|container_|status=~`).MatchString(q) {
+			t.Errorf("%s returns no data: %s", from, q)
+		}
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
