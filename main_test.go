@@ -1037,6 +1037,7 @@ func TestVersionStamped(t *testing.T) {
 	if got := s.get(t, "/metrics"); !strings.Contains(got, `build_info{version="1.2.3-test",goversion="go`) {
 		t.Fatalf("no build_info with the version in /metrics:\n%s", got)
 	}
+	s.stop(t, syscall.SIGTERM) // the log is read once the process is done writing it
 	if !strings.Contains(s.logs.String(), `"version":"1.2.3-test"`) {
 		t.Fatalf("the start-up log does not say the version:\n%s", s.logs)
 	}

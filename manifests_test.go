@@ -245,6 +245,8 @@ scrape_configs:
 			break
 		}
 		if time.Now().After(deadline) {
+			prom.Process.Kill() //nolint:errcheck
+			prom.Wait()         //nolint:errcheck // the log is read once it is done writing
 			t.Fatalf("Prometheus did not scrape both pods twice:\n%s", logs.String())
 		}
 		time.Sleep(time.Second)
