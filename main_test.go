@@ -1052,7 +1052,7 @@ func TestManifestSettings(t *testing.T) {
 		t.Fatal(err)
 	}
 	runtimeVars := map[string]bool{"GOMAXPROCS": true, "GOMEMLIMIT": true}
-	helpers := map[string]bool{"POD_IP": true, "POD_NAMESPACE": true, "GOMEMLIMIT_MIB": true} // used inside other values
+	helpers := map[string]bool{"POD_IP": true, "GOMEMLIMIT_MIB": true} // used inside other values
 	cm, err := os.ReadFile("manifests/base/configmap.yaml")
 	if err != nil {
 		t.Fatal(err)
