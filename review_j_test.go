@@ -218,7 +218,7 @@ func runManifestPod(t *testing.T, podIP string) (ready bool, logs string, env []
 		t.Fatal(err)
 	}
 	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }() //nolint:errcheck
+	go func() { cmd.Wait(); close(exited) }()       //nolint:errcheck
 	defer func() { cmd.Process.Kill(); <-exited }() //nolint:errcheck
 	base := "http://" + net.JoinHostPort(podIP, port)
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
