@@ -134,7 +134,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	v(durIn(&c.SnapshotInterval, 10*time.Millisecond, time.Hour), "snapshot-interval", "SNAPSHOT_INTERVAL", "how often changed devices are written to Redis")
 	v(durIn(&c.SnapshotTTL, time.Second, 10*365*24*time.Hour), "snapshot-ttl", "SNAPSHOT_TTL", "expiry of each device's Redis key")
 	v(durIn(&c.IdleEvict, time.Second, 365*24*time.Hour), "idle-evict", "IDLE_EVICT", "devices untouched this long are dropped from memory (Redis mode)")
-	v((*strValue)(&c.SelfAddr), "self-addr", "SELF_ADDR", "host:port the other members reach this pod at (cluster mode)")
+	v((*strValue)(&c.SelfAddr), "self-addr", "SELF_ADDR", "host:port the other members reach this pod at, or its IP alone (the port is PEER_PORT or ADDR's) (cluster mode)")
 	v((*strValue)(&c.Peers), "peers", "PEERS", "cluster members, comma-separated host:port")
 	v((*strValue)(&c.PeersFile), "peers-file", "PEERS_FILE", "file of cluster members, one host:port a line, re-read every PEERS_REFRESH")
 	v((*strValue)(&c.PeersDNS), "peers-dns", "PEERS_DNS", "name whose A/AAAA records are the cluster members (a headless Service), resolved every PEERS_REFRESH")
@@ -177,6 +177,15 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	case c.PeersDNS != "" && c.PeerPort == "":
 		_, port, _ := net.SplitHostPort(c.Addr)
 		c.PeerPort = port
+	}
+	if ip := net.ParseIP(strings.Trim(c.SelfAddr, "[]")); ip != nil {
+		// A bare IP (a pod's, from the downward API, IPv4 or IPv6): the
+		// port is the members' port.
+		port := c.PeerPort
+		if port == "" {
+			_, port, _ = net.SplitHostPort(c.Addr)
+		}
+		c.SelfAddr = net.JoinHostPort(ip.String(), port)
 	}
 	if c.PeersDNSServer != "" {
 		if _, _, err := net.SplitHostPort(c.PeersDNSServer); err != nil || c.PeersDNS == "" {

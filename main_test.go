@@ -778,7 +778,7 @@ func TestExpectContinueTooLarge(t *testing.T) {
 	}
 	resp.Body.Close()
 	m := s.get(t, "/metrics")
-	if !strings.Contains(m, `requests_total{endpoint="/api/v1/ingest",method="POST",status="413"} 1`) {
+	if !strings.Contains(m, `requests_total{route="/api/v1/ingest",method="POST",status="413"} 1`) {
 		t.Fatalf("/metrics does not count the 413 under its route:\n%s", m)
 	}
 }

@@ -48,7 +48,7 @@ func requestsTotal(t *testing.T, base, endpoint string) uint64 {
 	if err := fasthttp.Do(&req, &resp); err != nil {
 		t.Fatal(err)
 	}
-	re := regexp.MustCompile(`(?m)^requests_total\{endpoint="` + regexp.QuoteMeta(endpoint) + `",[^}]*\} (\d+)$`)
+	re := regexp.MustCompile(`(?m)^requests_total\{route="` + regexp.QuoteMeta(endpoint) + `",[^}]*\} (\d+)$`)
 	var n uint64
 	for _, m := range re.FindAllSubmatch(resp.Body(), -1) {
 		v, _ := strconv.ParseUint(string(m[1]), 10, 64)

@@ -370,7 +370,7 @@ func BenchmarkPhaseChange(b *testing.B) {
 // TestCutOffRequestsCountedByRoute: requests fasthttp rejects after it has
 // reset them (a 408 in the body, a broken chunked body) are still counted
 // under the route their request line names, with its method; they were
-// all endpoint="other".
+// all route="other".
 func TestCutOffRequestsCountedByRoute(t *testing.T) {
 	ln, ms, _ := timeoutServer(t, Timeouts{Read: 300 * time.Millisecond}, nil)
 	addr := ln.Addr().String()
@@ -383,10 +383,10 @@ func TestCutOffRequestsCountedByRoute(t *testing.T) {
 		t.Fatalf("broken chunk: %q; want 400", got)
 	}
 	for name, want := range map[string]uint64{
-		`requests_total{endpoint="/api/v1/ingest",method="POST",status="408"}`: 1,
-		`requests_total{endpoint="/metric",method="POST",status="400"}`:        1,
-		`requests_total{endpoint="other",method="GET",status="408"}`:           0,
-		`requests_total{endpoint="other",method="GET",status="400"}`:           0,
+		`requests_total{route="/api/v1/ingest",method="POST",status="408"}`: 1,
+		`requests_total{route="/metric",method="POST",status="400"}`:        1,
+		`requests_total{route="other",method="GET",status="408"}`:           0,
+		`requests_total{route="other",method="GET",status="400"}`:           0,
 	} {
 		if n := ms.GetOrCreateCounter(name).Get(); n != want {
 			t.Errorf("%s = %d; want %d", name, n, want)

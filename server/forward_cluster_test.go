@@ -261,7 +261,7 @@ func TestMisdirectedReadRetried(t *testing.T) {
 // answered counts p's answers with status code on endpoint. (The sender's
 // per-peer series are gone once the peer left its view.)
 func answered(p *pod, endpoint, method string, code int) uint64 {
-	return p.h.ms.GetOrCreateCounter(fmt.Sprintf(`requests_total{endpoint=%q,method=%q,status="%d"}`, endpoint, method, code)).Get()
+	return p.h.ms.GetOrCreateCounter(fmt.Sprintf(`requests_total{route=%q,method=%q,status="%d"}`, endpoint, method, code)).Get()
 }
 
 // TestStoppedBetweenAttemptsKeepsApplied: a request part of which was

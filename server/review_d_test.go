@@ -115,7 +115,7 @@ func TestReviewDTrailingCRLFKeepAliveCutByReadTimeout(t *testing.T) {
 // there when it succeeds, but when fasthttp rejects it mid-body (a 408, a
 // broken chunked body) the request-line capture (conns.go:203-215) takes
 // "http://x/api/v1/ingest" as its path, finds no route of that name
-// (server.go:252-256) and counts it as endpoint="other". README: such
+// (server.go:252-256) and counts it as route="other". README: such
 // requests count "under the route whose path their request line names",
 // "other" only when the path matches only a parameterised route or could
 // not be read.
@@ -135,9 +135,9 @@ func TestReviewDAbsoluteFormCutOffCountedAsOther(t *testing.T) {
 	}
 	page := reviewDRaw(t, addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 5*time.Second)
 	for _, want := range []string{
-		`requests_total{endpoint="/api/v1/ingest",method="POST",status="200"} 1`,
-		`requests_total{endpoint="/api/v1/ingest",method="POST",status="408"} 1`,
-		`requests_total{endpoint="/api/v1/ingest",method="POST",status="400"} 1`,
+		`requests_total{route="/api/v1/ingest",method="POST",status="200"} 1`,
+		`requests_total{route="/api/v1/ingest",method="POST",status="408"} 1`,
+		`requests_total{route="/api/v1/ingest",method="POST",status="400"} 1`,
 	} {
 		if !strings.Contains(page, want) {
 			t.Errorf("/metrics lacks %s", want)

@@ -42,7 +42,7 @@ func TestReviewEPipelinedTailTakenForRequestLine(t *testing.T) {
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	got, _ := io.ReadAll(c)
 	count := func(endpoint, method string) uint64 {
-		return ms.GetOrCreateCounter(`requests_total{endpoint="` + endpoint + `",method="` + method + `",status="408"}`).Get()
+		return ms.GetOrCreateCounter(`requests_total{route="` + endpoint + `",method="` + method + `",status="408"}`).Get()
 	}
 	health, metric, other := count("/health", "GET"), count("/metric", "POST"), count("other", "other")+count("other", "POST")+count("other", "GET")
 	t.Logf("responses %q; 408s counted: GET /health %d, POST /metric %d, other %d", got, health, metric, other)

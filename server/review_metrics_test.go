@@ -100,7 +100,7 @@ func TestReviewRejectedPostCountedAsGet(t *testing.T) {
 // Allow header naming the pseudo-method "*", and no requests_total or
 // request_duration_seconds count at all. README: every response is JSON
 // except / and /metrics, and every request is counted (unmatched ones
-// under endpoint="other").
+// under route="other").
 func TestReviewOptionsStarUncounted(t *testing.T) {
 	s := MustOpenServer(t, shard.Options{Shards: 2}, 1<<20)
 	addr := strings.TrimPrefix(s.URL, "http://")

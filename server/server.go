@@ -325,7 +325,7 @@ func (h *Handler) newEndpoint(name string, methods []string, fn func(*fasthttp.R
 		e.methods = append(e.methods, "HEAD")
 	}
 	e.allow = strings.Join(e.methods, ", ")
-	e.duration = h.ms.NewPrometheusHistogramExt(fmt.Sprintf(`request_duration_seconds{endpoint=%q}`, name), durationBuckets)
+	e.duration = h.ms.NewPrometheusHistogramExt(fmt.Sprintf(`request_duration_seconds{route=%q}`, name), durationBuckets)
 	return e
 }
 
@@ -372,7 +372,7 @@ func (e *endpoint) record(ctx *fasthttp.RequestCtx, start time.Time) {
 	p := &e.counts[mi][code-100]
 	c := p.Load()
 	if c == nil {
-		c = e.h.ms.GetOrCreateCounter(fmt.Sprintf(`requests_total{endpoint=%q,method=%q,status="%d"}`, e.name, methodNames[mi], code))
+		c = e.h.ms.GetOrCreateCounter(fmt.Sprintf(`requests_total{route=%q,method=%q,status="%d"}`, e.name, methodNames[mi], code))
 		p.Store(c)
 	}
 	c.Inc()

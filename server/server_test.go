@@ -294,10 +294,10 @@ func TestServiceRoutes(t *testing.T) {
 		t.Fatalf("unexpected /metrics status %d", code)
 	}
 	for _, want := range []string{
-		`requests_total{endpoint="/api/v1/ingest",method="POST",status="200"} 1`,
-		`requests_total{endpoint="/api/v1/ingest",method="POST",status="400"} 1`,
-		`requests_total{endpoint="other",method="GET",status="404"} 1`,
-		`request_duration_seconds_bucket{endpoint="/api/v1/ingest",le="+Inf"} 2`,
+		`requests_total{route="/api/v1/ingest",method="POST",status="200"} 1`,
+		`requests_total{route="/api/v1/ingest",method="POST",status="400"} 1`,
+		`requests_total{route="other",method="GET",status="404"} 1`,
+		`request_duration_seconds_bucket{route="/api/v1/ingest",le="+Inf"} 2`,
 		"anomaly_detection_total 0",
 		"samples_ingested_total 2",
 		"active_devices 1",
@@ -461,17 +461,17 @@ func TestRejectedRequestsCountedByRoute(t *testing.T) {
 	}
 	_, page := s.do(t, "GET", "/metrics", "")
 	for _, want := range []string{
-		`requests_total{endpoint="/api/v1/ingest",method="POST",status="413"} 2`,
-		`requests_total{endpoint="/metric",method="POST",status="413"} 1`,
-		`requests_total{endpoint="other",method="POST",status="413"} 1`,
-		`request_duration_seconds_count{endpoint="/api/v1/ingest"} 2`,
+		`requests_total{route="/api/v1/ingest",method="POST",status="413"} 2`,
+		`requests_total{route="/metric",method="POST",status="413"} 1`,
+		`requests_total{route="other",method="POST",status="413"} 1`,
+		`request_duration_seconds_count{route="/api/v1/ingest"} 2`,
 	} {
 		if !bytes.Contains(page, []byte(want)) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
-	if !regexp.MustCompile(`requests_total\{endpoint="other",method="(other|[A-Z]+)",status="400"\} 1`).Match(page) {
-		t.Errorf("/metrics lacks the unparsable request under endpoint=\"other\"")
+	if !regexp.MustCompile(`requests_total\{route="other",method="(other|[A-Z]+)",status="400"\} 1`).Match(page) {
+		t.Errorf("/metrics lacks the unparsable request under route=\"other\"")
 	}
 	if t.Failed() {
 		t.Logf("/metrics:\n%s", page)
