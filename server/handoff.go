@@ -3,8 +3,8 @@ package server
 // Handoff: how a device's state moves to its new owner when the view
 // changes. The new owner, on the first touch of a device it does not hold,
 // loads it like a Redis restore (its samples wait, in order), but asks
-// the members that may hold it first (View.Sources: its owners in the
-// last views, then the owner it would have without this pod). The holder
+// the members that may hold it first, all at once (View.Sources: its
+// owners in the last views, then every listed member by weight). The holder
 // hands the state over and keeps a tombstone (shard.Set.HandOff), so what
 // still reaches it for the device goes on to the new owner. Redis is the
 // fallback when no member has it. docs/cluster.md has the protocol and its
@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -74,8 +75,10 @@ type Handoff struct {
 	offer     func(context.Context) (int, error)
 	rebalance chan struct{}
 
-	fromPeer, fromNext, none, busy, failed *metrics.Counter
-	duration                               *metrics.Histogram
+	fromPeer, fromNext, none, busy *metrics.Counter
+	unreachable                    *metrics.Counter // asks that reached no member
+	warnedAt                       atomic.Int64     // unix ns of the last unreachable warning
+	duration                       *metrics.Histogram
 }
 
 type pull struct {
@@ -117,8 +120,9 @@ func NewHandoff(o HandoffOptions) *Handoff {
 			ReadTimeout: o.Timeout, WriteTimeout: o.Timeout, MaxIdleConnDuration: keep, RetryIfErr: retryClosed},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), hints: map[string]string{}, rebalance: make(chan struct{}, 1),
 		claims: map[string]bool{}, tokens: map[string]tokenAt{},
-		fromPeer: c("member"), fromNext: c("store"), none: c("none"), busy: c("busy"), failed: c("failed"),
-		duration: ms.NewHistogram("handoff_in_duration_seconds"),
+		fromPeer: c("member"), fromNext: c("store"), none: c("none"), busy: c("busy"),
+		unreachable: ms.NewCounter("handoff_asks_unreachable_total"),
+		duration:    ms.NewHistogram("handoff_in_duration_seconds"),
 	}
 }
 
@@ -358,7 +362,12 @@ func (hf *Handoff) load(id string, done func(*shard.Snapshot, error)) {
 			case errors.Is(err, errBusy), errors.Is(err, errUnanswered), errors.Is(err, errHolderUnrestored):
 				stuck, stuckErr = m, err
 			case err != nil:
-				hf.log.Warn().Err(err).Str("device", id).Str("member", m).Msg("handoff: cannot reach a member that may hold the device")
+				hf.unreachable.Inc()
+				// One line in 10 s: a crashed member fails an ask for every
+				// device it may have held.
+				if now, last := time.Now().UnixNano(), hf.warnedAt.Load(); now-last > int64(10*time.Second) && hf.warnedAt.CompareAndSwap(last, now) {
+					hf.log.Warn().Err(err).Str("device", id).Str("member", m).Msg("handoff: cannot reach a member that may hold a device (handoff_asks_unreachable_total counts them)")
+				}
 			case a.movedTo != "" && a.movedTo != view.Self && !contains(seen, a.movedTo) && len(seen) < 2*maxAsked:
 				next = append(next, a.movedTo) // it was handed on: follow it
 				seen = append(seen, a.movedTo)

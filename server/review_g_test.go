@@ -631,8 +631,8 @@ func TestReviewG_HandoffOnDeadConnection(t *testing.T) {
 		offered, err := px2.stop(t)         // and offers it to A again
 		if got := gCount(pa, dev); got != 20 {
 			t.Fatalf("X, restarted at its address, stopped gracefully: it offered %d devices (error %v), yet A counts %d of the device's 20 samples; want 20.\n"+
-				"A asked X on the connection kept from X's first life, which X closed when it stopped; the ask failed (A's handoffs_in_total{from=\"failed\"} is %d), A started the device fresh, and X exited holding it",
-				offered, err, got, pa.hf.failed.Get())
+				"A asked X on the connection kept from X's first life, which X closed when it stopped; the ask failed (A's handoff_asks_unreachable_total is %d), A started the device fresh, and X exited holding it",
+				offered, err, got, pa.hf.unreachable.Get())
 		}
 	})
 	t.Run("holder's IDLE_TIMEOUT under 10s", func(t *testing.T) {
