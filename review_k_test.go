@@ -2,6 +2,10 @@ package main
 
 import (
 	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -31,4 +35,96 @@ func TestReviewKAddrServiceNamePort(t *testing.T) {
 			t.Errorf("env %v: %v", env, err)
 		}
 	}
+}
+
+// promtoolCase runs one promtool unit test against the PrometheusRule's
+// spec, cut out as .ci/manifests does, and fails with promtool's output.
+func promtoolCase(t *testing.T, tests string) {
+	t.Helper()
+	if _, err := exec.LookPath("promtool"); err != nil {
+		t.Skip("promtool not installed")
+	}
+	rule := string(mustRead(t, "manifests/base/prometheusrule.yaml"))
+	spec := rule[strings.Index(rule, "\nspec:\n")+len("\nspec:\n"):]
+	var b strings.Builder
+	for _, l := range strings.SplitAfter(spec, "\n") {
+		b.WriteString(strings.TrimPrefix(l, "  "))
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "rules.yaml"), []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "t.yaml"), []byte(`rule_files: [rules.yaml]
+evaluation_interval: 1m
+tests:
+`+tests), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("promtool", "test", "rules", "t.yaml")
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("promtool test rules: %v\n%s", err, out)
+	}
+}
+
+// TestReviewKMembersDisagreeStaleView: AiLoadServiceMembersDisagree
+// (prometheusrule.yaml:74) compares max by (namespace) (cluster_members)
+// with the ready replicas. A pod whose view is stale and smaller (its DNS
+// refresh fails: the runbook's cluster_refresh_errors_total) is hidden by
+// max as long as one other pod sees the right count: 3 ready, pods see
+// 3, 3, 2 for 20 minutes, and the alert whose summary is "Pods see a
+// different number of cluster members than ready replicas" stays silent.
+func TestReviewKMembersDisagreeStaleView(t *testing.T) {
+	promtoolCase(t, `  - name: MembersDisagree must fire when one pod has a stale view
+    interval: 1m
+    input_series:
+      - series: 'cluster_members{job="ai-load-service",namespace="prod",pod="p1",endpoint="http",service="ai-load-service",container="ai-load-service",instance="10.0.0.1:8080"}'
+        values: '3x30'
+      - series: 'cluster_members{job="ai-load-service",namespace="prod",pod="p2",endpoint="http",service="ai-load-service",container="ai-load-service",instance="10.0.0.2:8080"}'
+        values: '3x30'
+      - series: 'cluster_members{job="ai-load-service",namespace="prod",pod="p3",endpoint="http",service="ai-load-service",container="ai-load-service",instance="10.0.0.3:8080"}'
+        values: '2x30'
+      - series: 'kube_deployment_status_replicas_ready{job="kube-state-metrics",namespace="prod",deployment="ai-load-service",instance="10.0.9.9:8080",pod="ksm-0",service="kube-state-metrics",endpoint="http",container="kube-state-metrics"}'
+        values: '3x30'
+    alert_rule_test:
+      - eval_time: 20m
+        alertname: AiLoadServiceMembersDisagree
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: prod}
+            exp_annotations:
+              summary: Pods see a different number of cluster members than ready replicas.
+              runbook: Check the headless Service ai-load-service-peers (its endpoints and publishNotReadyAddresses) and cluster_refresh_errors_total; pods that disagree forward misdirected requests (421) and clients see 503s.
+`)
+}
+
+// TestReviewKErrorRateProbes: requests_total counts every route, the
+// kubelet's /ready probes included (server/health.go:40-50 answers 503
+// while a pod is not in its view, starting or draining). In an idle
+// namespace with one pod stuck not ready, the only 5xx are probe answers,
+// and AiLoadServiceErrorRate (prometheusrule.yaml:17, no route filter)
+// fires "More than 1% of requests fail with 5xx" (about 45%) although no
+// client request failed.
+func TestReviewKErrorRateProbes(t *testing.T) {
+	promtoolCase(t, `  - name: ErrorRate must not fire on kubelet readiness probes alone
+    interval: 1m
+    input_series:
+      # idle staging: no client traffic; p2 is not ready (503 on /ready every 2 s)
+      - series: 'requests_total{job="ai-load-service",namespace="staging",pod="p1",route="/ready",method="GET",status="200"}'
+        values: '0+30x30'
+      - series: 'requests_total{job="ai-load-service",namespace="staging",pod="p2",route="/ready",method="GET",status="503"}'
+        values: '0+30x30'
+      - series: 'requests_total{job="ai-load-service",namespace="staging",pod="p1",route="/health",method="GET",status="200"}'
+        values: '0+6x30'
+      - series: 'requests_total{job="ai-load-service",namespace="staging",pod="p2",route="/health",method="GET",status="200"}'
+        values: '0+6x30'
+      - series: 'requests_total{job="ai-load-service",namespace="staging",pod="p1",route="/metrics",method="GET",status="200"}'
+        values: '0+4x30'
+      - series: 'requests_total{job="ai-load-service",namespace="staging",pod="p2",route="/metrics",method="GET",status="200"}'
+        values: '0+4x30'
+      - series: 'requests_total{job="ai-load-service",namespace="staging",pod="p1",route="/api/v1/ingest",method="POST",status="200"}'
+        values: '0x30'
+    alert_rule_test:
+      - eval_time: 20m
+        alertname: AiLoadServiceErrorRate
+`)
 }
