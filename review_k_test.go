@@ -128,3 +128,74 @@ func TestReviewKErrorRateProbes(t *testing.T) {
         alertname: AiLoadServiceErrorRate
 `)
 }
+
+// TestReviewKSelfAddrZone: SELF_ADDR may be "its IP alone", and
+// membership's parseAddr accepts a zoned IPv6 ([fe80::1%eth0]:8080, via
+// netip). But the completion tests the bare form with net.ParseIP
+// (main.go:181), which rejects zones, so "fe80::1%eth0" (or bracketed)
+// gets no port and the process exits "too many colons" / "missing port".
+func TestReviewKSelfAddrZone(t *testing.T) {
+	for _, self := range []string{"fe80::1%eth0", "[fe80::1%eth0]"} {
+		env := map[string]string{"ADDR": ":8080", "SELF_ADDR": self, "PEERS": "[fe80::1%eth0]:8080"}
+		c, err := parseConfig(nil, func(k string) string { return env[k] }, io.Discard)
+		if err != nil {
+			t.Errorf("SELF_ADDR=%q: parseConfig: %v", self, err)
+			continue
+		}
+		if c.SelfAddr != "[fe80::1%eth0]:8080" {
+			t.Errorf("SELF_ADDR=%q completed to %q; want [fe80::1%%eth0]:8080", self, c.SelfAddr)
+		}
+		if _, err := c.membership(zerolog.Nop(), nil, nil); err != nil {
+			t.Errorf("SELF_ADDR=%q: %v", self, err)
+		}
+	}
+}
+
+// TestReviewKCIManifestsMissesUnbuildableImage: .ci/manifests says it
+// checks "the binary built by the Dockerfile's own command line". It runs
+// the RUN line with /out/ replaced, then checks $work/ai-load-service with
+// `if ldd ...` and `-h ... || true` (.ci/manifests:21-26): when that file
+// does not exist, both pass. Nor does anything compare the RUN line's
+// output with the final stage's COPY --from=build. A Dockerfile whose image
+// cannot be built (COPY of a file the build never writes) passes CI.
+// Run on a copy of the tree (git archive HEAD) under a temporary dir.
+func TestReviewKCIManifestsMissesUnbuildableImage(t *testing.T) {
+	for _, tool := range []string{"kubectl", "promtool", "git", "tar"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skip(tool + " not installed")
+		}
+	}
+	for name, edit := range map[string][2]string{
+		"RUN writes /out/server, COPY takes /out/ai-load-service": {"-o /out/ai-load-service .", "-o /out/server ."},
+		"COPY takes a file the build never writes":                {"COPY --from=build /out/ai-load-service ", "COPY --from=build /out/missing "},
+	} {
+		dir := t.TempDir()
+		if out, err := exec.Command("sh", "-c", "git archive HEAD | tar -x -C "+dir).CombinedOutput(); err != nil {
+			t.Skipf("git archive (needs a git checkout): %v\n%s", err, out)
+		}
+		df := filepath.Join(dir, "Dockerfile")
+		data, err := os.ReadFile(df)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(data), edit[0]) {
+			t.Fatalf("Dockerfile has no %q", edit[0])
+		}
+		if err := os.WriteFile(df, []byte(strings.Replace(string(data), edit[0], edit[1], 1)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("./.ci/manifests")
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err == nil {
+			t.Errorf("%s: .ci/manifests exits 0 for a Dockerfile whose image cannot be built:\n%s", name, firstLines(string(out), 8))
+		}
+	}
+}
+
+func firstLines(s string, n int) string {
+	l := strings.SplitN(s, "\n", n+1)
+	if len(l) > n {
+		l = l[:n]
+	}
+	return strings.Join(l, "\n")
+}
