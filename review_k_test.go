@@ -1,10 +1,12 @@
 package main
 
 import (
+	"encoding/json"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -198,4 +200,40 @@ func firstLines(s string, n int) string {
 		l = l[:n]
 	}
 	return strings.Join(l, "\n")
+}
+
+// TestReviewKRunbooksNamePanelsThatDoNotExist: two alert runbooks send the
+// on-call to dashboard panels that dashboard.json does not have:
+// AiLoadServiceAnomalySpike (prometheusrule.yaml:41) "Open the dashboard's
+// anomalies by metric", which docs/deploy.md:121 says cannot exist
+// (anomaly_detection_total has no metric label); AiLoadServiceSnapshotsPending
+// (prometheusrule.yaml:59) "the snapshot failures and duration panels",
+// while no panel queries snapshot_duration_seconds.
+func TestReviewKRunbooksNamePanelsThatDoNotExist(t *testing.T) {
+	var d struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(mustRead(t, "manifests/base/dashboard.json"), &d); err != nil {
+		t.Fatal(err)
+	}
+	has := func(re string) bool {
+		for _, p := range d.Panels {
+			for _, q := range p.Targets {
+				if regexp.MustCompile(re).MatchString(q.Expr) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	rules := string(mustRead(t, "manifests/base/prometheusrule.yaml"))
+	if strings.Contains(rules, "dashboard's anomalies by metric") && !has(`(anomaly_detection_total|anomalous_samples_total)[^)]*\)*.*by \(metric\)|by \(metric\).*(anomaly_detection_total|anomalous_samples_total)`) {
+		t.Errorf("AiLoadServiceAnomalySpike's runbook opens \"the dashboard's anomalies by metric\": no panel counts anomalies by metric")
+	}
+	if strings.Contains(rules, "snapshot failures and duration panels") && !has(`snapshot_duration_seconds`) {
+		t.Errorf("AiLoadServiceSnapshotsPending's runbook names \"the snapshot failures and duration panels\": no panel queries snapshot_duration_seconds")
+	}
 }
