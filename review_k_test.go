@@ -237,3 +237,29 @@ func TestReviewKRunbooksNamePanelsThatDoNotExist(t *testing.T) {
 		t.Errorf("AiLoadServiceSnapshotsPending's runbook names \"the snapshot failures and duration panels\": no panel queries snapshot_duration_seconds")
 	}
 }
+
+// TestReviewKAnomalySpikeAfterIdle: AiLoadServiceAnomalySpike
+// (prometheusrule.yaml:35) compares the last 5 minutes' anomaly rate with
+// the previous hour's, in absolute counts. After an idle night (no
+// samples, so no anomalies, for two hours) the fleet resumes at its usual
+// rate: 1000 samples/s, 2 anomalies/s, the same 0.2%% share as before the
+// pause. Nothing spiked, yet the previous hour's rate is 0, so the alert
+// fires "at more than three times the rate of the last hour" 10 minutes
+// into every morning (it stays until ~25 minutes in). The same happens
+// in the first half hour of a new deployment (eval 17m): the previous
+// hour's rate is computed over the few minutes the counter has existed.
+func TestReviewKAnomalySpikeAfterIdle(t *testing.T) {
+	promtoolCase(t, `  - name: AnomalySpike must not fire when traffic resumes at its usual anomaly share
+    interval: 1m
+    input_series:
+      - series: 'anomaly_detection_total{job="ai-load-service",namespace="prod",pod="p1"}'
+        values: '0+120x60 7200x120 7200+120x30'
+      - series: 'samples_ingested_total{job="ai-load-service",namespace="prod",pod="p1"}'
+        values: '0+60000x60 3600000x120 3600000+60000x30'
+    alert_rule_test:
+      - eval_time: 17m
+        alertname: AiLoadServiceAnomalySpike
+      - eval_time: 198m
+        alertname: AiLoadServiceAnomalySpike
+`)
+}
