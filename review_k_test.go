@@ -2,7 +2,9 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -262,4 +264,48 @@ func TestReviewKAnomalySpikeAfterIdle(t *testing.T) {
       - eval_time: 198m
         alertname: AiLoadServiceAnomalySpike
 `)
+}
+
+// TestReviewKIngressExposesInternalHandoff: the minikube overlay's Ingress
+// (manifests/overlays/minikube/ingress.yaml) routes path "/" (Prefix) to
+// the Service, so /internal/v1/handoff and /internal/v1/claim, the
+// members' own endpoints, are reachable from outside the cluster; nor does
+// any NetworkPolicy restrict who reaches the pods (networkpolicy.yaml only
+// guards Redis). The handoff needs no credential: server/handoff.go:508-525
+// checks only that X-Aiload-Forwarded is some host:port other than self.
+// One unauthenticated request makes the pod give a device's state to
+// 127.0.0.1:9 (not a member), after which the device can no longer be read.
+func TestReviewKIngressExposesInternalHandoff(t *testing.T) {
+	if _, err := exec.LookPath("kubectl"); err != nil {
+		t.Skip("kubectl not installed")
+	}
+	out, err := exec.Command("kubectl", "kustomize", "manifests/overlays/minikube").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ingress := regexp.MustCompile(`(?s)kind: Ingress\n.*?(\n---|$)`).FindString(string(out))
+	if !strings.Contains(ingress, "path: /\n") || !strings.Contains(ingress, "pathType: Prefix") {
+		t.Skipf("the Ingress no longer routes / by prefix:\n%s", ingress)
+	}
+	bin := buildService(t)
+	addr := freeAddr(t)
+	s := startServiceAt(t, bin, addr, "SELF_ADDR="+addr, "PEERS="+addr)
+	for i := 1; i <= 3; i++ {
+		s.post(t, fmt.Sprintf(`{"device":"d1","ts":%d,"metrics":{"temp":%d}}`, i, i))
+	}
+	before := s.get(t, "/api/v1/devices/d1")
+	req, _ := http.NewRequest("POST", s.base+"/internal/v1/handoff", strings.NewReader("d1"))
+	req.Header.Set("X-Aiload-Forwarded", "127.0.0.1:9")
+	req.Header.Set("X-Aiload-Token", "1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	after := s.get(t, "/api/v1/devices/d1")
+	if resp.StatusCode == 200 || after != before {
+		t.Errorf("an outsider's POST /internal/v1/handoff (routed by the Ingress) answered %d with %d bytes of device state; GET /api/v1/devices/d1 before: %.80s; after: %.160s",
+			resp.StatusCode, len(body), before, after)
+	}
 }
