@@ -175,17 +175,16 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	case sources == 1 && c.SelfAddr == "":
 		return c, fmt.Errorf("cluster mode needs SELF_ADDR, the host:port the other members reach this pod at (in Kubernetes the pod IP from the downward API)")
 	case c.PeersDNS != "" && c.PeerPort == "":
-		_, port, _ := net.SplitHostPort(c.Addr)
-		c.PeerPort = port
+		c.PeerPort = addrPort(c.Addr)
 	}
-	if ip := net.ParseIP(strings.Trim(c.SelfAddr, "[]")); ip != nil {
-		// A bare IP (a pod's, from the downward API, IPv4 or IPv6): the
-		// port is the members' port.
+	if ip, err := netip.ParseAddr(strings.Trim(c.SelfAddr, "[]")); err == nil {
+		// A bare IP (a pod's, from the downward API, IPv4 or IPv6, with
+		// a zone or not): the port is the members' port.
 		port := c.PeerPort
 		if port == "" {
-			_, port, _ = net.SplitHostPort(c.Addr)
+			port = addrPort(c.Addr)
 		}
-		c.SelfAddr = net.JoinHostPort(ip.String(), port)
+		c.SelfAddr = net.JoinHostPort(ip.Unmap().String(), port)
 	}
 	if c.PeersDNSServer != "" {
 		if _, _, err := net.SplitHostPort(c.PeersDNSServer); err != nil || c.PeersDNS == "" {
@@ -653,6 +652,16 @@ func (c config) membership(log zerolog.Logger, ms *metrics.Set, onChange func(ol
 		return nil, fmt.Errorf("cluster settings: %w", err)
 	}
 	return m, nil
+}
+
+// addrPort is the port of a listen address as a number: a service name
+// (":http-alt") is looked up, since members address each other by number.
+func addrPort(addr string) string {
+	_, port, _ := net.SplitHostPort(addr)
+	if n, err := net.LookupPort("tcp", port); err == nil {
+		return strconv.Itoa(n)
+	}
+	return port
 }
 
 // clustered reports whether a peer source is set (cluster mode).
