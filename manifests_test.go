@@ -174,23 +174,7 @@ func TestPrometheusEndToEnd(t *testing.T) {
 	redis := "REDIS_ADDR=" + startRedis(t)
 	pa := startServiceAt(t, bin, a, redis, "SNAPSHOT_INTERVAL=200ms", "PEERS="+a+","+b2, "SELF_ADDR="+a)
 	startServiceAt(t, bin, b2, redis, "SNAPSHOT_INTERVAL=200ms", "PEERS="+a+","+b2, "SELF_ADDR="+b2)
-	stop := make(chan struct{})
-	fed := make(chan struct{})
-	go func() { // traffic for the whole test: rates need it
-		defer close(fed)
-		for round := 0; ; round++ {
-			select {
-			case <-stop:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			resp, err := http.Post(pa.base+"/api/v1/ingest", "application/json", strings.NewReader(fleetBatch(40, round%30)))
-			if err == nil {
-				resp.Body.Close()
-			}
-		}
-	}()
-	defer func() { close(stop); <-fed }()
+	defer feed(pa, 40)() // traffic for the whole test: rates need it
 
 	dir := t.TempDir()
 	rules := regexp.MustCompile(`(?s)^.*?\nspec:\n`).ReplaceAllString(string(mustRead(t, "manifests/base/prometheusrule.yaml")), "")
@@ -306,4 +290,26 @@ func mustRead(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// feed posts a batch of devices samples to s every 100 ms until the func it
+// returns is called (it waits for the last post).
+func feed(s *service, devices int) (stop func()) {
+	quit := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for round := 0; ; round++ {
+			select {
+			case <-quit:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			resp, err := http.Post(s.base+"/api/v1/ingest", "application/json", strings.NewReader(fleetBatch(devices, round%30)))
+			if err == nil {
+				resp.Body.Close()
+			}
+		}
+	}()
+	return func() { close(quit); <-done }
 }

@@ -5,7 +5,6 @@ package main
 // is expected. See server/review_g_test.go for the in-process ones.
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -16,7 +15,6 @@ import (
 	"time"
 
 	"ai-load-service/server/cluster"
-	"ai-load-service/shard"
 
 	"github.com/redis/rueidis"
 )
@@ -29,23 +27,7 @@ func gStoredCount(t *testing.T, addr, dev string) int {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	b, err := c.Do(context.Background(), c.B().Get().Key("aiload:dev:"+dev).Build()).AsBytes()
-	if rueidis.IsRedisNil(err) {
-		return -1
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	snap, err := shard.DecodeSnapshot(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, st := range snap.Streams {
-		if st.Name == "m" {
-			return int(st.Count)
-		}
-	}
-	return -1
+	return hStored(t, c, dev)
 }
 
 // gDeviceOwned returns a device owner owns among members.

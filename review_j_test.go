@@ -33,23 +33,7 @@ func TestReviewJOperatorEndpointLabel(t *testing.T) {
 	bin := buildService(t)
 	a := freeAddr(t)
 	s := startServiceAt(t, bin, a)
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for round := 0; ; round++ {
-			select {
-			case <-stop:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			resp, err := http.Post(s.base+"/api/v1/ingest", "application/json", strings.NewReader(fleetBatch(20, round%30)))
-			if err == nil {
-				resp.Body.Close()
-			}
-		}
-	}()
-	defer func() { close(stop); <-done }()
+	defer feed(s, 20)()
 
 	dir := t.TempDir()
 	// What the operator generates for servicemonitor.yaml, as target labels.

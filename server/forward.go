@@ -986,10 +986,7 @@ func (s *scanner) reply(body []byte, r *reply) *Error {
 	e := s.object(func(key []byte) *Error {
 		switch string(key) {
 		case "anomalies":
-			if s.peek() != '[' {
-				return s.syntax("an array")
-			}
-			return s.array(func(int) *Error {
+			return s.list(func(int) *Error {
 				var p placed
 				p.at = -1
 				if e := s.fields(func(key []byte) *Error { return s.anomalyField(key, &p) }); e != nil {
@@ -1014,20 +1011,14 @@ func (s *scanner) reply(body []byte, r *reply) *Error {
 		case "error":
 			return s.text(&r.err)
 		case "applied":
-			if s.peek() != '[' {
-				return s.syntax("an array")
-			}
-			return s.array(func(int) *Error {
+			return s.list(func(int) *Error {
 				var k int
 				e := s.int(&k)
 				r.applied = append(r.applied, k)
 				return e
 			})
 		case "moved":
-			if s.peek() != '[' {
-				return s.syntax("an array")
-			}
-			return s.array(func(int) *Error {
+			return s.list(func(int) *Error {
 				m := movedTo{at: -1}
 				e := s.fields(func(key []byte) *Error {
 					switch string(key) {
@@ -1079,6 +1070,14 @@ func (s *scanner) anomalyField(key []byte, p *placed) *Error {
 		return s.int(&p.at)
 	}
 	return s.skip(1)
+}
+
+// list reads an array at pos (see array).
+func (s *scanner) list(elem func(i int) *Error) *Error {
+	if s.peek() != '[' {
+		return s.syntax("an array")
+	}
+	return s.array(elem)
 }
 
 // fields reads an object at pos (see object).
