@@ -55,15 +55,7 @@ func startGPod(t *testing.T, addr, file string, o gOpts) *gPod {
 		o.handoffTimeout = o.forwardTimeout
 	}
 	p := &gPod{addr: addr}
-	m, err := cluster.New(cluster.Options{Self: addr, File: file, Refresh: time.Hour,
-		OnChange: func(old, v *cluster.View) {
-			if p.hf != nil {
-				p.hf.ViewChanged(old, v)
-			}
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := p.membership(t, file)
 	ms := metrics.NewSet()
 	p.hf = NewHandoff(HandoffOptions{Members: m, Timeout: o.handoffTimeout, Metrics: ms})
 	p.set = shard.New(shard.Options{Shards: 2, Store: p.hf, LoadOnly: true, MaxStreams: o.maxStreams})
@@ -72,19 +64,41 @@ func startGPod(t *testing.T, addr, file string, o gOpts) *gPod {
 	p.members = m
 	p.h = New(Options{Shards: p.set, Cluster: m, ForwardTimeout: o.forwardTimeout, Handoff: p.hf, Metrics: []*metrics.Set{ms},
 		Timeouts: Timeouts{Idle: o.idle}})
+	p.serve(t, o.wrap)
+	t.Cleanup(p.kill)
+	return p
+}
+
+// membership is p's membership over the peers file, whose changes reach
+// p.hf (once set) as main.go wires them.
+func (p *gPod) membership(t *testing.T, file string) *cluster.Membership {
+	t.Helper()
+	m, err := cluster.New(cluster.Options{Self: p.addr, File: file, Refresh: time.Hour,
+		OnChange: func(old, v *cluster.View) {
+			if p.hf != nil {
+				p.hf.ViewChanged(old, v)
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// serve makes p ready and serves p.h on p.addr, wrapped by wrap if set.
+func (p *gPod) serve(t *testing.T, wrap func(api fasthttp.RequestHandler) fasthttp.RequestHandler) {
+	t.Helper()
 	p.h.SetReady()
-	nl, err := net.Listen("tcp", addr)
+	nl, err := net.Listen("tcp", p.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.ln = p.h.Listen(nl)
 	p.srv = p.h.NewServer()
-	if o.wrap != nil {
-		p.srv.Handler = o.wrap(p.srv.Handler)
+	if wrap != nil {
+		p.srv.Handler = wrap(p.srv.Handler)
 	}
 	go p.srv.Serve(p.ln) //nolint:errcheck
-	t.Cleanup(p.kill)
-	return p
 }
 
 // kill stops the pod at once, handing nothing over (a crash, as far as

@@ -388,15 +388,7 @@ type hPod struct {
 func startHPod(t *testing.T, addr, file, redis string, interval time.Duration) *hPod {
 	t.Helper()
 	p := &hPod{gPod: &gPod{addr: addr}}
-	m, err := cluster.New(cluster.Options{Self: addr, File: file, Refresh: time.Hour,
-		OnChange: func(old, v *cluster.View) {
-			if p.hf != nil {
-				p.hf.ViewChanged(old, v)
-			}
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := p.membership(t, file)
 	ms := metrics.NewSet()
 	p.w = persist.New(persist.Options{Addrs: []string{redis}, Interval: interval, Timeout: time.Second, Fence: true})
 	p.hf = NewHandoff(HandoffOptions{Members: m, Next: p.w, Timeout: time.Second, Metrics: ms})
@@ -406,14 +398,7 @@ func startHPod(t *testing.T, addr, file, redis string, interval time.Duration) *
 	m.Start()
 	p.members = m
 	p.h = New(Options{Shards: p.set, Cluster: m, ForwardTimeout: time.Second, Handoff: p.hf, Metrics: []*metrics.Set{ms, p.w.Metrics()}})
-	p.h.SetReady()
-	nl, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.ln = p.h.Listen(nl)
-	p.srv = p.h.NewServer()
-	go p.srv.Serve(p.ln) //nolint:errcheck
+	p.serve(t, nil)
 	t.Cleanup(func() { p.stop(t) })
 	return p
 }
