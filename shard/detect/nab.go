@@ -246,3 +246,45 @@ func (f *NABFile) Score(detections []int, p Profile) FileScore {
 	}
 	return s
 }
+
+// Report is a detector's NAB scores: per profile (in NAB.Profiles order)
+// over all files, over the even and the odd files in sorted order (one
+// half to choose settings on, the other to check them), and per category.
+type Report struct {
+	All, Even, Odd [3]float64
+	Categories     map[string][3]float64
+	// Under the standard profile: detections after probation, those
+	// outside every window, windows detected and windows in all.
+	Alerts, FP, Detected, Windows int
+}
+
+// Evaluate scores dets[i], the rows a detector alerted on in n.Files[i].
+func (n *NAB) Evaluate(dets [][]int) Report {
+	r := Report{Categories: map[string][3]float64{}}
+	for k, p := range n.Profiles {
+		var all, half [2]FileScore
+		cats := map[string]*FileScore{}
+		for i := range n.Files {
+			f := &n.Files[i]
+			s := f.Score(dets[i], p)
+			all[0].Add(s)
+			half[i%2].Add(s)
+			c := cats[f.Category()]
+			if c == nil {
+				c = &FileScore{}
+				cats[f.Category()] = c
+			}
+			c.Add(s)
+		}
+		r.All[k], r.Even[k], r.Odd[k] = all[0].Normalized(), half[0].Normalized(), half[1].Normalized()
+		for name, c := range cats {
+			v := r.Categories[name]
+			v[k] = c.Normalized()
+			r.Categories[name] = v
+		}
+		if k == 0 {
+			r.Alerts, r.FP, r.Detected, r.Windows = all[0].Alerts, all[0].FP, all[0].Detected, all[0].Windows
+		}
+	}
+	return r
+}

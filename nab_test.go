@@ -1,0 +1,112 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"ai-load-service/shard"
+	"ai-load-service/shard/detect"
+)
+
+// loadNAB loads the Numenta Anomaly Benchmark from NAB_DIR or the copy
+// beside the repo, skipping when there is none: the data is not in the
+// repo (docs/detection.md says how to get it).
+func loadNAB(t *testing.T) *detect.NAB {
+	t.Helper()
+	dir := os.Getenv("NAB_DIR")
+	if dir == "" {
+		dir = filepath.Join("..", "shared", "nab")
+	}
+	n, err := detect.LoadNAB(dir)
+	if errors.Is(err, detect.ErrNoNAB) {
+		t.Skipf("no NAB data (%v); set NAB_DIR to a checkout of github.com/numenta/NAB", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// nabBatches yields file i's rows as ingest bodies of at most per samples,
+// device "nab-<i>", metric "value", ts the NAB timestamp.
+func nabBatches(i int, f *detect.NABFile, per int, yield func(lo int, body string)) {
+	var b strings.Builder
+	for lo := 0; lo < len(f.TS); lo += per {
+		b.Reset()
+		b.WriteByte('[')
+		for j := lo; j < min(lo+per, len(f.TS)); j++ {
+			if j > lo {
+				b.WriteByte(',')
+			}
+			fmt.Fprintf(&b, `{"device":"nab-%d","ts":%d,"metrics":{"value":%s}}`, i, f.TS[j], strconv.FormatFloat(f.Values[j], 'g', -1, 64))
+		}
+		b.WriteByte(']')
+		yield(lo, b.String())
+	}
+}
+
+// TestNABLive streams every NAB file through a running service's ingest
+// route with the default settings, one device per file, and scores the
+// alerts the responses list. They must be exactly the alerts of an
+// in-process shard.Set with default options (so `make eval-nab`'s library
+// run measures what the service does).
+func TestNABLive(t *testing.T) {
+	n := loadNAB(t)
+	s := startService(t, buildService(t))
+	set := shard.New(shard.Options{})
+	defer set.Stop()
+	live := make([][]int, len(n.Files))
+	lib := make([][]int, len(n.Files))
+	var b shard.Batch
+	for i := range n.Files {
+		f := &n.Files[i]
+		nabBatches(i, f, 1000, func(lo int, body string) {
+			var resp struct {
+				Anomalies []struct {
+					Device string  `json:"device"`
+					TS     int64   `json:"ts"`
+					Value  float64 `json:"value"`
+				} `json:"anomalies"`
+			}
+			if err := json.Unmarshal(s.post(t, body), &resp); err != nil {
+				t.Fatal(err)
+			}
+			// Alerts come in sample order; timestamps repeat in a few
+			// files, so match each to the next row with its ts and value.
+			j := lo
+			for _, a := range resp.Anomalies {
+				for j < len(f.TS) && (f.TS[j] != a.TS || f.Values[j] != a.Value) {
+					j++
+				}
+				if a.Device != fmt.Sprintf("nab-%d", i) || j == len(f.TS) {
+					t.Fatalf("%s: alert %+v matches no row from %d", f.Name, a, lo)
+				}
+				live[i] = append(live[i], j)
+				j++
+			}
+		})
+		for j := range f.TS {
+			b.Reset()
+			b.Add([]byte(fmt.Sprintf("nab-%d", i)), f.TS[j])
+			b.AddMetric([]byte("value"), f.Values[j])
+			if err := set.Ingest(&b); err != nil {
+				t.Fatal(err)
+			}
+			if len(b.Anomalies) > 0 {
+				lib[i] = append(lib[i], j)
+			}
+		}
+		if fmt.Sprint(live[i]) != fmt.Sprint(lib[i]) {
+			t.Errorf("%s: the service alerted on rows %v, the library on %v", f.Name, live[i], lib[i])
+		}
+	}
+	r := n.Evaluate(live)
+	t.Logf("default settings through the API: standard %.2f, reward_low_FP_rate %.2f, reward_low_FN_rate %.2f (even files %.2f, odd %.2f); %d alerts, %d outside windows, %d of %d windows detected",
+		r.All[0], r.All[1], r.All[2], r.Even[0], r.Odd[0], r.Alerts, r.FP, r.Detected, r.Windows)
+}
