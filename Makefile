@@ -30,8 +30,8 @@ bench:
 fuzz:
 	go test -run='^$$' -fuzz=FuzzDecodeIngest -fuzztime=30s ./server
 	go test -run='^$$' -fuzz=FuzzDecodeMetric -fuzztime=30s ./server
-	go test -run='^$$' -fuzz=FuzzWindow -fuzztime=30s ./shard
+	go test -run='^$$' -fuzz=FuzzWindow -fuzztime=30s ./shard/detect
 
 # Detector evaluation on the labelled corpus; EVAL_FLAGS=-sweep scores a grid.
 eval:
-	go test ./shard -run 'TestScoreAlerts|TestCorpus|TestEval' -count=1 -v $(EVAL_FLAGS)
+	go test ./shard/detect -run 'TestScoreAlerts|TestCorpus|TestEval' -count=1 -v $(EVAL_FLAGS)

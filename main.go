@@ -24,6 +24,7 @@ import (
 	"ai-load-service/server"
 	"ai-load-service/server/cluster"
 	"ai-load-service/shard"
+	"ai-load-service/shard/detect"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/rs/zerolog"
@@ -52,7 +53,7 @@ type config struct {
 	Cooldown     int
 	StepFloor    float64
 	RulesFile    string
-	Rules        []shard.Rule
+	Rules        []detect.Rule
 
 	RedisAddr        string
 	RedisPassword    string
@@ -78,7 +79,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		Addr:         ":8080",
 		WindowSize:   50,
 		MinSamples:   10,
-		ZThreshold:   shard.DefaultThreshold,
+		ZThreshold:   detect.DefaultThreshold,
 		MinStddev:    1e-9,
 		Shards:       4 * runtime.GOMAXPROCS(0),
 		QueueLen:     1024,
@@ -89,9 +90,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		ReadTimeout:  30 * time.Second,
 		WriteTimeout: 30 * time.Second,
 		IdleTimeout:  60 * time.Second,
-		Detector:     shard.DefaultKind.String(),
-		Cooldown:     shard.DefaultCooldown,
-		StepFloor:    shard.DefaultStepFloor,
+		Detector:     detect.DefaultKind.String(),
+		Cooldown:     detect.DefaultCooldown,
+		StepFloor:    detect.DefaultStepFloor,
 
 		SnapshotInterval: time.Second,
 		SnapshotTTL:      7 * 24 * time.Hour,
@@ -110,10 +111,10 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		envs[name] = env
 	}
 	v((*addrValue)(&c.Addr), "addr", "ADDR", "listen address, host:port; the port a number or a service name")
-	v(intIn(&c.WindowSize, 2, shard.MaxWindow), "window-size", "WINDOW_SIZE", "values kept per (device, metric) window")
-	v(intIn(&c.MinSamples, 1, shard.MaxWindow), "min-samples", "MIN_SAMPLES", "values a window needs before a sample can be anomalous")
+	v(intIn(&c.WindowSize, 2, detect.MaxWindow), "window-size", "WINDOW_SIZE", "values kept per (device, metric) window")
+	v(intIn(&c.MinSamples, 1, detect.MaxWindow), "min-samples", "MIN_SAMPLES", "values a window needs before a sample can be anomalous")
 	v(floatIn(&c.ZThreshold, math.SmallestNonzeroFloat64, 1e6), "z-threshold", "Z_THRESHOLD", "|z| at or above which a sample is anomalous")
-	v(floatIn(&c.MinStddev, shard.MinMinStddev, 1e300), "min-stddev", "MIN_STDDEV", "floor under the window stddev in the z-score")
+	v(floatIn(&c.MinStddev, detect.MinMinStddev, 1e300), "min-stddev", "MIN_STDDEV", "floor under the window stddev in the z-score")
 	v(intIn(&c.Shards, 1, 4096), "shards", "SHARDS", "shard goroutines owning device state (default 4 × GOMAXPROCS)")
 	v(intIn(&c.QueueLen, 1, 1<<20), "queue-len", "QUEUE_LEN", "requests queued per shard before ingest answers 503")
 	v(intIn(&c.MaxStreams, 1, shard.MaxStreamsLimit), "max-streams-per-device", "MAX_STREAMS_PER_DEVICE", "metric names one device may have; a request naming more gets 429")
@@ -198,9 +199,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		return c, fmt.Errorf("SNAPSHOT_TTL=%s must exceed IDLE_EVICT=%s plus two SNAPSHOT_INTERVAL=%s, or an idle device's key expires before it leaves memory",
 			c.SnapshotTTL, c.IdleEvict, c.SnapshotInterval)
 	}
-	if c.MinSamples > c.WindowSize && c.Detector != shard.EWMA.String() {
+	if c.MinSamples > c.WindowSize && c.Detector != detect.EWMA.String() {
 		// EWMA counts samples seen, not values in the window (as a rule's
-		// settings are checked: Params.Validate).
+		// settings are checked: detect.Params.Validate).
 		return c, fmt.Errorf("MIN_SAMPLES=%d exceeds WINDOW_SIZE=%d: no sample could ever be anomalous", c.MinSamples, c.WindowSize)
 	}
 	if c.RulesFile != "" {
@@ -208,7 +209,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		if err != nil {
 			return c, fmt.Errorf("cannot read DETECTOR_CONFIG=%q: %w", c.RulesFile, err)
 		}
-		if c.Rules, err = shard.ParseRules(data, c.params()); err != nil {
+		if c.Rules, err = detect.ParseRules(data, c.params()); err != nil {
 			return c, fmt.Errorf("DETECTOR_CONFIG=%q: %w", c.RulesFile, err)
 		}
 	}
@@ -216,9 +217,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 }
 
 // params are the default detector settings.
-func (c config) params() shard.Params {
-	k, _ := shard.ParseKind(c.Detector)
-	return shard.Params{Kind: k, Window: c.WindowSize, MinSamples: c.MinSamples,
+func (c config) params() detect.Params {
+	k, _ := detect.ParseKind(c.Detector)
+	return detect.Params{Kind: k, Window: c.WindowSize, MinSamples: c.MinSamples,
 		Threshold: c.ZThreshold, MinStddev: c.MinStddev, Cooldown: c.Cooldown, StepFloor: c.StepFloor}
 }
 
@@ -318,7 +319,7 @@ func (b *boolValue) IsBoolFlag() bool { return true }
 type kindValue string
 
 func (k *kindValue) Set(v string) error {
-	if _, err := shard.ParseKind(v); err != nil {
+	if _, err := detect.ParseKind(v); err != nil {
 		return fmt.Errorf("want zscore, winsor or ewma")
 	}
 	*k = kindValue(v)

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"ai-load-service/shard"
+	"ai-load-service/shard/detect"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -86,7 +87,7 @@ func TestParseConfig(t *testing.T) {
 	})
 	f(map[string]string{"DETECTOR": "ewma", "ALERT_COOLDOWN": "0", "STEP_FLOOR": "0"}, nil, "", func(c config) bool {
 		o := c.shardOptions()
-		return o.Detector == shard.EWMA && o.Cooldown < 0 && o.StepFloor < 0
+		return o.Detector == detect.EWMA && o.Cooldown < 0 && o.StepFloor < 0
 	})
 	f(map[string]string{"STEP_FLOOR": "-1"}, nil, "invalid STEP_FLOOR=", nil)
 	f(map[string]string{"DETECTOR": "median"}, nil, "invalid DETECTOR=", nil)
@@ -115,7 +116,7 @@ func TestParseConfig(t *testing.T) {
 	}
 	good := write("good.json", `{"rules":[{"match":"temp*","detector":"ewma","window":100},{"match":"cpu","threshold":4}]}`)
 	f(map[string]string{"DETECTOR_CONFIG": good}, nil, "", func(c config) bool {
-		return len(c.Rules) == 2 && c.Rules[0].Params.Kind == shard.EWMA && c.Rules[0].Params.Window == 100 &&
+		return len(c.Rules) == 2 && c.Rules[0].Params.Kind == detect.EWMA && c.Rules[0].Params.Window == 100 &&
 			c.Rules[1].Params.Threshold == 4 && c.Rules[1].Params.Window == 50
 	})
 	bad := write("bad.json", `{"rules":[{"match":"temp*"},{"match":"hum","window":1}]}`)

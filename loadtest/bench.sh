@@ -190,7 +190,7 @@ fi
 
 echo
 echo "Go benchmarks (ns/op and allocs/op; detector target <= 50 ns, 0 allocs; decode 0 allocs):"
-go test -run='^$' -bench='Observe/W50|ShardOf|Ingest' -benchmem ./shard | grep '^Benchmark'
+go test -run='^$' -bench='Observe/W50|ShardOf|Ingest' -benchmem ./shard/detect ./shard | grep '^Benchmark'
 go test -run='^$' -bench='Decode|IngestRoute' -benchmem ./server | grep '^Benchmark'
 
 echo

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"ai-load-service/shard"
+	"ai-load-service/shard/detect"
 
 	"github.com/redis/rueidis"
 )
@@ -33,7 +34,7 @@ func TestReviewH_FenceKeepsCorruptSnapshotForever(t *testing.T) {
 	// not decode: a trailing byte (as a bit flip, a truncated copy, or a
 	// value another build wrote would do).
 	bad := append((&shard.Snapshot{Device: dev, Gen: 1000, Streams: []shard.StreamSnapshot{{Name: "m", Values: []float64{1}, Count: 1,
-		Sums: shard.WindowSums{Ref: 1}}}}).AppendBinary(nil), 0xff)
+		Sums: detect.WindowSums{Ref: 1}}}}).AppendBinary(nil), 0xff)
 	if _, err := shard.DecodeSnapshot(bad); err == nil {
 		t.Fatal("the test's value decodes; it must be corrupt")
 	}

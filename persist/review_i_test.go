@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"ai-load-service/shard"
+	"ai-load-service/shard/detect"
 
 	"github.com/redis/rueidis"
 )
@@ -35,7 +36,7 @@ func TestReviewI_CorruptGenFieldFencesForever(t *testing.T) {
 		ctx := context.Background()
 		const dev = "dev-corrupt-gen"
 		bad := append((&shard.Snapshot{Device: dev, Gen: gen, Streams: []shard.StreamSnapshot{{Name: "m", Values: []float64{1}, Count: 1,
-			Sums: shard.WindowSums{Ref: 1}}}}).AppendBinary(nil), 0xff)
+			Sums: detect.WindowSums{Ref: 1}}}}).AppendBinary(nil), 0xff)
 		if _, err := shard.DecodeSnapshot(bad); err == nil {
 			t.Fatal("the test's value decodes; it must be corrupt")
 		}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"ai-load-service/shard"
+	"ai-load-service/shard/detect"
 
 	"github.com/valyala/fasthttp"
 )
@@ -186,7 +187,7 @@ func TestBadInputStoresNothing(t *testing.T) {
 }
 
 func TestIngestAndQuery(t *testing.T) {
-	s := MustOpenServer(t, shard.Options{Shards: 4, Detector: shard.ZScore, ZThreshold: 3, Cooldown: -1, WindowSize: 5, MinSamples: 3}, 1<<20)
+	s := MustOpenServer(t, shard.Options{Shards: 4, Detector: detect.ZScore, ZThreshold: 3, Cooldown: -1, WindowSize: 5, MinSamples: 3}, 1<<20)
 	var batch []string
 	for i := range 5 {
 		batch = append(batch, sample("sensor-42", int64(1000+i), fmt.Sprintf(`"temp":%d,"hum":40`, 20+i%2)))
@@ -359,8 +360,8 @@ func TestShutdownAnswers503(t *testing.T) {
 // TestMetricRouteWindowSizeFromRule: /metric reports the window size of the
 // stream it describes, which a rule may set (it reported WINDOW_SIZE).
 func TestMetricRouteWindowSizeFromRule(t *testing.T) {
-	p := shard.Params{Kind: shard.Winsor, Window: 20, MinSamples: 5, Threshold: 4, MinStddev: 1e-9, Cooldown: 50, StepFloor: 0.5}
-	s := MustOpenServer(t, shard.Options{Shards: 2, WindowSize: 50, Rules: []shard.Rule{{Match: "rps", Params: p}}}, 1<<20)
+	p := detect.Params{Kind: detect.Winsor, Window: 20, MinSamples: 5, Threshold: 4, MinStddev: 1e-9, Cooldown: 50, StepFloor: 0.5}
+	s := MustOpenServer(t, shard.Options{Shards: 2, WindowSize: 50, Rules: []detect.Rule{{Match: "rps", Params: p}}}, 1<<20)
 	m := s.json(t, "POST", "/metric", `{"rps":1,"cpu":2}`, 200)
 	if m["window_size"].(float64) != 20 {
 		t.Fatalf("window_size %v; want the rule's 20", m["window_size"])

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"slices"
 	"time"
+
+	"ai-load-service/shard/detect"
 )
 
 // Store is what a durable Set loads devices from (package persist
@@ -260,7 +262,7 @@ func (sh *shard) restore(d *device, snap *Snapshot) {
 		ss := &snap.Streams[i]
 		st := d.stream([]byte(ss.Name), sh, len(snap.Streams))
 		sh.makeRoom(&st.Win, len(ss.Values))
-		st.load(ss)
+		loadStream(&st.Stream, ss)
 		st.track()
 	}
 	for _, a := range snap.History {
@@ -269,21 +271,22 @@ func (sh *shard) restore(d *device, snap *Snapshot) {
 	d.gen = max(d.gen, snap.Gen)
 }
 
-// load fills an empty stream from its snapshot.
-func (st *Stream) load(ss *StreamSnapshot) {
-	st.Win.load(ss.Values, ss.Sums)
+// loadStream fills an empty stream from its snapshot.
+func loadStream(st *detect.Stream, ss *StreamSnapshot) {
+	st.Win.Load(ss.Values, ss.Sums)
 	st.Count, st.Anomalies, st.Anomalous = ss.Count, ss.Anomalies, ss.Anomalous
 	st.Last, st.LastZ, st.UpdatedTS = ss.Last, ss.LastZ, ss.UpdatedTS
-	st.ewMean, st.ewVar, st.step, st.quiet, st.alertZ = ss.EWMean, ss.EWVar, ss.Step, ss.Quiet, ss.AlertZ
+	st.SetState(detect.State{EWMean: ss.EWMean, EWVar: ss.EWVar, Step: ss.Step, Quiet: ss.Quiet, AlertZ: ss.AlertZ})
 }
 
 // state copies st's scalars (not its window) for encoding.
 func (st *namedStream) state() StreamSnapshot {
+	ds := st.State()
 	return StreamSnapshot{
 		Name: st.name, Count: st.Count, Anomalies: st.Anomalies,
 		Anomalous: st.Anomalous, Last: st.Last, LastZ: st.LastZ, UpdatedTS: st.UpdatedTS,
-		EWMean: st.ewMean, EWVar: st.ewVar, Step: st.step, Quiet: st.quiet, AlertZ: st.alertZ,
-		Sums: st.Win.sums(),
+		EWMean: ds.EWMean, EWVar: ds.EWVar, Step: ds.Step, Quiet: ds.Quiet, AlertZ: ds.AlertZ,
+		Sums: st.Win.Sums(),
 	}
 }
 
@@ -300,8 +303,8 @@ func (d *device) encode() []byte {
 	for i := range d.streams {
 		st := &d.streams[i]
 		ss := st.state()
-		h := st.Win.oldest()
-		dst = appendStream(dst, &ss, st.Win.vals[h:], st.Win.vals[:h])
+		older, newer := st.Win.Ring()
+		dst = appendStream(dst, &ss, older, newer)
 	}
 	return appendHistory(dst, d.oldestFirst())
 }

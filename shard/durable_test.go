@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"ai-load-service/shard/detect"
 )
 
 // memStore is a Store over a map, answering from its own goroutine like
@@ -147,7 +149,7 @@ func sameFuture(t *testing.T, a, b *Set, dev string, from int) {
 }
 
 func TestRestoreKeepsEveryDetectorIdentical(t *testing.T) {
-	for _, k := range []Kind{ZScore, Winsor, EWMA} {
+	for _, k := range []detect.Kind{detect.ZScore, detect.Winsor, detect.EWMA} {
 		st := newMemStore()
 		o := Options{Shards: 2, Detector: k, WindowSize: 6, MinSamples: 3, Cooldown: 5, Store: st}
 		a := MustNewSet(t, o)
@@ -281,14 +283,14 @@ func (d *device) snapshot() *Snapshot {
 // TestEncodeMatchesSnapshot: the direct encoder Collect uses writes the
 // same bytes as encoding a copied Snapshot, wrapped ring included.
 func TestEncodeMatchesSnapshot(t *testing.T) {
-	s := MustNewSet(t, Options{Shards: 1, WindowSize: 4, MinSamples: 2, Cooldown: -1, Detector: EWMA})
+	s := MustNewSet(t, Options{Shards: 1, WindowSize: 4, MinSamples: 2, Cooldown: -1, Detector: detect.EWMA})
 	for i := range 11 {
 		ingestOne(t, s, "d", int64(i), map[string]float64{"a": float64(i % 3), "b": float64(i * i)})
 	}
 	var d *device
 	for _, d = range s.shards[0].devices {
 	}
-	if d.streams[0].Win.oldest() == 0 || len(d.history) == 0 {
+	if _, newer := d.streams[0].Win.Ring(); len(newer) == 0 || len(d.history) == 0 {
 		t.Fatalf("test needs a wrapped ring and a history")
 	}
 	if got, want := d.encode(), d.snapshot().AppendBinary(nil); string(got) != string(want) {
@@ -352,14 +354,15 @@ func checkFinite(t *testing.T, snap *Snapshot) {
 	for i := range snap.Streams {
 		ss := &snap.Streams[i]
 		for _, w := range []int{2, max(2, len(ss.Values))} {
-			for _, k := range []Kind{ZScore, Winsor, EWMA} {
-				p := Params{Kind: k, Window: w, MinSamples: 1, Threshold: 3, MinStddev: 1e-9, Cooldown: 5, StepFloor: 0.5}
-				st := NewStream(w)
-				st.load(ss)
+			for _, k := range []detect.Kind{detect.ZScore, detect.Winsor, detect.EWMA} {
+				p := detect.Params{Kind: k, Window: w, MinSamples: 1, Threshold: 3, MinStddev: 1e-9, Cooldown: 5, StepFloor: 0.5}
+				st := detect.NewStream(w)
+				loadStream(&st, ss)
 				for j, x := range []float64{0, MaxValue, -MaxValue, 1, MaxValue} {
 					sc := st.Observe(x, 0, &p)
 					mean, sd := st.Win.Stats()
-					for _, f := range []float64{sc.Z, sc.Mean, sc.Stddev, mean, sd, st.ewMean, st.ewVar, st.step} {
+					ds := st.State()
+					for _, f := range []float64{sc.Z, sc.Mean, sc.Stddev, mean, sd, ds.EWMean, ds.EWVar, ds.Step} {
 						if math.IsNaN(f) || math.IsInf(f, 0) {
 							t.Fatalf("stream %q, %v, W=%d, value %d: non-finite statistic in %+v (window mean %v sd %v)",
 								ss.Name, k, w, j, sc, mean, sd)
@@ -376,7 +379,7 @@ func checkFinite(t *testing.T, snap *Snapshot) {
 // offset, under every detector.
 func extremeSnapshots(tb testing.TB) [][]byte {
 	var out [][]byte
-	for _, k := range []Kind{ZScore, Winsor, EWMA} {
+	for _, k := range []detect.Kind{detect.ZScore, detect.Winsor, detect.EWMA} {
 		s := New(Options{Shards: 1, Detector: k, WindowSize: 5, MinSamples: 2, ZThreshold: 3})
 		for i := range 40 {
 			x := MaxValue
@@ -414,7 +417,7 @@ func TestExtremeSnapshotsDecode(t *testing.T) {
 func TestSnapshotRejectsNonFinite(t *testing.T) {
 	base := func() *Snapshot {
 		return &Snapshot{Device: "d", Streams: []StreamSnapshot{{Name: "t", Values: []float64{1, 2, 3}, Count: 3, Last: 3,
-			EWMean: 2, EWVar: 1, Step: 1, Sums: WindowSums{Ref: 2, S1: 0, S2: 2, Mag1: 2, Mag2: 2}}},
+			EWMean: 2, EWVar: 1, Step: 1, Sums: detect.WindowSums{Ref: 2, S1: 0, S2: 2, Mag1: 2, Mag2: 2}}},
 			History: []Anomaly{{Device: "d", Metric: "t", TS: 1, Value: 3, Mean: 2, Stddev: 1, Z: 1}}}
 	}
 	if _, err := DecodeSnapshot(base().AppendBinary(nil)); err != nil {
@@ -482,7 +485,7 @@ func (d delayStore) Load(id string, done func(*Snapshot, error)) {
 // sort when only one shard raised alerts).
 func TestAnomaliesInSampleOrderAfterLoad(t *testing.T) {
 	st := newMemStore()
-	o := Options{Shards: 1, Detector: ZScore, ZThreshold: 3, Cooldown: -1, MinSamples: 3, WindowSize: 8, Store: st}
+	o := Options{Shards: 1, Detector: detect.ZScore, ZThreshold: 3, Cooldown: -1, MinSamples: 3, WindowSize: 8, Store: st}
 	a := MustNewSet(t, o)
 	for i := range 8 {
 		ingestOne(t, a, "slow", int64(i), map[string]float64{"m": float64(i % 2)})

@@ -4,10 +4,11 @@ import (
 	"fmt"
 
 	"ai-load-service/shard"
+	"ai-load-service/shard/detect"
 )
 
 func ExampleSet_Ingest() {
-	s := shard.New(shard.Options{Shards: 2, Detector: shard.ZScore, Cooldown: -1, WindowSize: 5, MinSamples: 3})
+	s := shard.New(shard.Options{Shards: 2, Detector: detect.ZScore, Cooldown: -1, WindowSize: 5, MinSamples: 3})
 	defer s.Stop()
 
 	var b shard.Batch
@@ -29,31 +30,8 @@ func ExampleSet_Ingest() {
 	// count=5 window=5 mean=23.4
 }
 
-func ExampleWindow() {
-	w := shard.NewWindow(3)
-	for _, x := range []float64{1e9 + 1, 1e9 + 2, 1e9 + 3, 1e9 + 4} {
-		w.Push(x)
-	}
-	mean, sd := w.Stats()
-	fmt.Printf("values=%v mean=%.1f stddev=%.6f\n", w.Values(nil), mean, sd)
-	// Output:
-	// values=[1.000000002e+09 1.000000003e+09 1.000000004e+09] mean=1000000003.0 stddev=0.816497
-}
-
-func ExampleStream_Observe() {
-	p := shard.Params{Kind: shard.ZScore, Window: 10, MinSamples: 3, Threshold: 3, MinStddev: 1e-9}
-	st := shard.NewStream(10)
-	for _, x := range []float64{10, 12, 10, 12} {
-		st.Observe(x, 0, &p)
-	}
-	sc := st.Observe(20, 0, &p)
-	fmt.Printf("z=%g anomaly=%v count=%d\n", sc.Z, sc.Alert, st.Count)
-	// Output:
-	// z=9 anomaly=true count=5
-}
-
 func ExampleSet_Anomalies() {
-	s := shard.New(shard.Options{Shards: 1, Detector: shard.ZScore, Cooldown: -1, WindowSize: 4, MinSamples: 2})
+	s := shard.New(shard.Options{Shards: 1, Detector: detect.ZScore, Cooldown: -1, WindowSize: 4, MinSamples: 2})
 	defer s.Stop()
 	var b shard.Batch
 	for i, v := range []float64{1, 1, 9, 1, 1, 1, 1, -9} {
@@ -113,17 +91,6 @@ func ExampleSet_MetricMeans() {
 	fmt.Printf("temp: %d streams, mean %g; hum: %d, mean %g\n", by["temp"].Streams, by["temp"].Mean, by["hum"].Streams, by["hum"].Mean)
 	// Output:
 	// temp: 2 streams, mean 15; hum: 1, mean 50
-}
-
-func ExampleParseRules() {
-	def := shard.Params{Kind: shard.Winsor, Window: 50, MinSamples: 10, Threshold: 4, MinStddev: 1e-9, Cooldown: 50}
-	rules, err := shard.ParseRules([]byte(`{"rules": [{"match": "temp*", "detector": "ewma", "window": 100}]}`), def)
-	fmt.Println(rules[0].Match, rules[0].Params.Kind, rules[0].Params.Window, rules[0].Params.Threshold, err)
-	_, err = shard.ParseRules([]byte(`{"rules": [{"match": "hum", "window": 1}]}`), def)
-	fmt.Println(err)
-	// Output:
-	// temp* ewma 100 4 <nil>
-	// detector config rule 1 (match "hum"): window=1: want 2 to 100000
 }
 
 func ExampleDecodeSnapshot() {

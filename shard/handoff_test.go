@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"ai-load-service/shard/detect"
 )
 
 // peerStore loads devices the way a cluster member does: it asks another
@@ -31,7 +33,7 @@ func (p peerStore) Load(id string, done func(*Snapshot, error)) {
 // nothing of it, reports its samples as moved, answers reads with where
 // it went, and hands the same state again only to the member that took it.
 func TestHandOff(t *testing.T) {
-	o := Options{Shards: 2, WindowSize: 16, Detector: ZScore, ZThreshold: 3, Cooldown: -1}
+	o := Options{Shards: 2, WindowSize: 16, Detector: detect.ZScore, ZThreshold: 3, Cooldown: -1}
 	a, ref := MustNewSet(t, o), MustNewSet(t, o)
 	ob := o
 	ob.Store, ob.LoadOnly = peerStore{a, "b"}, true

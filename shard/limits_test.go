@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"ai-load-service/shard/detect"
 )
 
 // ingestNames sends one sample of dev naming metrics names, all 1.
@@ -167,7 +169,7 @@ func TestManyStreamsRoundTrip(t *testing.T) {
 	snap := &Snapshot{Device: "d"}
 	for i := range 70000 {
 		snap.Streams = append(snap.Streams, StreamSnapshot{Name: fmt.Sprint("m", i), Values: []float64{float64(i)}, Count: 1,
-			Last: float64(i), Sums: WindowSums{Ref: float64(i)}})
+			Last: float64(i), Sums: detect.WindowSums{Ref: float64(i)}})
 	}
 	b := snap.AppendBinary(nil)
 	got, err := DecodeSnapshot(b)

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"ai-load-service/shard/detect"
 )
 
 // gateStore records every Load and lets the test answer each one, in any
@@ -220,8 +222,8 @@ func TestReviewCFullSetsOutliveEvictionUnbounded(t *testing.T) {
 // take that, and the README's memory rule of thumb has no term for it.
 func TestReviewCReplayRingDwarfsWindows(t *testing.T) {
 	st := newMemStore()
-	big := Params{Kind: Winsor, Window: 10000, MinSamples: 10, Threshold: 4, MinStddev: 1e-9, Cooldown: 50, StepFloor: 0.5}
-	o := Options{Shards: 1, WindowSize: 50, Store: st, Rules: []Rule{{Match: "big", Params: big}}}
+	big := detect.Params{Kind: detect.Winsor, Window: 10000, MinSamples: 10, Threshold: 4, MinStddev: 1e-9, Cooldown: 50, StepFloor: 0.5}
+	o := Options{Shards: 1, WindowSize: 50, Store: st, Rules: []detect.Rule{{Match: "big", Params: big}}}
 	st.setDown(true) // an outage: the device is unrestored
 	s := MustNewSet(t, o)
 	b := new(Batch)

@@ -11,6 +11,8 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"ai-load-service/shard/detect"
 )
 
 // TestReviewMetricMeansDriftAfterSwing: the per-name sums move by the
@@ -70,7 +72,7 @@ func TestReviewSnapshotInfiniteZRefused(t *testing.T) {
 		t.Fatal("MinStddev 1e-200 accepted: z can overflow")
 	}
 	st := newMemStore()
-	o := Options{Shards: 1, MinStddev: MinMinStddev, Detector: ZScore, Store: st}
+	o := Options{Shards: 1, MinStddev: detect.MinMinStddev, Detector: detect.ZScore, Store: st}
 	a := MustNewSet(t, o)
 	for i := range 20 {
 		ingestOne(t, a, "d", int64(i), map[string]float64{"m": -MaxValue})
@@ -104,8 +106,8 @@ func TestReviewSnapshotInfiniteZRefused(t *testing.T) {
 // replayed onto the stored state. About half are lost.
 func TestReviewReplayLosesSamplesWithRuleWindows(t *testing.T) {
 	st := newMemStore()
-	small := Params{Kind: Winsor, Window: 2, MinSamples: 2, Threshold: 4, MinStddev: 1e-9, Cooldown: 50, StepFloor: 0.5}
-	o := Options{Shards: 1, WindowSize: 100, Store: st, Rules: []Rule{{Match: "small", Params: small}}}
+	small := detect.Params{Kind: detect.Winsor, Window: 2, MinSamples: 2, Threshold: 4, MinStddev: 1e-9, Cooldown: 50, StepFloor: 0.5}
+	o := Options{Shards: 1, WindowSize: 100, Store: st, Rules: []detect.Rule{{Match: "small", Params: small}}}
 	a := MustNewSet(t, o)
 	ingestOne(t, a, "d", 0, map[string]float64{"big": 0, "small": 0})
 	mustCollect(t, a, st, false) // the store holds one sample

@@ -11,26 +11,29 @@ import (
 	"hash/maphash"
 	"math"
 	"math/bits"
+	"path"
 	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"ai-load-service/shard/detect"
 )
 
 // Options configure a Set. A zero field means the default in its comment.
 type Options struct {
-	Shards     int     // number of shard goroutines; zero: 4 × GOMAXPROCS
-	Detector   Kind    // zero: DefaultKind
-	WindowSize int     // values per stream window; zero: 50
-	MinSamples int     // zero: 10, or WindowSize when smaller
-	ZThreshold float64 // zero: DefaultThreshold
-	MinStddev  float64 // zero: 1e-9
-	Cooldown   int     // samples of alert cooldown; zero: DefaultCooldown; negative: none
-	StepFloor  float64 // see Params.StepFloor; zero: DefaultStepFloor; negative: none
+	Shards     int         // number of shard goroutines; zero: 4 × GOMAXPROCS
+	Detector   detect.Kind // zero: detect.DefaultKind
+	WindowSize int         // values per stream window; zero: 50
+	MinSamples int         // zero: 10, or WindowSize when smaller
+	ZThreshold float64     // zero: detect.DefaultThreshold
+	MinStddev  float64     // zero: 1e-9
+	Cooldown   int         // samples of alert cooldown; zero: detect.DefaultCooldown; negative: none
+	StepFloor  float64     // see detect.Params.StepFloor; zero: detect.DefaultStepFloor; negative: none
 	// Rules override the detector for matching metric names; the first
 	// match wins, other metrics use the settings above.
-	Rules []Rule
+	Rules []detect.Rule
 	// Store, when set, makes the Set durable: unknown devices are loaded
 	// from it on first use, and Collect hands changed state to the caller.
 	Store Store
@@ -52,34 +55,27 @@ type Options struct {
 	Tombstone time.Duration
 }
 
-// Defaults chosen from the labelled evaluation (see README, make eval).
-const (
-	DefaultKind      = Winsor
-	DefaultThreshold = 4
-	DefaultCooldown  = 50
-	DefaultStepFloor = 0.5
-	// DefaultMaxStreams bounds a device's metric names: far above what
-	// devices send, low enough that one inventing names cannot take much
-	// memory (W=50: ~200 KB).
-	DefaultMaxStreams = 256
-)
+// DefaultMaxStreams bounds a device's metric names: far above what devices
+// send, low enough that one inventing names cannot take much memory (W=50:
+// ~200 KB). The detector defaults are detect's (detect.DefaultKind etc.).
+const DefaultMaxStreams = 256
 
 func (o Options) withDefaults() Options {
 	if o.Shards <= 0 {
 		o.Shards = 4 * runtime.GOMAXPROCS(0)
 	}
 	if o.Detector == 0 {
-		o.Detector = DefaultKind
+		o.Detector = detect.DefaultKind
 	}
 	switch {
 	case o.Cooldown == 0:
-		o.Cooldown = DefaultCooldown
+		o.Cooldown = detect.DefaultCooldown
 	case o.Cooldown < 0:
 		o.Cooldown = 0
 	}
 	switch {
 	case o.StepFloor == 0:
-		o.StepFloor = DefaultStepFloor
+		o.StepFloor = detect.DefaultStepFloor
 	case o.StepFloor < 0:
 		o.StepFloor = 0
 	}
@@ -90,7 +86,7 @@ func (o Options) withDefaults() Options {
 		o.MinSamples = min(10, o.WindowSize)
 	}
 	if o.ZThreshold <= 0 {
-		o.ZThreshold = DefaultThreshold
+		o.ZThreshold = detect.DefaultThreshold
 	}
 	if o.MinStddev <= 0 {
 		o.MinStddev = 1e-9
@@ -117,7 +113,7 @@ func (o Options) withDefaults() Options {
 func (o Options) Validate() error { return o.withDefaults().validate() }
 
 func (o Options) validate() error {
-	p := Params{Kind: o.Detector, Window: o.WindowSize, MinSamples: o.MinSamples,
+	p := detect.Params{Kind: o.Detector, Window: o.WindowSize, MinSamples: o.MinSamples,
 		Threshold: o.ZThreshold, MinStddev: o.MinStddev, Cooldown: o.Cooldown, StepFloor: o.StepFloor}
 	if err := p.Validate(); err != nil {
 		return err
@@ -187,13 +183,13 @@ type MetricState struct {
 	Anomalies uint64 // alerts since the stream was first seen
 	Anomalous uint64 // anomalous samples since then, alerted or not
 	UpdatedTS int64
-	Detector  Kind
+	Detector  detect.Kind
 }
 
 // Set is N shards and the hash that picks one for a device ID.
 type Set struct {
 	opts   Options
-	params Params
+	params detect.Params
 	seed   maphash.Seed
 	shards []*shard
 	// nfull counts devices at their stream limit, across shards: while it
@@ -230,7 +226,7 @@ func New(opts Options) *Set {
 	}
 	s := &Set{
 		opts: opts,
-		params: Params{Kind: opts.Detector, Window: opts.WindowSize, MinSamples: opts.MinSamples,
+		params: detect.Params{Kind: opts.Detector, Window: opts.WindowSize, MinSamples: opts.MinSamples,
 			Threshold: opts.ZThreshold, MinStddev: opts.MinStddev, Cooldown: opts.Cooldown, StepFloor: opts.StepFloor},
 		seed:   maphash.MakeSeed(),
 		shards: make([]*shard, opts.Shards),
@@ -871,8 +867,8 @@ func (sh *shard) apply(d *device, o *op, i int32) {
 		if st == nil {
 			st = d.add(name, sh, len(d.streams)+d.missing(b, j, smp.ms.hi))
 		}
-		if w := &st.Win; cap(w.vals) < int(w.size) && len(w.vals) == cap(w.vals) {
-			sh.makeRoom(w, len(w.vals)+1) // see room
+		if w, r := &st.Win, st.Win.Buf(); cap(r) < w.Cap() && len(r) == cap(r) {
+			sh.makeRoom(w, len(r)+1) // see room
 		}
 		sc := st.Observe(m.v, smp.ts, st.p)
 		st.track()
@@ -1086,11 +1082,11 @@ func (d *device) is(id []byte) bool {
 type namedStream struct {
 	// head is the name's first bytes, compared before the name itself.
 	head [nameHeadLen]byte
-	nlen uint8    // len(name), 255 for 255 and longer
-	p    *Params  // the detector settings for this metric name
-	agg  *nameAgg // the shard's sums for this name
-	mean float64  // the window mean agg holds for this stream
-	Stream
+	nlen uint8          // len(name), 255 for 255 and longer
+	p    *detect.Params // the detector settings for this metric name
+	agg  *nameAgg       // the shard's sums for this name
+	mean float64        // the window mean agg holds for this stream
+	detect.Stream
 	name string // after the hot state: only alerts and reads need it whole
 }
 
@@ -1102,8 +1098,7 @@ type namedStream struct {
 // stream's mean against the sum of all of them, nearly always); otherwise
 // its error is within eps·|x|, which mag counts anyway.
 func (ns *namedStream) track() {
-	w := &ns.Win
-	m := w.ref + w.s1*recip(len(w.vals))
+	m := ns.Win.Mean()
 	a := ns.agg
 	x := m - ns.mean
 	t := a.sum + x
@@ -1165,6 +1160,17 @@ func (d *device) find(name []byte) *namedStream {
 	return nil
 }
 
+// paramsFor returns the settings of the first rule matching name, or the
+// Set's defaults. It runs once per new stream, not per sample.
+func (s *Set) paramsFor(name []byte) *detect.Params {
+	for i := range s.opts.Rules {
+		if ok, _ := path.Match(s.opts.Rules[i].Match, string(name)); ok {
+			return &s.opts.Rules[i].Params
+		}
+	}
+	return &s.params
+}
+
 // add appends a new stream for name. If d's streams are full they grow to
 // want (at least one more): callers pass how many streams d will have
 // once the sample being applied is in, so a device whose first sample
@@ -1180,7 +1186,7 @@ func (d *device) add(name []byte, sh *shard, want int) *namedStream {
 		sh.names[string(name)] = agg
 	}
 	agg.streams++
-	ns := namedStream{p: p, agg: agg, Stream: Stream{Win: sh.newRing(p.Window)}}
+	ns := namedStream{p: p, agg: agg, Stream: detect.Stream{Win: sh.newRing(p.Window)}}
 	ns.setName(string(name))
 	if len(d.streams) == cap(d.streams) {
 		// Most devices have a few metrics: grow to what is wanted rather

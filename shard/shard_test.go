@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math"
+	"math/big"
 	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"ai-load-service/shard/detect"
 )
 
 func MustNewSet(tb testing.TB, o Options) *Set {
@@ -30,8 +33,54 @@ func batchOf(devices []string, metric string, vals []float64) *Batch {
 	return b
 }
 
+// exactStats computes the mean and population stddev of xs with 256-bit
+// floats, the reference the shard's sums must match (as detect's window
+// tests do for a Window).
+func exactStats(xs []float64) (mean, stddev float64) {
+	const prec = 256
+	n := new(big.Float).SetPrec(prec).SetInt64(int64(len(xs)))
+	sum := new(big.Float).SetPrec(prec)
+	for _, x := range xs {
+		sum.Add(sum, new(big.Float).SetPrec(prec).SetFloat64(x))
+	}
+	m := new(big.Float).SetPrec(prec).Quo(sum, n)
+	ss := new(big.Float).SetPrec(prec)
+	for _, x := range xs {
+		d := new(big.Float).SetPrec(prec).SetFloat64(x)
+		d.Sub(d, m)
+		ss.Add(ss, d.Mul(d, d))
+	}
+	v := ss.Quo(ss, n)
+	mean, _ = m.Float64()
+	stddev, _ = new(big.Float).SetPrec(prec).Sqrt(v).Float64()
+	return mean, stddev
+}
+
+func TestRulesApplyPerMetric(t *testing.T) {
+	rules, err := detect.ParseRules([]byte(`{"rules":[{"match":"temp*","detector":"zscore","window":4,"min_samples":2,"cooldown":0}]}`), detect.Params{
+		Kind: detect.EWMA, Window: 50, MinSamples: 10, Threshold: 3, MinStddev: 1e-9, Cooldown: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := MustNewSet(t, Options{Shards: 1, Detector: detect.EWMA, Cooldown: 5, Rules: rules})
+	b := new(Batch)
+	for i := range 6 {
+		b.Reset()
+		b.Add([]byte("d"), int64(i))
+		b.AddMetric([]byte("temp_c"), float64(i))
+		b.AddMetric([]byte("hum"), float64(i))
+		if err := s.Ingest(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ms, _, _ := s.Device("d")
+	if ms[0].Detector != detect.ZScore || ms[0].Window != 4 || ms[1].Detector != detect.EWMA || ms[1].Window != 6 {
+		t.Fatalf("rules not applied: %+v", ms)
+	}
+}
+
 func TestIngestAnomaliesInSampleOrder(t *testing.T) {
-	s := MustNewSet(t, Options{Shards: 7, MinSamples: 3, Detector: ZScore, ZThreshold: 3, Cooldown: -1})
+	s := MustNewSet(t, Options{Shards: 7, MinSamples: 3, Detector: detect.ZScore, ZThreshold: 3, Cooldown: -1})
 	devs := []string{"a", "b", "c", "d", "e", "f", "g", "h", "i"}
 	for range 5 {
 		b := batchOf(devs, "m", make([]float64, len(devs)))
@@ -125,7 +174,7 @@ func TestStop(t *testing.T) {
 }
 
 func TestDeviceStateAndHistory(t *testing.T) {
-	s := MustNewSet(t, Options{Shards: 2, Detector: ZScore, ZThreshold: 3, Cooldown: -1, WindowSize: 4, MinSamples: 2, HistoryLen: 3})
+	s := MustNewSet(t, Options{Shards: 2, Detector: detect.ZScore, ZThreshold: 3, Cooldown: -1, WindowSize: 4, MinSamples: 2, HistoryLen: 3})
 	for i := range 30 {
 		v := 0.0
 		if i%5 == 4 {
@@ -385,7 +434,7 @@ func TestLatch(t *testing.T) {
 // the ops of shards it does not touch (anomalous_samples_total went 1 -> 6
 // over 20 normal single samples).
 func TestAnomalousCountPerBatch(t *testing.T) {
-	s := MustNewSet(t, Options{Shards: 4, Detector: ZScore, ZThreshold: 3, Cooldown: -1, MinSamples: 3})
+	s := MustNewSet(t, Options{Shards: 4, Detector: detect.ZScore, ZThreshold: 3, Cooldown: -1, MinSamples: 3})
 	b := new(Batch)
 	ingest := func(dev string, v float64) int {
 		b.Reset()

@@ -3,6 +3,8 @@ package shard
 import (
 	"math"
 	"unsafe"
+
+	"ai-load-service/shard/detect"
 )
 
 // slabs hands out a shard's device structs, stream arrays and window rings,
@@ -10,7 +12,7 @@ import (
 // wherever the allocator put each one. With a large fleet every access to
 // them is a cache miss; in big slabs advised as huge pages (Linux) it is
 // not also a TLB miss, which CPU profiles showed to be most of
-// Window.Push's cost at 10k devices.
+// detect.Window.Push's cost at 10k devices.
 //
 // slabs belong to one shard and are used by its goroutine alone. What
 // dropped devices used is kept for reuse, not returned to the Go heap:
@@ -94,7 +96,7 @@ func (s *slabs[T]) put(v []T) {
 func (sh *shard) release(d *device) {
 	for i := range d.streams {
 		st := &d.streams[i]
-		sh.putRing(st.Win.vals, int(st.Win.size))
+		sh.putRing(st.Win.Buf(), st.Win.Cap())
 		st.agg.add(-st.mean)
 		st.agg.abs -= math.Abs(st.mean)
 		if st.agg.streams--; st.agg.streams == 0 {
@@ -129,8 +131,8 @@ func (sh *shard) freeDevice(d *device) {
 const firstRing = 64
 
 // newRing returns an empty ring for a window of size values.
-func (sh *shard) newRing(size int) Window {
-	return Window{vals: sh.rings.get(min(size, firstRing)), size: int32(size)}
+func (sh *shard) newRing(size int) detect.Window {
+	return detect.NewWindowBuf(size, sh.rings.get(min(size, firstRing)))
 }
 
 // makeRoom gives w's ring room for n values (at most W), keeping its
@@ -139,20 +141,20 @@ func (sh *shard) newRing(size int) Window {
 // from the Go heap and go back to the garbage collector. A fleet whose
 // windows fill together would otherwise leave every stream's outgrown
 // rings unused in the slabs: at W=1000, ~1 KB of rings per 1 KB held.
-func (sh *shard) makeRoom(w *Window, n int) {
-	if n <= cap(w.vals) {
+func (sh *shard) makeRoom(w *detect.Window, n int) {
+	old := w.Buf()
+	if n <= cap(old) {
 		return
 	}
-	c := min(max(n, 2*cap(w.vals)), int(w.size))
+	c := min(max(n, 2*cap(old)), w.Cap())
 	var grown []float64
-	if c == int(w.size) {
+	if c == w.Cap() {
 		grown = sh.rings.get(c)
 	} else {
 		grown = make([]float64, 0, c)
 	}
-	grown = append(grown, w.vals...)
-	sh.putRing(w.vals, int(w.size))
-	w.vals = grown
+	w.Grow(grown)
+	sh.putRing(old, w.Cap())
 }
 
 // putRing gives back a ring of a window of size values: to the slabs when
@@ -164,8 +166,8 @@ func (sh *shard) putRing(v []float64, size int) {
 }
 
 // room makes sure w can take one more value without Go growing its slice.
-func (sh *shard) room(w *Window) {
-	if len(w.vals) == cap(w.vals) && len(w.vals) < int(w.size) {
-		sh.makeRoom(w, len(w.vals)+1)
+func (sh *shard) room(w *detect.Window) {
+	if r := w.Buf(); len(r) == cap(r) && len(r) < w.Cap() {
+		sh.makeRoom(w, len(r)+1)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"ai-load-service/shard/detect"
 )
 
 func TestSlabsDisjointAndReused(t *testing.T) {
@@ -210,8 +212,8 @@ func TestWindowSizesIngest(t *testing.T) {
 // detector computes (compared with a window allocated at W up front).
 func TestRingsGrowWithValues(t *testing.T) {
 	const w = 1000
-	s := MustNewSet(t, Options{Shards: 1, WindowSize: w, Detector: Winsor})
-	ref := NewStream(w)
+	s := MustNewSet(t, Options{Shards: 1, WindowSize: w, Detector: detect.Winsor})
+	ref := detect.NewStream(w)
 	p := s.params
 	rng := rand.New(rand.NewPCG(3, 4))
 	for i := range 3 * w {
@@ -234,7 +236,7 @@ func TestRingsGrowWithValues(t *testing.T) {
 		if n := i + 1; n < w {
 			var c int
 			for _, d := range s.shards[0].devices {
-				c = cap(d.streams[0].Win.vals)
+				c = cap(d.streams[0].Win.Buf())
 			}
 			if c < n || c > max(2*n, firstRing) {
 				t.Fatalf("%d values in a ring of capacity %d", n, c)

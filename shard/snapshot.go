@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+
+	"ai-load-service/shard/detect"
 )
 
 // Snapshot is a copy of one device's state, taken by its shard goroutine
@@ -43,13 +45,7 @@ type StreamSnapshot struct {
 	AlertZ    float64
 	// The window's running sums, so a restored stream computes exactly
 	// what the original would have, bit for bit.
-	Sums WindowSums
-}
-
-// WindowSums is a Window's internal state besides its values.
-type WindowSums struct {
-	Ref, S1, S2, Mag1, Mag2 float64
-	Age                     int32
+	Sums detect.WindowSums
 }
 
 // snapshotVersion is the first byte of every encoded snapshot. Version 2
@@ -66,15 +62,12 @@ const snapshotVersion = 2
 // bounded by the bytes left, at the fewest bytes its items take, so a
 // corrupt count cannot ask for more memory than a small multiple of the
 // value's size. Window values are the exception: a window holds at most
-// MaxWindow, the largest WINDOW_SIZE, and the bounds below rely on it.
+// detect.MaxWindow, the largest WINDOW_SIZE, and the bounds below rely on
+// it.
 const (
 	minStreamBytes = 1 + 6 + 11*8 + 1 // name length, six varints, eleven floats, value count
 	minAlertBytes  = 1 + 1 + 4*8      // metric name length, ts, four floats
 )
-
-// MaxWindow is the largest window size a detector accepts (Params.Validate)
-// and the most values a snapshot's window may hold.
-const MaxWindow = 100000
 
 // MaxValue bounds the magnitude of every value a Set is given (the server
 // refuses larger ones), so that squared deviations cannot overflow.
@@ -90,7 +83,7 @@ const MaxValue = 1e150
 const (
 	maxStored = 2 * MaxValue
 	maxDev    = 2 * maxStored
-	maxMag    = 3 * MaxWindow * maxDev
+	maxMag    = 3 * detect.MaxWindow * maxDev
 	maxMag2   = maxMag * maxDev
 )
 
@@ -249,7 +242,7 @@ func DecodeSnapshot(b []byte) (*Snapshot, error) {
 		w.S2 = d.float(-maxMag2, maxMag2) // rounding can leave it just below 0
 		w.Mag1 = d.float(0, maxMag)
 		w.Mag2 = d.float(0, maxMag2)
-		nv := d.count(min(MaxWindow, len(d.b)/8))
+		nv := d.count(min(detect.MaxWindow, len(d.b)/8))
 		if d.err == nil {
 			st.Values = make([]float64, nv)
 		}

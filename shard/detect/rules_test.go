@@ -1,4 +1,4 @@
-package shard
+package detect
 
 import (
 	"strings"
@@ -36,29 +36,6 @@ func TestParseRules(t *testing.T) {
 	f(`{"rules":[{"match":"a","step_floor":2}]}`, "", func(r []Rule) bool { return r[0].Params.StepFloor == 2 })
 	f(`{"rules":[{"match":"a","windw":5}]}`, `unknown field "windw"`, nil)
 	f(`not json`, "cannot parse detector config", nil)
-}
-
-func TestRulesApplyPerMetric(t *testing.T) {
-	rules, err := ParseRules([]byte(`{"rules":[{"match":"temp*","detector":"zscore","window":4,"min_samples":2,"cooldown":0}]}`), Params{
-		Kind: EWMA, Window: 50, MinSamples: 10, Threshold: 3, MinStddev: 1e-9, Cooldown: 5})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := MustNewSet(t, Options{Shards: 1, Detector: EWMA, Cooldown: 5, Rules: rules})
-	b := new(Batch)
-	for i := range 6 {
-		b.Reset()
-		b.Add([]byte("d"), int64(i))
-		b.AddMetric([]byte("temp_c"), float64(i))
-		b.AddMetric([]byte("hum"), float64(i))
-		if err := s.Ingest(b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ms, _, _ := s.Device("d")
-	if ms[0].Detector != ZScore || ms[0].Window != 4 || ms[1].Detector != EWMA || ms[1].Window != 6 {
-		t.Fatalf("rules not applied: %+v", ms)
-	}
 }
 
 func TestCooldownAndEscalation(t *testing.T) {

@@ -1,4 +1,4 @@
-package shard
+package detect
 
 import (
 	"bytes"
@@ -85,15 +85,4 @@ func ParseRules(data []byte, def Params) ([]Rule, error) {
 		rules = append(rules, Rule{Match: *r.Match, Params: p})
 	}
 	return rules, nil
-}
-
-// paramsFor returns the settings of the first rule matching name, or the
-// Set's defaults. It runs once per new stream, not per sample.
-func (s *Set) paramsFor(name []byte) *Params {
-	for i := range s.opts.Rules {
-		if ok, _ := path.Match(s.opts.Rules[i].Match, string(name)); ok {
-			return &s.opts.Rules[i].Params
-		}
-	}
-	return &s.params
 }

@@ -1,4 +1,4 @@
-package shard
+package detect
 
 import "math"
 
@@ -14,12 +14,12 @@ import "math"
 // or 1e-13 of the mean's scale, and at the latest after W pushes, so the
 // O(W) recompute costs O(1) amortised per value.
 //
-// The zero Window is unusable: make one with NewWindow. A Window is not safe
-// for concurrent use; its shard goroutine owns it.
+// The zero Window is unusable: make one with NewWindow (or NewWindowBuf). A
+// Window is not safe for concurrent use; its shard goroutine owns it.
 type Window struct {
 	// vals is the ring. It grows to size values, then wraps; its capacity
-	// may grow with it (a shard grows it from its slabs, see
-	// shard.makeRoom), so memory follows the values held, not W.
+	// may grow with it (a shard grows it from its slabs with Grow, see
+	// makeRoom in package shard), so memory follows the values held, not W.
 	vals []float64
 	head int32   // index of the oldest value once full
 	age  int32   // pushes since the last recompute
@@ -31,12 +31,27 @@ type Window struct {
 	mag2 float64 // Σ(x-ref)² likewise
 }
 
+// MaxWindow is the largest window size a detector accepts (Params.Validate)
+// and the most values a snapshot's window may hold.
+const MaxWindow = 100000
+
 // NewWindow returns an empty window holding at most size values.
 func NewWindow(size int) Window {
 	if size < 1 {
-		panic("BUG: shard.NewWindow size must be positive")
+		panic("BUG: detect.NewWindow size must be positive")
 	}
-	return Window{vals: make([]float64, 0, size), size: int32(size)}
+	return NewWindowBuf(size, make([]float64, 0, size))
+}
+
+// NewWindowBuf is NewWindow with its ring in buf's array (buf's length is
+// ignored), for an owner that allocates rings itself: buf may hold fewer
+// than size values, and the ring grows past its capacity as append would,
+// unless the owner gives it a larger one first (Grow).
+func NewWindowBuf(size int, buf []float64) Window {
+	if size < 1 {
+		panic("BUG: detect.NewWindowBuf size must be positive")
+	}
+	return Window{vals: buf[:0], size: int32(size)}
 }
 
 // Len returns how many values the window holds.
@@ -44,6 +59,16 @@ func (w *Window) Len() int { return len(w.vals) }
 
 // Cap returns the window size W.
 func (w *Window) Cap() int { return int(w.size) }
+
+// Buf returns the ring: its length is Len, its capacity how many values the
+// window holds before Push must grow it (see Grow). The caller must not
+// change it while the window uses it.
+func (w *Window) Buf() []float64 { return w.vals }
+
+// Grow moves the ring, in ring order, into buf's array (buf's length is
+// ignored; its capacity should be from Len to Cap), so that Push can fill
+// it without Go growing the slice. The old ring is the caller's again.
+func (w *Window) Grow(buf []float64) { w.vals = append(buf[:0], w.vals...) }
 
 // Stats returns the mean and population standard deviation of the values in
 // the window; both are zero when it is empty.
@@ -59,6 +84,10 @@ func (w *Window) Stats() (mean, stddev float64) {
 	}
 	return w.ref + m, math.Sqrt(v)
 }
+
+// Mean returns the mean Stats returns, without the stddev, cheaply enough
+// to inline: a shard's per-name sums read it after every value.
+func (w *Window) Mean() float64 { return w.ref + w.s1*recip(len(w.vals)) }
 
 // recips[n] is 1/n. A sample's arithmetic multiplies by it where it would
 // divide by a count (the window's length, the step's sample count): a
@@ -155,6 +184,13 @@ func (w *Window) oldest() int {
 	return int(w.head)
 }
 
+// Ring returns the window's values, oldest first, as two parts of its ring
+// (older then newer) without copying them, e.g. for encoding.
+func (w *Window) Ring() (older, newer []float64) {
+	h := w.oldest()
+	return w.vals[h:], w.vals[:h]
+}
+
 // Values appends the window's values, oldest first, to dst.
 func (w *Window) Values(dst []float64) []float64 {
 	h := w.oldest()
@@ -175,14 +211,23 @@ func (w *Window) MinMax() (lo, hi float64) {
 	return lo, hi
 }
 
-// sums returns w's running sums, for snapshots.
-func (w *Window) sums() WindowSums {
+// WindowSums is a Window's internal state besides its values: what a
+// snapshot saves so that a restored window computes exactly what the
+// original would have, bit for bit.
+type WindowSums struct {
+	Ref, S1, S2, Mag1, Mag2 float64
+	Age                     int32
+}
+
+// Sums returns w's running sums, for snapshots.
+func (w *Window) Sums() WindowSums {
 	return WindowSums{Ref: w.ref, S1: w.s1, S2: w.s2, Mag1: w.mag1, Mag2: w.mag2, Age: w.age}
 }
 
-// load refills an empty w with vals (oldest first) and, when they all fit
-// and ws is finite, the sums they were saved with; otherwise it recomputes.
-func (w *Window) load(vals []float64, ws WindowSums) {
+// Load refills an empty w with vals (oldest first) and, when they all fit
+// and ws is finite, the sums they were saved with (Sums); otherwise it
+// recomputes them.
+func (w *Window) Load(vals []float64, ws WindowSums) {
 	if len(vals) > int(w.size) {
 		vals = vals[len(vals)-int(w.size):]
 		ws.Age = -1

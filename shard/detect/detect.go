@@ -1,4 +1,13 @@
-package shard
+// Package detect is the detectors' math as a library, with no goroutines
+// and no devices: Window, a ring with an exact O(1) rolling mean and
+// stddev; Stream, which scores each value of one series against the values
+// before it with one of the detectors (Kind); Params and the per-metric
+// Rules that configure them; and a scorer for the Numenta Anomaly
+// Benchmark (nab.go). Its tests evaluate the detectors on a labelled
+// synthetic corpus (make eval). Package shard owns the streams, each in
+// one shard goroutine, and persists them through Window.Sums and Load and
+// Stream.State and SetState.
+package detect
 
 import (
 	"fmt"
@@ -47,13 +56,22 @@ const (
 )
 
 // MinMinStddev is the smallest MinStddev: values differ by at most
-// 2·MaxValue, so z stays below 2e300, finite (a smaller floor let z
+// 2·shard.MaxValue, so z stays below 2e300, finite (a smaller floor let z
 // overflow to +Inf, which a snapshot cannot hold).
 const MinMinStddev = 1e-150
 
 // escalation is how much larger |z| must be than at the last alert for a
 // new alert to break through the cooldown.
 const escalation = 2
+
+// Default settings, chosen from the labelled evaluation (see README, make
+// eval); package shard fills its Options' zero fields with them.
+const (
+	DefaultKind      = Winsor
+	DefaultThreshold = 4
+	DefaultCooldown  = 50
+	DefaultStepFloor = 0.5
+)
 
 // Params are one detector's settings.
 type Params struct {
@@ -125,6 +143,26 @@ type Stream struct {
 
 // NewStream returns an empty stream with a window of size values.
 func NewStream(size int) Stream { return Stream{Win: NewWindow(size)} }
+
+// State is a Stream's detector state besides its window and its exported
+// fields: what a snapshot saves so that a restored stream scores exactly
+// what the original would have.
+type State struct {
+	Step          float64 // long-run mean |x - previous x|
+	AlertZ        float64 // |z| of the last alert
+	EWMean, EWVar float64 // EWMA state
+	Quiet         int32   // samples left in the cooldown
+}
+
+// State returns s's detector state, for snapshots.
+func (s *Stream) State() State {
+	return State{Step: s.step, AlertZ: s.alertZ, EWMean: s.ewMean, EWVar: s.ewVar, Quiet: s.quiet}
+}
+
+// SetState restores the detector state State returned.
+func (s *Stream) SetState(st State) {
+	s.ewMean, s.ewVar, s.step, s.quiet, s.alertZ = st.EWMean, st.EWVar, st.Step, st.Quiet, st.AlertZ
+}
 
 // Observe scores x against the state built from earlier samples, then adds
 // x to it.

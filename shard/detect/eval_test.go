@@ -1,9 +1,9 @@
-package shard
+package detect
 
 // The evaluation the project owns: a labelled corpus of synthetic device
-// signals (shard/testdata/corpus, regenerated with -update) and a
+// signals (shard/detect/testdata/corpus, regenerated with -update) and a
 // window-based scorer in the style of the Numenta Anomaly Benchmark. Run it
-// with `make eval` or `go test ./shard -run Eval -v`.
+// with `make eval` or `go test ./shard/detect -run Eval -v`.
 
 import (
 	"bufio"
@@ -21,7 +21,7 @@ import (
 )
 
 var (
-	update = flag.Bool("update", false, "rewrite shard/testdata/corpus from the generator")
+	update = flag.Bool("update", false, "rewrite shard/detect/testdata/corpus from the generator")
 	sweep  = flag.Bool("sweep", false, "TestEval: score a grid of detector settings")
 )
 
@@ -418,7 +418,7 @@ func loadCorpus(tb testing.TB) []series {
 	tb.Helper()
 	files, err := filepath.Glob(filepath.Join(corpusDir, "*.csv"))
 	if err != nil || len(files) == 0 {
-		tb.Fatalf("no corpus in %s (go test ./shard -run TestCorpus -update): %v", corpusDir, err)
+		tb.Fatalf("no corpus in %s (go test ./shard/detect -run TestCorpus -update): %v", corpusDir, err)
 	}
 	var out []series
 	for _, f := range files {
@@ -460,7 +460,7 @@ func TestCorpus(t *testing.T) {
 	for _, s := range gen {
 		data, err := os.ReadFile(filepath.Join(corpusDir, s.name+".csv"))
 		if err != nil || !bytes.Equal(data, encodeSeries(s)) {
-			t.Fatalf("%s differs from the generator (go test ./shard -run TestCorpus -update): %v", s.name, err)
+			t.Fatalf("%s differs from the generator (go test ./shard/detect -run TestCorpus -update): %v", s.name, err)
 		}
 		if len(windowsOf(s.labels)) == 0 {
 			t.Fatalf("%s has no anomaly window", s.name)
