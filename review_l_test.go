@@ -642,3 +642,175 @@ func TestReviewLHandoverCappedAtStopTimeout(t *testing.T) {
 			held, took.Round(100*time.Millisecond), grace[1], m[1], line)
 	}
 }
+
+// renderedDoc returns the document of kind in the rendering of the
+// kustomization dir (one object of that kind whose name is name).
+func renderedDoc(t *testing.T, dir, kind, name string) string {
+	t.Helper()
+	out, err := exec.Command("kubectl", "kustomize", dir).Output()
+	if err != nil {
+		t.Fatalf("kubectl kustomize %s: %v", dir, err)
+	}
+	for _, doc := range strings.Split(string(out), "\n---\n") {
+		if regexp.MustCompile(`(?m)^kind: `+kind+`$`).MatchString(doc) && regexp.MustCompile(`(?m)^  name: `+name+`$`).MatchString(doc) {
+			return doc
+		}
+	}
+	t.Fatalf("%s: no %s %s", dir, kind, name)
+	return ""
+}
+
+// bytesOf parses a memory quantity with a binary suffix (512Mi, 2Gi).
+func bytesOf(t *testing.T, q string) float64 {
+	t.Helper()
+	var n float64
+	var unit string
+	if _, err := fmt.Sscanf(q, "%g%s", &n, &unit); err != nil {
+		t.Fatalf("quantity %q: %v", q, err)
+	}
+	mul := map[string]float64{"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}[unit]
+	if mul == 0 {
+		t.Fatalf("quantity %q: unit %q not handled", q, unit)
+	}
+	return n * mul
+}
+
+// TestReviewLRedisTooSmallForTheFleet: the state Redis must hold is every
+// device's snapshot (SNAPSHOT_TTL 168h keeps even devices idle for a week,
+// long after IDLE_EVICT dropped them from the pods), so Redis needs at
+// least as much memory as the state of all the pods together. The manifests
+// size the service tier at HPA maxReplicas pods of limits.memory each
+// ("1 GiB holds about a million streams"), and Redis at one pod with a
+// 2Gi limit and no maxmemory. Measured here with the ConfigMap's detector
+// settings (WINDOW_SIZE 50, full windows, 5 metrics a device): a stream
+// takes ~970 B resident in the service and ~520 B in Redis, so Redis fills
+// its limit when the fleet reaches about 4 full pods of the 10 the HPA may
+// run (the minikube overlay: Redis 512Mi for up to 10 pods of 512Mi).
+// Past that the kernel OOM-kills Redis; replaying its append-only file needs
+// the same memory, so it is killed again on every restart (CrashLoopBackOff)
+// and every snapshot and restore fails from then on. No alert watches
+// Redis memory.
+func TestReviewLRedisTooSmallForTheFleet(t *testing.T) {
+	if _, err := exec.LookPath("kubectl"); err != nil {
+		t.Fatal("kubectl (with kustomize) is needed to render the manifests")
+	}
+	bin := buildService(t)
+	redis := startRedis(t)
+	info := func(field string) float64 {
+		c, err := net.DialTimeout("tcp", redis, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprint(c, "*2\r\n$4\r\nINFO\r\n$6\r\nmemory\r\n")
+		c.SetReadDeadline(time.Now().Add(5 * time.Second)) //nolint:errcheck
+		r := bufio.NewReader(c)
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("INFO memory: %v", err)
+			}
+			if v, ok := strings.CutPrefix(l, field+":"); ok {
+				var n float64
+				fmt.Sscan(strings.TrimSpace(v), &n) //nolint:errcheck
+				return n
+			}
+		}
+	}
+	var env []string
+	for _, kv := range manifestEnv(t, "127.0.0.1", "default") {
+		switch k, _, _ := strings.Cut(kv, "="); k {
+		case "ADDR", "SELF_ADDR", "PEERS_DNS", "REDIS_ADDR", "GOMEMLIMIT", "GOMEMLIMIT_MIB":
+		default:
+			env = append(env, kv) // the ConfigMap's detector settings, GOMAXPROCS
+		}
+	}
+	s := startService(t, bin, append(env, "REDIS_ADDR="+redis)...)
+	rss := func() float64 {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+		if err != nil {
+			t.Skipf("no /proc: %v", err)
+		}
+		m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(b)
+		var kb float64
+		fmt.Sscan(string(m[1]), &kb) //nolint:errcheck
+		return kb * 1024
+	}
+	window := 50
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "WINDOW_SIZE="); ok {
+			fmt.Sscan(v, &window) //nolint:errcheck
+		}
+	}
+	rss0, redis0 := rss(), info("used_memory")
+	const devices, metrics = 20000, 5
+	client := &http.Client{Timeout: 30 * time.Second}
+	for round := range window {
+		for first := 0; first < devices; first += 1000 {
+			var body bytes.Buffer
+			body.WriteByte('[')
+			for d := first; d < first+1000; d++ {
+				if d > first {
+					body.WriteByte(',')
+				}
+				fmt.Fprintf(&body, `{"device":"sensor-%d","metrics":{`, d)
+				for m := range metrics {
+					if m > 0 {
+						body.WriteByte(',')
+					}
+					fmt.Fprintf(&body, `"m%d":%d.5`, m, (d*7+round*13+m)%101)
+				}
+				body.WriteString("}}")
+			}
+			body.WriteByte(']')
+			resp, err := client.Post(s.base+"/api/v1/ingest", "application/json", &body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("ingest: %d", resp.StatusCode)
+			}
+		}
+	}
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(s.get(t, "/metrics"), "\nsnapshot_pending_devices 0\n"); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("snapshots did not catch up")
+		}
+	}
+	streams := float64(devices * metrics)
+	app := (rss() - rss0) / streams // at this small scale, inflated by the shards' preallocated slabs
+	red := (info("used_memory") - redis0) / streams
+	t.Logf("per stream at WINDOW_SIZE=%d, %d streams: %.0f B resident in the service, %.0f B in Redis", window, int(streams), app, red)
+	if app <= 0 || red <= 0 {
+		t.Fatal("nothing measured")
+	}
+	// The service's own sizing, as deployment.yaml states it ("~815 bytes
+	// per (device, metric) stream ... 1 GiB holds about a million streams"):
+	// what the tier is provisioned to hold.
+	if m := regexp.MustCompile(`~(\d+) bytes per \(device, metric\)\s*#?\s*stream`).FindSubmatch(mustRead(t, "manifests/base/deployment.yaml")); m != nil {
+		fmt.Sscan(string(m[1]), &app) //nolint:errcheck
+		t.Logf("deployment.yaml sizes the service at %.0f B a stream", app)
+	}
+	for _, dir := range []string{"manifests", "manifests/overlays/minikube"} {
+		dep := renderedDoc(t, dir, "Deployment", "ai-load-service")
+		hpa := renderedDoc(t, dir, "HorizontalPodAutoscaler", "ai-load-service")
+		sts := renderedDoc(t, dir, "StatefulSet", "redis")
+		appLimit := regexp.MustCompile(`(?s)limits:\n(?:\s+cpu: \S+\n)?\s+memory: (\S+)`).FindStringSubmatch(dep)
+		redisLimit := regexp.MustCompile(`(?s)limits:\n(?:\s+cpu: \S+\n)?\s+memory: (\S+)`).FindStringSubmatch(sts)
+		maxReplicas := regexp.MustCompile(`maxReplicas: (\d+)`).FindStringSubmatch(hpa)
+		if appLimit == nil || redisLimit == nil || maxReplicas == nil {
+			t.Fatalf("%s: limits or maxReplicas not found", dir)
+		}
+		var n float64
+		fmt.Sscan(maxReplicas[1], &n)              //nolint:errcheck
+		fleet := n * bytesOf(t, appLimit[1]) / app // streams the service tier holds at its maximum
+		need := fleet * red
+		have := bytesOf(t, redisLimit[1])
+		if need > have {
+			t.Errorf("%s: %s pods of %s hold %.1fM streams, whose snapshots take %.2f GiB in Redis; Redis's limit is %s "+
+				"(full at %.1fM streams, %.1f pods' worth) and it sets no maxmemory: it is OOM-killed, and again on every AOF replay",
+				dir, maxReplicas[1], appLimit[1], fleet/1e6, need/(1<<30), redisLimit[1], have/red/1e6, have/red/(bytesOf(t, appLimit[1])/app))
+		}
+	}
+}
