@@ -1054,7 +1054,7 @@ func TestManifestSettings(t *testing.T) {
 	}
 	runtimeVars := map[string]bool{"GOMAXPROCS": true, "GOMEMLIMIT": true}
 	helpers := map[string]bool{"POD_IP": true, "GOMEMLIMIT_MIB": true} // used inside other values
-	cm, err := os.ReadFile("manifests/base/configmap.yaml")
+	cm, err := os.ReadFile("manifests/base/config.env")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1063,7 +1063,7 @@ func TestManifestSettings(t *testing.T) {
 		t.Fatal(err)
 	}
 	set := map[string]bool{}
-	for _, m := range regexp.MustCompile(`(?m)^  ([A-Z][A-Z0-9_]*): `).FindAllSubmatch(cm, -1) {
+	for _, m := range regexp.MustCompile(`(?m)^([A-Z][A-Z0-9_]*)=`).FindAllSubmatch(cm, -1) {
 		set[string(m[1])] = true
 	}
 	for _, m := range regexp.MustCompile(`(?m)^ +- name: ([A-Z][A-Z0-9_]*)$`).FindAllSubmatch(dep, -1) {
@@ -1075,7 +1075,7 @@ func TestManifestSettings(t *testing.T) {
 		}
 	}
 	listed := map[string]bool{}
-	for _, m := range regexp.MustCompile(`(?m)^  #? ?([A-Z][A-Z0-9_]*): `).FindAllSubmatch(cm, -1) {
+	for _, m := range regexp.MustCompile(`(?m)^#? ?([A-Z][A-Z0-9_]*)=`).FindAllSubmatch(cm, -1) {
 		listed[string(m[1])] = true
 	}
 	readme, err := os.ReadFile("README.md")

@@ -121,7 +121,7 @@ scrape_configs:
 // downward-API values substituted from the base's limits.
 func manifestEnv(t *testing.T, podIP, ns string) []string {
 	t.Helper()
-	cm := mustRead(t, "manifests/base/configmap.yaml")
+	cm := mustRead(t, "manifests/base/config.env")
 	dep := string(mustRead(t, "manifests/base/deployment.yaml"))
 	env := map[string]string{}
 	var order []string
@@ -131,7 +131,7 @@ func manifestEnv(t *testing.T, podIP, ns string) []string {
 		}
 		env[k] = v
 	}
-	for _, m := range regexp.MustCompile(`(?m)^  ([A-Z][A-Z0-9_]*): "(.*)"$`).FindAllSubmatch(cm, -1) {
+	for _, m := range regexp.MustCompile(`(?m)^([A-Z][A-Z0-9_]*)=(.*)$`).FindAllSubmatch(cm, -1) {
 		set(string(m[1]), string(m[2]))
 	}
 	// Deployment env: each "- name: X" then value: or valueFrom.

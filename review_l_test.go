@@ -446,9 +446,9 @@ func TestReviewLConfigChangeRollsNothing(t *testing.T) {
 	if out, err := exec.Command("cp", "-r", "manifests", dir).CombinedOutput(); err != nil {
 		t.Fatalf("cp: %v %s", err, out)
 	}
-	cm := filepath.Join(dir, "manifests", "base", "configmap.yaml")
+	cm := filepath.Join(dir, "manifests", "base", "config.env")
 	data := mustRead(t, cm)
-	edited := regexp.MustCompile(`(?m)^  Z_THRESHOLD: "[^"]*"$`).ReplaceAll(data, []byte(`  Z_THRESHOLD: "3"`))
+	edited := regexp.MustCompile(`(?m)^Z_THRESHOLD=.*$`).ReplaceAll(data, []byte(`Z_THRESHOLD=3`))
 	if bytes.Equal(edited, data) {
 		t.Fatal("no Z_THRESHOLD in the ConfigMap to edit")
 	}

@@ -461,10 +461,20 @@ func (m *Membership) readFile(context.Context) ([]string, error) {
 // lookup is the DNS source. It asks for A and AAAA records apart, so that
 // a failure of either fails the refresh instead of dropping the members of
 // that family (one combined lookup returns what it got without an error).
+// Both ask the name the search list found first: a short name's AAAA
+// query, empty in the cluster, walked on to the bare name outside it, and
+// an upstream's SERVFAIL for that kept a new pod from ever being ready.
 func (m *Membership) lookup(ctx context.Context) ([]string, error) {
+	name, err := m.opts.Resolver.LookupCNAME(ctx, m.opts.DNS)
+	if de := (*net.DNSError)(nil); errors.As(err, &de) && de.IsNotFound {
+		err = errNoRecords
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot resolve peers %q: %w", m.opts.DNS, err)
+	}
 	var members []string
 	for _, network := range []string{"ip4", "ip6"} {
-		ips, err := m.opts.Resolver.LookupNetIP(ctx, network, m.opts.DNS)
+		ips, err := m.opts.Resolver.LookupNetIP(ctx, network, name)
 		if err != nil {
 			var de *net.DNSError
 			if errors.As(err, &de) && de.IsNotFound {
