@@ -1,5 +1,5 @@
 # Quality gates and measurements; `make check` is what to run before a commit.
-.PHONY: run test check bench fuzz eval manifests
+.PHONY: run test check bench fuzz eval eval-nab manifests
 
 run:
 	go run .
@@ -35,3 +35,11 @@ fuzz:
 # Detector evaluation on the labelled corpus; EVAL_FLAGS=-sweep scores a grid.
 eval:
 	go test ./shard/detect -run 'TestScoreAlerts|TestCorpus|TestEval' -count=1 -v $(EVAL_FLAGS)
+
+# Detectors on the Numenta Anomaly Benchmark (NAB_DIR, default ../shared/nab;
+# without the data the tests say so and skip): the scorer's checks, every
+# detector's table beside NAB's published scores, then the default through
+# a running service's ingest route.
+eval-nab:
+	go test ./shard/detect -run 'TestNABScorer|TestEvalNAB|TestRangesNAB' -count=1 -v
+	go test . -run TestNABLive -count=1 -v
