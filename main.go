@@ -126,7 +126,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	v(durIn(&c.WriteTimeout, 10*time.Millisecond, 24*time.Hour), "write-timeout", "WRITE_TIMEOUT", "how long a response write may wait on a client that does not read")
 	v(durIn(&c.IdleTimeout, 10*time.Millisecond, 24*time.Hour), "idle-timeout", "IDLE_TIMEOUT", "how long a keep-alive connection may wait for its next request")
 	v((*boolValue)(&c.Pprof), "pprof", "PPROF", "serve Go profiles under /debug/pprof/")
-	v((*kindValue)(&c.Detector), "detector", "DETECTOR", "default detector: zscore, winsor or ewma")
+	v((*kindValue)(&c.Detector), "detector", "DETECTOR", "default detector: zscore, winsor, ewma or ranges")
 	v(intIn(&c.Cooldown, 0, 1000000), "alert-cooldown", "ALERT_COOLDOWN", "samples after an alert during which a stream raises no new alert unless |z| doubles")
 	v(floatIn(&c.StepFloor, 0, 100), "step-floor", "STEP_FLOOR", "floor under the stddev, in long-run mean steps (winsor, ewma; 0: none)")
 	v((*strValue)(&c.RedisAddr), "redis-addr", "REDIS_ADDR", "comma-separated Redis seeds (a cluster is detected); empty: in-memory only")
@@ -320,7 +320,7 @@ type kindValue string
 
 func (k *kindValue) Set(v string) error {
 	if _, err := detect.ParseKind(v); err != nil {
-		return fmt.Errorf("want zscore, winsor or ewma")
+		return fmt.Errorf("want zscore, winsor, ewma or ranges")
 	}
 	*k = kindValue(v)
 	return nil

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -52,14 +53,40 @@ func nabBatches(i int, f *detect.NABFile, per int, yield func(lo int, body strin
 }
 
 // TestNABLive streams every NAB file through a running service's ingest
-// route with the default settings, one device per file, and scores the
-// alerts the responses list. They must be exactly the alerts of an
-// in-process shard.Set with default options (so `make eval-nab`'s library
-// run measures what the service does).
+// route, one device per file, with the default detector and with
+// DETECTOR=ranges, and scores the alerts the responses list. They must be
+// exactly the alerts of an in-process shard.Set with the same options (so
+// `make eval-nab`'s library run measures what the service does), and
+// ranges must score what TestRangesNAB measured.
 func TestNABLive(t *testing.T) {
 	n := loadNAB(t)
-	s := startService(t, buildService(t))
-	set := shard.New(shard.Options{})
+	bin := buildService(t)
+	for _, c := range []struct {
+		name string
+		env  []string
+		opts shard.Options
+		want [3]float64 // 0: only reported
+	}{
+		{"default", nil, shard.Options{}, [3]float64{}},
+		{"ranges", []string{"DETECTOR=ranges"}, shard.Options{Detector: detect.Ranges}, [3]float64{70.02, 62.58, 74.56}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := nabLive(t, n, startService(t, bin, c.env...), c.opts)
+			t.Logf("%s through the API: standard %.2f, reward_low_FP_rate %.2f, reward_low_FN_rate %.2f (even files %.2f, odd %.2f); %d alerts, %d outside windows, %d of %d windows detected",
+				c.name, r.All[0], r.All[1], r.All[2], r.Even[0], r.Odd[0], r.Alerts, r.FP, r.Detected, r.Windows)
+			for k, w := range c.want {
+				if w != 0 && math.Abs(r.All[k]-w) > 0.005 {
+					t.Errorf("%s: %.2f, want %.2f", n.Profiles[k].Name, r.All[k], w)
+				}
+			}
+		})
+	}
+}
+
+// nabLive streams n through s and through an in-process Set with opts,
+// fails on any difference in alerts, and scores the service's.
+func nabLive(t *testing.T, n *detect.NAB, s *service, opts shard.Options) detect.Report {
+	set := shard.New(opts)
 	defer set.Stop()
 	live := make([][]int, len(n.Files))
 	lib := make([][]int, len(n.Files))
@@ -106,7 +133,5 @@ func TestNABLive(t *testing.T) {
 			t.Errorf("%s: the service alerted on rows %v, the library on %v", f.Name, live[i], lib[i])
 		}
 	}
-	r := n.Evaluate(live)
-	t.Logf("default settings through the API: standard %.2f, reward_low_FP_rate %.2f, reward_low_FN_rate %.2f (even files %.2f, odd %.2f); %d alerts, %d outside windows, %d of %d windows detected",
-		r.All[0], r.All[1], r.All[2], r.Even[0], r.Odd[0], r.Alerts, r.FP, r.Detected, r.Windows)
+	return n.Evaluate(live)
 }

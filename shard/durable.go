@@ -276,7 +276,12 @@ func loadStream(st *detect.Stream, ss *StreamSnapshot) {
 	st.Win.Load(ss.Values, ss.Sums)
 	st.Count, st.Anomalies, st.Anomalous = ss.Count, ss.Anomalies, ss.Anomalous
 	st.Last, st.LastZ, st.UpdatedTS = ss.Last, ss.LastZ, ss.UpdatedTS
-	st.SetState(detect.State{EWMean: ss.EWMean, EWVar: ss.EWVar, Step: ss.Step, Quiet: ss.Quiet, AlertZ: ss.AlertZ})
+	ds := detect.State{EWMean: ss.EWMean, EWVar: ss.EWVar, Step: ss.Step, Quiet: ss.Quiet, AlertZ: ss.AlertZ}
+	if ss.Ranges != nil {
+		r := *ss.Ranges // the stream's own, not the snapshot's
+		ds.Ranges = &r
+	}
+	st.SetState(ds)
 }
 
 // state copies st's scalars (not its window) for encoding.
@@ -286,7 +291,7 @@ func (st *namedStream) state() StreamSnapshot {
 		Name: st.name, Count: st.Count, Anomalies: st.Anomalies,
 		Anomalous: st.Anomalous, Last: st.Last, LastZ: st.LastZ, UpdatedTS: st.UpdatedTS,
 		EWMean: ds.EWMean, EWVar: ds.EWVar, Step: ds.Step, Quiet: ds.Quiet, AlertZ: ds.AlertZ,
-		Sums: st.Win.Sums(),
+		Sums: st.Win.Sums(), Ranges: ds.Ranges,
 	}
 }
 
@@ -297,7 +302,10 @@ func (st *namedStream) state() StreamSnapshot {
 func (d *device) encode() []byte {
 	n := 32 + len(d.id) + len(d.history)*48
 	for i := range d.streams {
-		n += 120 + len(d.streams[i].name) + 8*d.streams[i].Win.Len()
+		n += 121 + len(d.streams[i].name) + 8*d.streams[i].Win.Len()
+		if d.streams[i].State().Ranges != nil {
+			n += detect.RangeStateSize
+		}
 	}
 	dst := appendHeader(make([]byte, 0, n), d.id, d.gen, len(d.streams))
 	for i := range d.streams {

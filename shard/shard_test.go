@@ -273,13 +273,21 @@ func BenchmarkShardOf(b *testing.B) {
 	}
 }
 
-func BenchmarkIngest1(b *testing.B)   { benchmarkIngest(b, 1) }
-func BenchmarkIngest100(b *testing.B) { benchmarkIngest(b, 100) }
+func BenchmarkIngest1(b *testing.B)   { benchmarkIngest(b, 1, Options{}) }
+func BenchmarkIngest100(b *testing.B) { benchmarkIngest(b, 100, Options{}) }
+
+// BenchmarkIngestDetector compares the detectors' batch ingest in one
+// run: read it as ratios to zscore.
+func BenchmarkIngestDetector(b *testing.B) {
+	for _, k := range []detect.Kind{detect.ZScore, detect.Winsor, detect.Ranges} {
+		b.Run(k.String(), func(b *testing.B) { benchmarkIngest(b, 100, Options{Detector: k}) })
+	}
+}
 
 // benchmarkIngest measures Set.Ingest for batches of n samples of two
 // metrics over 10,000 devices, from parallel callers.
-func benchmarkIngest(b *testing.B, n int) {
-	s := MustNewSet(b, Options{})
+func benchmarkIngest(b *testing.B, n int, o Options) {
+	s := MustNewSet(b, o)
 	ids := make([][]byte, 10000)
 	for i := range ids {
 		ids[i] = []byte("sensor-" + strconv.Itoa(i))

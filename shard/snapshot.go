@@ -46,13 +46,20 @@ type StreamSnapshot struct {
 	// The window's running sums, so a restored stream computes exactly
 	// what the original would have, bit for bit.
 	Sums detect.WindowSums
+	// Ranges is the Ranges detector's state (version 3), nil when the
+	// stream has none. From namedStream.state it is the stream's own:
+	// encode it before the stream takes another sample.
+	Ranges *detect.RangeState
 }
 
 // snapshotVersion is the first byte of every encoded snapshot. Version 2
 // adds Gen, at a fixed place a Redis script can read: after the version
 // byte, newerMagic and the device ID, 8 bytes big-endian. Version 1 (no
-// magic, no Gen) is still read.
-const snapshotVersion = 2
+// magic, no Gen) is still read. Version 3 adds each stream's Ranges
+// detector state after its window (a byte, 0 for none, 1 for the
+// detect.RangeStateSize bytes of the state); a version 2
+// stream restores without it, and a Ranges stream then warms up again.
+const snapshotVersion = 3
 
 // The decoder has no limits of its own on how many streams, alerts or
 // bytes of a name a snapshot holds: what the encoder writes is only bounded
@@ -125,7 +132,10 @@ func appendStream(dst []byte, st *StreamSnapshot, v1, v2 []float64) []byte {
 	for _, v := range v2 {
 		dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(v))
 	}
-	return dst
+	if st.Ranges == nil {
+		return append(dst, 0)
+	}
+	return st.Ranges.AppendBinary(append(dst, 1))
 }
 
 // appendHistory encodes anomalies, oldest first.
@@ -167,7 +177,7 @@ const newerMagic = "aisv"
 // the Gen a store's fencing compares, which a corrupt snapshot's device
 // must continue from for its next snapshot to replace it.
 func HeaderGen(b []byte) (uint64, bool) {
-	if len(b) < 1+len(newerMagic) || b[0] != snapshotVersion || string(b[1:1+len(newerMagic)]) != newerMagic {
+	if len(b) < 1+len(newerMagic) || b[0] < 2 || b[0] > snapshotVersion || string(b[1:1+len(newerMagic)]) != newerMagic {
 		return 0, false
 	}
 	d := decoder{b: b[1+len(newerMagic):]}
@@ -206,7 +216,7 @@ func DecodeSnapshot(b []byte) (*Snapshot, error) {
 		return nil, fmt.Errorf("%w: version %d, want %d", ErrCorrupt, v, snapshotVersion)
 	}
 	s := &Snapshot{Device: d.string()}
-	if v == snapshotVersion && d.err == nil {
+	if v >= 2 && d.err == nil {
 		if len(d.b) < 8 {
 			return nil, fmt.Errorf("%w: truncated in the generation", ErrCorrupt)
 		}
@@ -255,6 +265,24 @@ func DecodeSnapshot(b []byte) (*Snapshot, error) {
 		n := float64(nv)
 		if d.err == nil && !(math.Abs(w.S1) <= 2*n*maxDev && math.Abs(w.S2) <= 2*n*maxDev*maxDev) {
 			d.fail("window sums do not fit its values")
+		}
+		if v >= 3 && d.err == nil {
+			switch d.byte() {
+			case 0:
+			case 1:
+				if len(d.b) < detect.RangeStateSize {
+					d.fail("truncated in the ranges detector's state")
+					break
+				}
+				st.Ranges = new(detect.RangeState)
+				if err := st.Ranges.UnmarshalBinary(d.b[:detect.RangeStateSize]); err != nil {
+					d.fail(err.Error()) // drops the bytes left
+					break
+				}
+				d.b = d.b[detect.RangeStateSize:]
+			default:
+				d.fail("bad ranges detector flag")
+			}
 		}
 	}
 	nh := d.count(len(d.b) / minAlertBytes)

@@ -28,9 +28,14 @@ const (
 	// EWMA scores against an exponentially weighted mean and variance
 	// (alpha = 2/(W+1)) updated with the same clipped values.
 	EWMA
+	// Ranges alerts when a stream leaves the ranges it has kept (value,
+	// mean, volatility, daily profile) or its likelihood tests fire: see
+	// RangeState. It has its own thresholds and quiet period; the window
+	// only shows the recent values and their z.
+	Ranges
 )
 
-var kindNames = [...]string{0: "default", ZScore: "zscore", Winsor: "winsor", EWMA: "ewma"}
+var kindNames = [...]string{0: "default", ZScore: "zscore", Winsor: "winsor", EWMA: "ewma", Ranges: "ranges"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -46,7 +51,7 @@ func ParseKind(s string) (Kind, error) {
 			return Kind(k), nil
 		}
 	}
-	return 0, fmt.Errorf("unknown detector %q; want zscore, winsor or ewma", s)
+	return 0, fmt.Errorf("unknown detector %q; want zscore, winsor, ewma or ranges", s)
 }
 
 // The long-run step scale behind Params.StepFloor.
@@ -135,10 +140,11 @@ type Stream struct {
 	step      float64 // long-run mean |x - previous x|
 	quiet     int32   // samples left in the cooldown
 
-	Anomalies     uint64  // alerts raised since the stream was created
-	Anomalous     uint64  // anomalous samples, alerted or not
-	alertZ        float64 // |z| of the last alert
-	ewMean, ewVar float64 // EWMA state
+	Anomalies     uint64      // alerts raised since the stream was created
+	Anomalous     uint64      // anomalous samples, alerted or not
+	alertZ        float64     // |z| of the last alert
+	ewMean, ewVar float64     // EWMA state
+	ranges        *RangeState // Ranges state, made on the first sample: other kinds do without its 704 bytes
 }
 
 // NewStream returns an empty stream with a window of size values.
@@ -152,21 +158,27 @@ type State struct {
 	AlertZ        float64 // |z| of the last alert
 	EWMean, EWVar float64 // EWMA state
 	Quiet         int32   // samples left in the cooldown
+	// Ranges is the Ranges detector's state, nil when the stream has none.
+	// State returns the stream's own: encode it before the next sample.
+	Ranges *RangeState
 }
 
 // State returns s's detector state, for snapshots.
 func (s *Stream) State() State {
-	return State{Step: s.step, AlertZ: s.alertZ, EWMean: s.ewMean, EWVar: s.ewVar, Quiet: s.quiet}
+	return State{Step: s.step, AlertZ: s.alertZ, EWMean: s.ewMean, EWVar: s.ewVar, Quiet: s.quiet, Ranges: s.ranges}
 }
 
 // SetState restores the detector state State returned.
 func (s *Stream) SetState(st State) {
-	s.ewMean, s.ewVar, s.step, s.quiet, s.alertZ = st.EWMean, st.EWVar, st.Step, st.Quiet, st.AlertZ
+	s.ewMean, s.ewVar, s.step, s.quiet, s.alertZ, s.ranges = st.EWMean, st.EWVar, st.Step, st.Quiet, st.AlertZ, st.Ranges
 }
 
 // Observe scores x against the state built from earlier samples, then adds
 // x to it.
 func (s *Stream) Observe(x float64, ts int64, p *Params) Score {
+	if p.Kind == Ranges {
+		return s.observeRanges(x, ts, p)
+	}
 	var mean, sd float64
 	var n int
 	if p.Kind == EWMA {
@@ -215,6 +227,34 @@ func (s *Stream) Observe(x float64, ts int64, p *Params) Score {
 	default:
 		s.Win.Push(in)
 	}
+	s.advance(x, z, ts)
+	return Score{Z: z, Mean: mean, Stddev: sdf, Anomalous: anomalous, Alert: alert}
+}
+
+// observeRanges is Observe for Kind Ranges: RangeState decides, and the
+// window of raw values gives the z and the mean an alert shows.
+func (s *Stream) observeRanges(x float64, ts int64, p *Params) Score {
+	if s.ranges == nil {
+		s.ranges = new(RangeState)
+	}
+	mean, sd := s.Win.Stats()
+	sdf := max(sd, p.MinStddev)
+	var z float64
+	if s.Win.Len() > 0 {
+		z = (x - mean) / sdf
+	}
+	alert := s.ranges.Observe(x, ts)
+	if alert {
+		s.Anomalies++
+		s.Anomalous++
+	}
+	s.Win.Push(x)
+	s.advance(x, z, ts)
+	return Score{Z: z, Mean: mean, Stddev: sdf, Anomalous: alert, Alert: alert}
+}
+
+// advance updates what every kind keeps after scoring x.
+func (s *Stream) advance(x, z float64, ts int64) {
 	if s.Count > 0 {
 		// Warm up as a plain mean, then forget slowly; one huge jump moves
 		// it by at most stepClip typical steps.
@@ -226,5 +266,4 @@ func (s *Stream) Observe(x float64, ts int64, p *Params) Score {
 	}
 	s.Count++
 	s.Last, s.LastZ, s.UpdatedTS = x, z, ts
-	return Score{Z: z, Mean: mean, Stddev: sdf, Anomalous: anomalous, Alert: alert}
 }

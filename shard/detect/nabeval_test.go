@@ -40,7 +40,7 @@ func TestEvalNAB(t *testing.T) {
 		{"zscore T=3, no cooldown (core)", newStreamAlerter(with(ZScore, 3, 0, 0))},
 		{"winsor T=4, cooldown 50 (service default)", newStreamAlerter(with(Winsor, DefaultThreshold, DefaultCooldown, DefaultStepFloor))},
 		{"ewma T=4, cooldown 50", newStreamAlerter(with(EWMA, DefaultThreshold, DefaultCooldown, DefaultStepFloor))},
-		{"ranges (shard/detect.Ranges)", func() alerter { return &Ranges{} }},
+		{"ranges (shard/detect.Ranges)", func() alerter { return &RangeState{} }},
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n| detector | standard | reward_low_FP_rate | reward_low_FN_rate | even files | odd files | alerts | outside windows | windows detected |\n|---|---|---|---|---|---|---|---|---|\n")

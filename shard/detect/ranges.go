@@ -1,8 +1,14 @@
 package detect
 
-import "math"
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+)
 
-// Ranges is a detector built on the Numenta Anomaly Benchmark (see
+// RangeState is the state of the ranges detector (Kind Ranges), one a
+// stream. It is a detector built on the Numenta Anomaly Benchmark (see
 // docs/detection.md): it alerts when a stream does something it has not
 // done for a long while. Channels, any of which raises an alert:
 //
@@ -20,9 +26,9 @@ import "math"
 //     the slow scale), so strongly daily signals alert on a broken rhythm.
 //
 // After an alert the stream is quiet for 30 samples. O(1) per sample, no
-// allocations; the zero Ranges is ready to use. Not safe for concurrent
+// allocations; the zero RangeState is ready to use. Not safe for concurrent
 // use.
-type Ranges struct {
+type RangeState struct {
 	n, quiet   int
 	t0         int64   // ts of the first sample
 	m, s       float64 // point baseline: EWMA mean and |deviation|, W=100, clipped
@@ -67,7 +73,7 @@ const (
 )
 
 // Observe scores x, taken at ts (unix ms), and reports whether it alerts.
-func (d *Ranges) Observe(x float64, ts int64) bool {
+func (d *RangeState) Observe(x float64, ts int64) bool {
 	d.n++
 	if d.n == 1 {
 		d.m, d.ms, d.mf, d.m50, d.px = x, x, x, x, x
@@ -209,4 +215,78 @@ func fastLog1p(y float64) float64 {
 	s := (m - 1) / (m + 1)
 	s2 := s * s
 	return e*math.Ln2 + 2*s*(1+s2*(1.0/3+s2*(1.0/5)))
+}
+
+// floats lists every float field of d, in the order of its encoding.
+func (d *RangeState) floats() []*float64 {
+	fs := make([]*float64, 0, rangeFloats)
+	fs = append(fs, &d.m, &d.s)
+	for i := range d.ring {
+		fs = append(fs, &d.ring[i])
+	}
+	fs = append(fs, &d.sum, &d.l1.mu, &d.l1.va, &d.l2.mu, &d.l2.va, &d.ms, &d.ss, &d.mf, &d.m50, &d.v, &d.mv, &d.px,
+		&d.rx.lo, &d.rx.hi, &d.rm.lo, &d.rm.hi, &d.rv.lo, &d.rv.hi)
+	for i := range d.prof {
+		fs = append(fs, &d.prof[i], &d.cnt[i])
+	}
+	return append(fs, &d.res, &d.es, &d.rs.lo, &d.rs.hi)
+}
+
+const rangeFloats = 2 + rK + 18 + 2*24 + 4
+
+// RangeStateSize is the length of a RangeState's encoding.
+const RangeStateSize = 5*8 + 1 + 8*rangeFloats
+
+// AppendBinary appends d's encoding, RangeStateSize bytes, to dst, for
+// snapshots. It runs when a device is snapshotted, not per sample, so the
+// list of fields it builds costs nothing that matters.
+func (d *RangeState) AppendBinary(dst []byte) []byte {
+	for _, n := range [...]int64{int64(d.n), int64(d.quiet), int64(d.l1.n), int64(d.l2.n), d.t0} {
+		dst = binary.LittleEndian.AppendUint64(dst, uint64(n))
+	}
+	sOn := byte(0)
+	if d.sOn {
+		sOn = 1
+	}
+	dst = append(dst, sOn)
+	for _, f := range d.floats() {
+		dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(*f))
+	}
+	return dst
+}
+
+// ErrBadRangeState is returned by UnmarshalBinary for an encoding that no
+// RangeState fed finite values can have.
+var ErrBadRangeState = errors.New("bad ranges detector state")
+
+// UnmarshalBinary restores what AppendBinary encoded: RangeStateSize
+// bytes, every float finite and every count in its range.
+func (d *RangeState) UnmarshalBinary(b []byte) error {
+	if len(b) != RangeStateSize {
+		return fmt.Errorf("%w: %d bytes, want %d", ErrBadRangeState, len(b), RangeStateSize)
+	}
+	var ints [5]int64
+	for i := range ints {
+		ints[i] = int64(binary.LittleEndian.Uint64(b[8*i:]))
+	}
+	b = b[8*len(ints):]
+	switch {
+	case ints[0] < 0 || ints[2] < 0 || ints[3] < 0:
+		return fmt.Errorf("%w: negative count", ErrBadRangeState)
+	case ints[1] < 0 || ints[1] > rCool:
+		return fmt.Errorf("%w: quiet %d, want 0 to %d", ErrBadRangeState, ints[1], rCool)
+	case b[0] > 1:
+		return fmt.Errorf("%w: flag %d", ErrBadRangeState, b[0])
+	}
+	var st RangeState
+	st.n, st.quiet, st.l1.n, st.l2.n, st.t0, st.sOn = int(ints[0]), int(ints[1]), int(ints[2]), int(ints[3]), ints[4], b[0] == 1
+	b = b[1:]
+	for i, f := range st.floats() {
+		*f = math.Float64frombits(binary.LittleEndian.Uint64(b[8*i:]))
+		if math.IsNaN(*f) || math.IsInf(*f, 0) {
+			return fmt.Errorf("%w: value %d is %g", ErrBadRangeState, i, *f)
+		}
+	}
+	*d = st
+	return nil
 }

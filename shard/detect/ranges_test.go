@@ -1,6 +1,8 @@
 package detect
 
 import (
+	"encoding/binary"
+	"errors"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -12,7 +14,7 @@ import (
 // detector that moves them must say so here.
 func TestRangesNAB(t *testing.T) {
 	n := loadNABOrSkip(t)
-	r := runNAB(n, func() alerter { return &Ranges{} })
+	r := runNAB(n, func() alerter { return &RangeState{} })
 	want := [3]float64{70.02, 62.58, 74.56}
 	for k := range want {
 		if math.Abs(r.All[k]-want[k]) > 0.005 {
@@ -24,10 +26,10 @@ func TestRangesNAB(t *testing.T) {
 }
 
 func TestRangesState(t *testing.T) {
-	if s := unsafe.Sizeof(Ranges{}); s > 1024 {
-		t.Errorf("Ranges takes %d bytes, want at most 1 KB a stream", s)
+	if s := unsafe.Sizeof(RangeState{}); s > 1024 {
+		t.Errorf("RangeState takes %d bytes, want at most 1 KB a stream", s)
 	}
-	var d Ranges
+	var d RangeState
 	rng := rand.New(rand.NewPCG(3, 4))
 	if a := testing.AllocsPerRun(1000, func() { d.Observe(rng.NormFloat64(), 0) }); a != 0 {
 		t.Errorf("%g allocations a sample", a)
@@ -47,7 +49,7 @@ func TestFastLog1p(t *testing.T) {
 // BenchmarkRanges runs beside BenchmarkObserve's zscore case: compare the
 // two as a ratio in one run.
 func BenchmarkRanges(b *testing.B) {
-	var d Ranges
+	var d RangeState
 	xs := make([]float64, 4096)
 	rng := rand.New(rand.NewPCG(1, 1))
 	for i := range xs {
@@ -56,5 +58,64 @@ func BenchmarkRanges(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		d.Observe(xs[i&4095], int64(i)*300000)
+	}
+}
+
+// TestRangeStateRoundTrip encodes a RangeState mid-stream, restores it,
+// and checks both make the same decisions from then on, and that the
+// decoder refuses what no RangeState can hold.
+func TestRangeStateRoundTrip(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	next := func(i int) (float64, int64) {
+		x := 20 + rng.NormFloat64() + 5*math.Sin(float64(i)/288*2*math.Pi)
+		if i%997 == 0 {
+			x += 40
+		}
+		return x, int64(i) * 300000
+	}
+	var a RangeState
+	for i := range 5000 {
+		a.Observe(next(i))
+	}
+	enc := a.AppendBinary(nil)
+	if len(enc) != RangeStateSize {
+		t.Fatalf("encoding is %d bytes, RangeStateSize %d", len(enc), RangeStateSize)
+	}
+	var b RangeState
+	if err := b.UnmarshalBinary(enc); err != nil {
+		t.Fatal(err)
+	}
+	if b != a {
+		t.Fatalf("restored state differs")
+	}
+	alerts := 0
+	for i := 5000; i < 20000; i++ {
+		x, ts := next(i)
+		if ga, gb := a.Observe(x, ts), b.Observe(x, ts); ga != gb {
+			t.Fatalf("sample %d: original alerts %v, restored %v", i, ga, gb)
+		} else if ga {
+			alerts++
+		}
+	}
+	if alerts == 0 {
+		t.Fatal("no alerts compared")
+	}
+	for name, mut := range map[string]func([]byte) []byte{
+		"short": func(b []byte) []byte { return b[:len(b)-1] },
+		"long":  func(b []byte) []byte { return append(b, 0) },
+		"NaN": func(b []byte) []byte {
+			return binary.LittleEndian.AppendUint64(b[:len(b)-8], math.Float64bits(math.NaN()))
+		},
+		"Inf": func(b []byte) []byte {
+			return binary.LittleEndian.AppendUint64(b[:len(b)-8], math.Float64bits(math.Inf(-1)))
+		},
+		"quiet":    func(b []byte) []byte { binary.LittleEndian.PutUint64(b[8:], rCool+1); return b },
+		"negative": func(b []byte) []byte { binary.LittleEndian.PutUint64(b[0:], 1<<63); return b },
+		"flag":     func(b []byte) []byte { b[40] = 2; return b },
+	} {
+		var c RangeState
+		if err := c.UnmarshalBinary(mut(append([]byte(nil), enc...))); !errors.Is(err, ErrBadRangeState) {
+			t.Errorf("%s: %v, want ErrBadRangeState", name, err)
+		}
 	}
 }
