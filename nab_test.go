@@ -35,13 +35,24 @@ func loadNAB(t *testing.T) *detect.NAB {
 }
 
 // nabBatches yields file i's rows as ingest bodies of at most per samples,
-// device "nab-<i>", metric "value", ts the NAB timestamp.
+// device "nab-<i>", metric "value", ts the NAB timestamp. A body never
+// holds two rows with the same ts and value, so each alert in a response
+// names exactly one row (NAB repeats some: ec2_disk_write_bytes_1ef3de's
+// rows 2118-2129 are all "2014-03-09 03:00:00,0.0").
 func nabBatches(i int, f *detect.NABFile, per int, yield func(lo int, body string)) {
+	type row struct {
+		ts int64
+		v  float64
+	}
 	var b strings.Builder
-	for lo := 0; lo < len(f.TS); lo += per {
+	seen := map[row]bool{}
+	for lo := 0; lo < len(f.TS); {
 		b.Reset()
+		clear(seen)
 		b.WriteByte('[')
-		for j := lo; j < min(lo+per, len(f.TS)); j++ {
+		j := lo
+		for ; j < min(lo+per, len(f.TS)) && !seen[row{f.TS[j], f.Values[j]}]; j++ {
+			seen[row{f.TS[j], f.Values[j]}] = true
 			if j > lo {
 				b.WriteByte(',')
 			}
@@ -49,6 +60,7 @@ func nabBatches(i int, f *detect.NABFile, per int, yield func(lo int, body strin
 		}
 		b.WriteByte(']')
 		yield(lo, b.String())
+		lo = j
 	}
 }
 
@@ -68,14 +80,15 @@ func TestNABLive(t *testing.T) {
 		want [3]float64 // 0: only reported
 	}{
 		{"default", nil, shard.Options{}, [3]float64{}},
-		{"ranges", []string{"DETECTOR=ranges"}, shard.Options{Detector: detect.Ranges}, [3]float64{70.02, 62.58, 74.56}},
+		{"ranges", []string{"DETECTOR=ranges"}, shard.Options{Detector: detect.Ranges}, [3]float64{66.76, 58.47, 71.52}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := nabLive(t, n, startService(t, bin, c.env...), c.opts)
 			t.Logf("%s through the API: standard %.2f, reward_low_FP_rate %.2f, reward_low_FN_rate %.2f (even files %.2f, odd %.2f); %d alerts, %d outside windows, %d of %d windows detected",
 				c.name, r.All[0], r.All[1], r.All[2], r.Even[0], r.Odd[0], r.Alerts, r.FP, r.Detected, r.Windows)
+			real := len(n.Files) == 58 && r.Windows == 116 // the scores are NAB's own, not another NAB_DIR's
 			for k, w := range c.want {
-				if w != 0 && math.Abs(r.All[k]-w) > 0.005 {
+				if real && w != 0 && math.Abs(r.All[k]-w) > 0.005 {
 					t.Errorf("%s: %.2f, want %.2f", n.Profiles[k].Name, r.All[k], w)
 				}
 			}
@@ -104,8 +117,8 @@ func nabLive(t *testing.T, n *detect.NAB, s *service, opts shard.Options) detect
 			if err := json.Unmarshal(s.post(t, body), &resp); err != nil {
 				t.Fatal(err)
 			}
-			// Alerts come in sample order; timestamps repeat in a few
-			// files, so match each to the next row with its ts and value.
+			// Alerts come in sample order, and a body's (ts, value)
+			// pairs are unique: each names one row.
 			j := lo
 			for _, a := range resp.Anomalies {
 				for j < len(f.TS) && (f.TS[j] != a.TS || f.Values[j] != a.Value) {

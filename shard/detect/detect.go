@@ -58,6 +58,7 @@ func ParseKind(s string) (Kind, error) {
 const (
 	stepMemory = 1000 // samples it averages over, about
 	stepClip   = 10   // largest change it takes in, in current steps
+	stepCap    = 100  // largest step scale, in the window's stddevs
 )
 
 // MinMinStddev is the smallest MinStddev: values differ by at most
@@ -189,6 +190,12 @@ func (s *Stream) Observe(x float64, ts int64, p *Params) Score {
 	}
 	sdf := max(sd, p.MinStddev)
 	if p.Kind != ZScore {
+		if n >= p.MinSamples && sd > 0 {
+			// A glitch among the first steps, before the step scale has
+			// anything to clip against, would otherwise hold the floor
+			// up for hundreds of thousands of samples.
+			s.step = min(s.step, stepCap*sd)
+		}
 		sdf = max(sdf, p.StepFloor*s.step)
 	}
 	var z float64

@@ -9,15 +9,11 @@ import (
 	"testing"
 )
 
-// TestReviewMNABSigmoidAtThree: NAB's scaledSigmoid is
-//
-//	if relativePositionInWindow > 3.0: val = -1.0
-//	else: val = 2*sigmoid(-5*relativePositionInWindow) - 1.0
-//
-// (strictly greater). nab.go clamps from 3 on (pos >= 3), so a false
-// positive exactly 3·(w-1) rows after a window of width w is charged -A_fp
-// instead of A_fp·(2/(1+e^15) - 1). Small, but the scorer claims to
-// follow the sweeper exactly.
+// TestReviewMNABSigmoidAtThree: the review read NAB's scaledSigmoid as
+// clamping only above 3. NAB's nab/sweeper.py (numenta/NAB at 03ef06a)
+// reads "if relativePositionInWindow >= 3.0: return -1.0", so a false
+// positive exactly 3·(w-1) rows after a window of width w is charged the
+// full -A_fp. The test now holds the scorer to that text.
 func TestReviewMNABSigmoidAtThree(t *testing.T) {
 	f := NABFile{Name: "x/y.csv", TS: make([]int64, 1000), Windows: [][2]int{{200, 209}}} // w = 10
 	for i := range f.TS {
@@ -26,9 +22,9 @@ func TestReviewMNABSigmoidAtThree(t *testing.T) {
 	p := Profile{"standard", 1, 0.11, 1}
 	det := 209 + 3*9 // |209 - i| / (10 - 1) == 3 exactly
 	got := f.Score([]int{det}, p).Raw
-	want := -p.FN + p.FP*(2/(1+math.Exp(15))-1) // the window missed, one FP at position 3.0
+	want := -p.FN - p.FP // the window missed, one FP at position 3.0, clamped as sweeper.py does
 	if math.Abs(got-want) > 1e-12 {
-		t.Errorf("a false positive at relative position exactly 3.0 scores raw %.12f, sweeper.py gives %.12f (it clamps only above 3)", got, want)
+		t.Errorf("a false positive at relative position exactly 3.0 scores raw %.12f, sweeper.py gives %.12f (it clamps from 3 on)", got, want)
 	}
 }
 

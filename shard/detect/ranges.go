@@ -25,7 +25,8 @@ import (
 //     while the profile explains the stream (residual scale below 0.35 of
 //     the slow scale), so strongly daily signals alert on a broken rhythm.
 //
-// After an alert the stream is quiet for 30 samples. O(1) per sample, no
+// It warms up for 150 samples; after an alert the stream is quiet for the
+// next 30. O(1) per sample, no
 // allocations; the zero RangeState is ready to use. Not safe for concurrent
 // use.
 type RangeState struct {
@@ -46,30 +47,35 @@ type RangeState struct {
 }
 
 const (
-	rK     = 10
-	rW     = 100.0
-	rWf    = 10.0
-	rWs    = 1000.0
-	rW50   = 50.0
-	rWv    = 100.0
-	rWr    = 30.0 // profile residual smoothing
-	rClip  = 4.0  // deviations enter the baselines clipped to rClip scales
-	rCap   = 50.0 // largest robust |z| the likelihoods take in
-	rL     = 1000.0
-	rT1    = 7.0 // point likelihood threshold, in its own sds
-	rT2    = 6.0 // shift likelihood threshold
-	rTolX  = 0.05
-	rTolM  = 0.01
-	rTolV  = 0.05
-	rTolS  = 0.05
-	rGate  = 0.35
-	rAp    = 0.05 // profile learning-rate floor
-	rDays  = 2    // the profile channel starts after this many days
-	rFade  = 20000.0
-	rCool  = 30
-	rWarm  = 50
-	hourMs = 3600000
-	dayMs  = 24 * hourMs
+	rK    = 10
+	rW    = 100.0
+	rWf   = 10.0
+	rWs   = 1000.0
+	rW50  = 50.0
+	rWv   = 100.0
+	rWr   = 30.0 // profile residual smoothing
+	rClip = 4.0  // deviations enter the baselines clipped to rClip scales
+	rCap  = 50.0 // largest robust |z| the likelihoods take in
+	rL    = 1000.0
+	rT1   = 7.0 // point likelihood threshold, in its own sds
+	rT2   = 6.0 // shift likelihood threshold
+	rTolX = 0.05
+	rTolM = 0.01
+	rTolV = 0.05
+	rTolS = 0.05
+	rGate = 0.35
+	rAp   = 0.05 // profile learning-rate floor
+	rDays = 2    // the profile channel starts after this many days
+	rFade = 20000.0
+	rCool = 30
+	rGrow = 1.5
+	// rLikMin is the least rise a likelihood takes for an alert, in its
+	// log1p units: on a flat stream its variance is ~0, and a rounding
+	// step was 7 of its sds.
+	rLikMin = 0.5
+	rWarm   = 150
+	hourMs  = 3600000
+	dayMs   = 24 * hourMs
 )
 
 // Observe scores x, taken at ts (unix ms), and reports whether it alerts.
@@ -80,6 +86,14 @@ func (d *RangeState) Observe(x float64, ts int64) bool {
 		d.rx, d.rm = span{x, x}, span{x, x}
 		d.t0 = ts
 	}
+	// What the state learns is x held to within rGrow widths of the value
+	// range: a real shift gets there in a few samples, the range growing
+	// (1+rGrow)-fold a sample, while one glitch (a 1e150 among values
+	// near 1) no longer blinds every channel for millions of samples.
+	// The value range judges x itself.
+	raw := x
+	w := max(d.rx.hi-d.rx.lo, 1e-9*max(1, math.Abs(d.rx.lo), math.Abs(d.rx.hi)))
+	x = max(d.rx.lo-rGrow*w, min(d.rx.hi+rGrow*w, x))
 	// The daily profile, from the first sample on: slots centred at half
 	// past each hour, x shared between the two nearest.
 	ms := ts%dayMs - hourMs/2
@@ -126,13 +140,13 @@ func (d *RangeState) Observe(x float64, ts int64) bool {
 	// The point likelihood.
 	eps := 1e-9 * max(1, math.Abs(d.m))
 	dev := x - d.m
-	raw := min(math.Abs(dev)/max(d.s, eps), rCap)
+	score := min(math.Abs(dev)/max(d.s, eps), rCap)
 	dev = clip(dev, d.s, rClip)
 	d.m += 2 / (rW + 1) * dev
 	d.s += 2 / (rW + 1) * (math.Abs(dev) - d.s)
 	k := d.n % rK
-	d.sum += raw - d.ring[k]
-	d.ring[k] = raw
+	d.sum += score - d.ring[k]
+	d.ring[k] = score
 	z1 := d.l1.over(fastLog1p(d.sum*(1.0/rK)), rT1)
 	// The shift likelihood.
 	z2 := d.l2.over(fastLog1p(min(math.Abs(d.mf-d.ms)/max(d.ss, eps), rCap)), rT2)
@@ -148,16 +162,16 @@ func (d *RangeState) Observe(x float64, ts int64) bool {
 		d.rv, d.mv = span{d.v, d.v}, d.v
 	}
 	d.mv += (d.v - d.mv) * (1 / rFade)
-	out := d.rx.out(x, rTolX, d.ms, on) || sout
+	out := d.rx.outIn(raw, x, rTolX, d.ms, on) || sout
 	out = d.rm.out(d.m50, rTolM, d.ms, on) || out
 	vhi := d.rv.hi
 	out = d.rv.out(d.v, rTolV, d.mv, on && d.n > 2*rWv) && d.v > vhi || out // volatility alerts only on a rise
-	if d.quiet > 0 {
-		d.quiet--
-	}
 	if on && d.quiet == 0 && (out || z1 || z2) {
 		d.quiet = rCool
 		return true
+	}
+	if d.quiet > 0 {
+		d.quiet--
 	}
 	return false
 }
@@ -166,11 +180,16 @@ func (d *RangeState) Observe(x float64, ts int64) bool {
 type span struct{ lo, hi float64 }
 
 // out reports whether v (when on) leaves the range widened by tol × its
-// width, then takes v in and fades both ends toward c by 1/rFade.
-func (r *span) out(v, tol, c float64, on bool) bool {
-	w := r.hi - r.lo
-	o := on && w > 0 && (v > r.hi+tol*w || v < r.lo-tol*w)
-	r.lo, r.hi = min(r.lo, v), max(r.hi, v)
+// width, at least a billionth of its ends' magnitude (so a flat range
+// judges the first departure, and a rounding step does not count), then
+// takes v in and fades both ends toward c by 1/rFade.
+func (r *span) out(v, tol, c float64, on bool) bool { return r.outIn(v, v, tol, c, on) }
+
+// outIn is out judging v but taking in in.
+func (r *span) outIn(v, in, tol, c float64, on bool) bool {
+	w := max(r.hi-r.lo, 1e-9*max(1, math.Abs(r.lo), math.Abs(r.hi)))
+	o := on && (v > r.hi+tol*w || v < r.lo-tol*w)
+	r.lo, r.hi = min(r.lo, in), max(r.hi, in)
 	r.hi -= (r.hi - c) * (1 / rFade)
 	r.lo -= (r.lo - c) * (1 / rFade)
 	return o
@@ -187,7 +206,7 @@ type likelihood struct {
 func (l *likelihood) over(v, T float64) bool {
 	l.n++
 	e := v - l.mu
-	o := l.va > 0 && e >= T*math.Sqrt(l.va)
+	o := l.va > 0 && e >= T*math.Sqrt(l.va) && e >= rLikMin
 	al := 1 / rL
 	if l.n < rL {
 		al = 1 / float64(l.n)
