@@ -236,19 +236,28 @@ func fastLog1p(y float64) float64 {
 	return e*math.Ln2 + 2*s*(1+s2*(1.0/3+s2*(1.0/5)))
 }
 
-// floats lists every float field of d, in the order of its encoding.
-func (d *RangeState) floats() []*float64 {
-	fs := make([]*float64, 0, rangeFloats)
-	fs = append(fs, &d.m, &d.s)
-	for i := range d.ring {
-		fs = append(fs, &d.ring[i])
+// floats lists every float field of d, in the order of its encoding. An
+// array, not a slice: encoding runs on the shard goroutine for every
+// changed device every snapshot interval and must not allocate.
+func (d *RangeState) floats() (fs [rangeFloats]*float64) {
+	i := 0
+	add := func(ps ...*float64) {
+		for _, p := range ps {
+			fs[i] = p
+			i++
+		}
 	}
-	fs = append(fs, &d.sum, &d.l1.mu, &d.l1.va, &d.l2.mu, &d.l2.va, &d.ms, &d.ss, &d.mf, &d.m50, &d.v, &d.mv, &d.px,
+	add(&d.m, &d.s)
+	for k := range d.ring {
+		add(&d.ring[k])
+	}
+	add(&d.sum, &d.l1.mu, &d.l1.va, &d.l2.mu, &d.l2.va, &d.ms, &d.ss, &d.mf, &d.m50, &d.v, &d.mv, &d.px,
 		&d.rx.lo, &d.rx.hi, &d.rm.lo, &d.rm.hi, &d.rv.lo, &d.rv.hi)
-	for i := range d.prof {
-		fs = append(fs, &d.prof[i], &d.cnt[i])
+	for k := range d.prof {
+		add(&d.prof[k], &d.cnt[k])
 	}
-	return append(fs, &d.res, &d.es, &d.rs.lo, &d.rs.hi)
+	add(&d.res, &d.es, &d.rs.lo, &d.rs.hi)
+	return fs
 }
 
 const rangeFloats = 2 + rK + 18 + 2*24 + 4
@@ -257,8 +266,7 @@ const rangeFloats = 2 + rK + 18 + 2*24 + 4
 const RangeStateSize = 5*8 + 1 + 8*rangeFloats
 
 // AppendBinary appends d's encoding, RangeStateSize bytes, to dst, for
-// snapshots. It runs when a device is snapshotted, not per sample, so the
-// list of fields it builds costs nothing that matters.
+// snapshots.
 func (d *RangeState) AppendBinary(dst []byte) []byte {
 	for _, n := range [...]int64{int64(d.n), int64(d.quiet), int64(d.l1.n), int64(d.l2.n), d.t0} {
 		dst = binary.LittleEndian.AppendUint64(dst, uint64(n))
@@ -300,7 +308,8 @@ func (d *RangeState) UnmarshalBinary(b []byte) error {
 	var st RangeState
 	st.n, st.quiet, st.l1.n, st.l2.n, st.t0, st.sOn = int(ints[0]), int(ints[1]), int(ints[2]), int(ints[3]), ints[4], b[0] == 1
 	b = b[1:]
-	for i, f := range st.floats() {
+	fs := st.floats()
+	for i, f := range fs {
 		*f = math.Float64frombits(binary.LittleEndian.Uint64(b[8*i:]))
 		if math.IsNaN(*f) || math.IsInf(*f, 0) {
 			return fmt.Errorf("%w: value %d is %g", ErrBadRangeState, i, *f)

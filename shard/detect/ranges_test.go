@@ -119,3 +119,16 @@ func TestRangeStateRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// Encoding runs on the shard goroutine for every changed device every
+// snapshot interval: it must not allocate beyond dst.
+func TestRangeStateEncodeAllocs(t *testing.T) {
+	var d RangeState
+	for i := range 300 {
+		d.Observe(float64(i%7), int64(i)*60000)
+	}
+	dst := make([]byte, 0, RangeStateSize)
+	if a := testing.AllocsPerRun(100, func() { dst = d.AppendBinary(dst[:0]) }); a != 0 {
+		t.Errorf("AppendBinary makes %g allocations", a)
+	}
+}
