@@ -51,6 +51,7 @@ type config struct {
 	Pprof        bool
 	Detector     string
 	Cooldown     int
+	CooldownTime time.Duration // ALERT_COOLDOWN given as a duration; Cooldown is then 0
 	StepFloor    float64
 	RulesFile    string
 	Rules        []detect.Rule
@@ -127,7 +128,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	v(durIn(&c.IdleTimeout, 10*time.Millisecond, 24*time.Hour), "idle-timeout", "IDLE_TIMEOUT", "how long a keep-alive connection may wait for its next request")
 	v((*boolValue)(&c.Pprof), "pprof", "PPROF", "serve Go profiles under /debug/pprof/")
 	v((*kindValue)(&c.Detector), "detector", "DETECTOR", "default detector: zscore, winsor, ewma or ranges")
-	v(intIn(&c.Cooldown, 0, 1000000), "alert-cooldown", "ALERT_COOLDOWN", "samples after an alert during which a stream raises no new alert unless |z| doubles")
+	v(&cooldownValue{&c.Cooldown, &c.CooldownTime}, "alert-cooldown", "ALERT_COOLDOWN", "samples (50), or time of the samples' ts (10m), after an alert during which a stream raises no new alert unless |z| doubles")
 	v(floatIn(&c.StepFloor, 0, 100), "step-floor", "STEP_FLOOR", "floor under the stddev, in long-run mean steps (winsor, ewma; 0: none)")
 	v((*strValue)(&c.RedisAddr), "redis-addr", "REDIS_ADDR", "comma-separated Redis seeds (a cluster is detected); empty: in-memory only")
 	v((*secretValue)(&c.RedisPassword), "redis-password", "REDIS_PASSWORD", "Redis password")
@@ -220,7 +221,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 func (c config) params() detect.Params {
 	k, _ := detect.ParseKind(c.Detector)
 	return detect.Params{Kind: k, Window: c.WindowSize, MinSamples: c.MinSamples,
-		Threshold: c.ZThreshold, MinStddev: c.MinStddev, Cooldown: c.Cooldown, StepFloor: c.StepFloor}
+		Threshold: c.ZThreshold, MinStddev: c.MinStddev, Cooldown: c.Cooldown, StepFloor: c.StepFloor,
+		CooldownMs: c.CooldownTime.Milliseconds()}
 }
 
 // shardOptions maps the configuration onto shard.Options.
@@ -237,7 +239,8 @@ func (c config) shardOptions() shard.Options {
 	return shard.Options{
 		Shards: c.Shards, Detector: p.Kind, WindowSize: p.Window, MinSamples: p.MinSamples,
 		ZThreshold: p.Threshold, MinStddev: p.MinStddev, Cooldown: cooldown, StepFloor: stepFloor, QueueLen: c.QueueLen,
-		Rules: c.Rules, MaxStreams: c.MaxStreams,
+		CooldownTime: time.Duration(p.CooldownMs) * time.Millisecond,
+		Rules:        c.Rules, MaxStreams: c.MaxStreams,
 	}
 }
 
@@ -384,6 +387,31 @@ func (v *floatValue) String() string {
 	return strconv.FormatFloat(*v.p, 'g', -1, 64)
 }
 
+// cooldownValue is ALERT_COOLDOWN: samples or a duration.
+type cooldownValue struct {
+	samples *int
+	time    *time.Duration
+}
+
+func (v *cooldownValue) Set(s string) error {
+	n, ms, err := detect.ParseCooldown(s)
+	if err != nil {
+		return err
+	}
+	*v.samples, *v.time = n, time.Duration(ms)*time.Millisecond
+	return nil
+}
+
+func (v *cooldownValue) String() string {
+	switch {
+	case v == nil || v.samples == nil:
+		return ""
+	case *v.time > 0:
+		return v.time.String()
+	}
+	return strconv.Itoa(*v.samples)
+}
+
 type durValue struct {
 	p        *time.Duration
 	min, max time.Duration
@@ -489,7 +517,7 @@ func run(c config, log zerolog.Logger) error {
 	go func() { served <- srv.Serve(ln) }()
 	h.SetReady()
 	log.Info().Str("version", version).Str("addr", ln.Addr().String()).Int("shards", set.Len()).Int("window", c.WindowSize).
-		Float64("z_threshold", c.ZThreshold).Str("detector", c.Detector).Int("alert_cooldown", c.Cooldown).
+		Float64("z_threshold", c.ZThreshold).Str("detector", c.Detector).Str("alert_cooldown", (&cooldownValue{&c.Cooldown, &c.CooldownTime}).String()).
 		Int("detector_rules", len(c.Rules)).Str("state", state).
 		Dur("startup", time.Since(start)).Msg("serving")
 

@@ -44,7 +44,7 @@ func TestParseConfig(t *testing.T) {
 		}
 	}
 	f(nil, nil, "", func(c config) bool {
-		return c.Addr == ":8080" && c.WindowSize == 50 && c.MinSamples == 10 && c.ZThreshold == 4 &&
+		return c.Addr == ":8080" && c.WindowSize == 50 && c.MinSamples == 10 && c.ZThreshold == 5 && c.Detector == "ranges" &&
 			c.MinStddev == 1e-9 && c.MaxBodyBytes == 1<<20 && c.LogLevel == "info" && c.Shards > 0
 	})
 	f(map[string]string{"WINDOW_SIZE": "20", "Z_THRESHOLD": "2.5", "SHARDS": "3", "LOG_LEVEL": "debug", "DRAIN_DELAY": "2s"}, nil, "",
@@ -82,8 +82,14 @@ func TestParseConfig(t *testing.T) {
 	f(map[string]string{"MIN_SAMPLES": "60"}, nil, "MIN_SAMPLES=60 exceeds WINDOW_SIZE=50", nil)
 	f(map[string]string{"MIN_SAMPLES": "60", "DETECTOR": "ewma"}, nil, "", func(c config) bool { return c.shardOptions().Validate() == nil })
 	f(nil, []string{"extra"}, "unexpected argument", nil)
+	f(map[string]string{"ALERT_COOLDOWN": "10m"}, nil, "", func(c config) bool {
+		o := c.shardOptions()
+		return c.Cooldown == 0 && c.CooldownTime == 10*time.Minute && o.Cooldown < 0 && o.CooldownTime == 10*time.Minute && o.Validate() == nil
+	})
+	f(map[string]string{"ALERT_COOLDOWN": "10 minutes"}, nil, "invalid ALERT_COOLDOWN", nil)
+	f(map[string]string{"ALERT_COOLDOWN": "-3"}, nil, "invalid ALERT_COOLDOWN", nil)
 	f(nil, nil, "", func(c config) bool {
-		return c.Detector == "winsor" && c.Cooldown == 50 && c.StepFloor == 0.5 && c.shardOptions().Validate() == nil
+		return c.Detector == "ranges" && c.Cooldown == 50 && c.StepFloor == 0.5 && c.shardOptions().Validate() == nil
 	})
 	f(map[string]string{"DETECTOR": "ewma", "ALERT_COOLDOWN": "0", "STEP_FLOOR": "0"}, nil, "", func(c config) bool {
 		o := c.shardOptions()

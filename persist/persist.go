@@ -726,7 +726,7 @@ const (
 
 // fencedSet writes KEYS[1] = ARGV[1] with TTL ARGV[2] ms, unless the value
 // stored has a greater or equal Gen (and differs), or is a newer version's
-// snapshot: then it returns 0, else 1. The Gen of a version 2 or 3 snapshot is
+// snapshot: then it returns 0, else 1. The Gen of a version 2 to 4 snapshot is
 // the 8 bytes big-endian after the version byte, "aisv" and the device ID
 // (a uvarint length, one or two bytes for IDs of at most 128, then the
 // bytes); anything else (version 1, garbage, another type) has none and is
@@ -734,7 +734,7 @@ const (
 var fencedSet = rueidis.NewLuaScript(`
 local function gen(s)
   local v = string.byte(s, 1)
-  if v ~= 2 and v ~= 3 or string.sub(s, 2, 5) ~= 'aisv' then return nil end
+  if not v or v < 2 or v > 4 or string.sub(s, 2, 5) ~= 'aisv' then return nil end
   local n, p = string.byte(s, 6), 7
   if n == nil then return nil end
   if n >= 128 then
@@ -755,7 +755,7 @@ end
 local ok, cur = pcall(redis.call, 'GET', KEYS[1])
 if ok and cur and cur ~= ARGV[1] then
   local v = string.byte(cur, 1)
-  if v and v > 3 and v < 128 and string.sub(cur, 2, 5) == 'aisv' then return 0 end
+  if v and v > 4 and v < 128 and string.sub(cur, 2, 5) == 'aisv' then return 0 end
   local old, new = gen(cur), gen(ARGV[1])
   if old and new and old >= new then return 0 end
 end

@@ -555,7 +555,7 @@ func TestUnrestoredRetriedWithinSeconds(t *testing.T) {
 func TestNewerVersionNotOverwritten(t *testing.T) {
 	r := MustStartRedis(t)
 	c := r.client(t)
-	newer := []byte("\x04aisv\x01d\x00\x00")
+	newer := []byte("\x05aisv\x01d\x00\x00") // version 4 is this one since the ranges default
 	if err := c.Do(context.Background(), c.B().Set().Key("aiload:dev:d").Value(rueidis.BinaryString(newer)).Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
@@ -603,7 +603,7 @@ func TestFencedWrites(t *testing.T) {
 		{"equal gen, other bytes", "d", snap("d", 5), false, append(snap("d", 5), 0), true},
 		{"same bytes", "e", snap("e", 5), false, snap("e", 5), false},
 		{"version 1 stored", "f", []byte{1, 1, 'f', 0, 0}, false, snap("f", 1), false},
-		{"newer version stored", "g", []byte("\x04aisv\x01g\x00\x00"), false, snap("g", 9), true},
+		{"newer version stored", "g", []byte("\x05aisv\x01g\x00\x00"), false, snap("g", 9), true},
 		{"garbage stored", "h", []byte("garbage"), false, snap("h", 1), false},
 		{"list stored", "i", nil, true, snap("i", 1), false},
 		{"long ID, newer stored", long, snap(long, 300), false, snap(long, 299), true},

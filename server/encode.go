@@ -6,6 +6,7 @@ import (
 	"unicode/utf8"
 
 	"ai-load-service/shard"
+	"ai-load-service/shard/detect"
 )
 
 // appendString appends s as a JSON string.
@@ -75,6 +76,11 @@ func appendAnomalyList(dst []byte, as []shard.Anomaly, withSample bool) []byte {
 		dst = appendFloat(dst, a.Stddev)
 		dst = append(dst, `,"z":`...)
 		dst = appendFloat(dst, a.Z)
+		if a.Reason != detect.ReasonNone {
+			dst = append(dst, `,"reason":"`...)
+			dst = append(dst, a.Reason.String()...)
+			dst = append(dst, '"')
+		}
 		if withSample {
 			dst = append(dst, `,"sample":`...)
 			dst = strconv.AppendInt(dst, int64(a.Sample()), 10)

@@ -35,6 +35,7 @@ import (
 
 	"ai-load-service/server/cluster"
 	"ai-load-service/shard"
+	"ai-load-service/shard/detect"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/valyala/fasthttp"
@@ -1066,6 +1067,17 @@ func (s *scanner) anomalyField(key []byte, p *placed) *Error {
 		return s.float(&p.a.Stddev)
 	case "z":
 		return s.float(&p.a.Z)
+	case "reason":
+		var why string
+		if e := s.text(&why); e != nil {
+			return e
+		}
+		r, ok := detect.ParseReason(why)
+		if !ok {
+			return s.syntax("an alert reason")
+		}
+		p.a.Reason = r
+		return nil
 	case "sample":
 		return s.int(&p.at)
 	}

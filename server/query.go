@@ -145,6 +145,10 @@ func (h *Handler) analyze(ctx *fasthttp.RequestCtx) error {
 	b = appendString(b, o.Detector.String())
 	b = append(b, `,"alert_cooldown":`...)
 	b = strconv.AppendInt(b, int64(o.Cooldown), 10)
+	if o.CooldownTime > 0 {
+		b = append(b, `,"alert_cooldown_ms":`...)
+		b = strconv.AppendInt(b, o.CooldownTime.Milliseconds(), 10)
+	}
 	if h.fwd != nil {
 		b = append(b, `,"unreachable":[`...)
 		for i, m := range unreachable {

@@ -220,7 +220,7 @@ func (sh *shard) settle(d *device, snap *Snapshot, err error) {
 				st.track()
 				if sc.Alert {
 					d.remember(Anomaly{Device: d.id, Metric: st.name, TS: k.ts, Value: k.v,
-						Mean: sc.Mean, Stddev: sc.Stddev, Z: sc.Z}, s.opts.HistoryLen)
+						Mean: sc.Mean, Stddev: sc.Stddev, Z: sc.Z, Reason: sc.Reason}, s.opts.HistoryLen)
 				}
 			}
 			if len(replay) > 0 || snap.Unsaved {
@@ -276,7 +276,7 @@ func loadStream(st *detect.Stream, ss *StreamSnapshot) {
 	st.Win.Load(ss.Values, ss.Sums)
 	st.Count, st.Anomalies, st.Anomalous = ss.Count, ss.Anomalies, ss.Anomalous
 	st.Last, st.LastZ, st.UpdatedTS = ss.Last, ss.LastZ, ss.UpdatedTS
-	ds := detect.State{EWMean: ss.EWMean, EWVar: ss.EWVar, Step: ss.Step, Quiet: ss.Quiet, AlertZ: ss.AlertZ}
+	ds := detect.State{EWMean: ss.EWMean, EWVar: ss.EWVar, Step: ss.Step, Quiet: ss.Quiet, AlertZ: ss.AlertZ, CoolUntil: ss.CoolUntil}
 	if ss.Ranges != nil {
 		r := *ss.Ranges // the stream's own, not the snapshot's
 		ds.Ranges = &r
@@ -290,7 +290,7 @@ func (st *namedStream) state() StreamSnapshot {
 	return StreamSnapshot{
 		Name: st.name, Count: st.Count, Anomalies: st.Anomalies,
 		Anomalous: st.Anomalous, Last: st.Last, LastZ: st.LastZ, UpdatedTS: st.UpdatedTS,
-		EWMean: ds.EWMean, EWVar: ds.EWVar, Step: ds.Step, Quiet: ds.Quiet, AlertZ: ds.AlertZ,
+		EWMean: ds.EWMean, EWVar: ds.EWVar, Step: ds.Step, Quiet: ds.Quiet, AlertZ: ds.AlertZ, CoolUntil: ds.CoolUntil,
 		Sums: st.Win.Sums(), Ranges: ds.Ranges,
 	}
 }

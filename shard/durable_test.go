@@ -2,6 +2,7 @@ package shard
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -305,8 +306,8 @@ func TestEncodeMatchesSnapshot(t *testing.T) {
 
 func TestSnapshotRoundTrip(t *testing.T) {
 	s := &Snapshot{Device: "dev:1", Streams: []StreamSnapshot{{Name: "t", Values: []float64{1, -2.5, 1e9}, Count: 9,
-		Anomalies: 2, Anomalous: 3, Last: 1e9, LastZ: 4.5, UpdatedTS: -5, EWMean: 1, EWVar: 2, Step: 3, Quiet: 7, AlertZ: 8}},
-		History: []Anomaly{{Device: "dev:1", Metric: "t", TS: 3, Value: 1, Mean: 2, Stddev: 3, Z: 4}}}
+		Anomalies: 2, Anomalous: 3, Last: 1e9, LastZ: 4.5, UpdatedTS: -5, EWMean: 1, EWVar: 2, Step: 3, Quiet: 7, AlertZ: 8, CoolUntil: -12345}},
+		History: []Anomaly{{Device: "dev:1", Metric: "t", TS: 3, Value: 1, Mean: 2, Stddev: 3, Z: 4, Reason: detect.ReasonMean}}}
 	b := s.AppendBinary(nil)
 	got, err := DecodeSnapshot(b)
 	if err != nil {
@@ -315,6 +316,27 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if again := got.AppendBinary(nil); string(again) != string(b) {
 		t.Fatalf("round trip changed the encoding")
 	}
+	if !reflect.DeepEqual(got.History, s.History) {
+		t.Fatalf("history %+v, want %+v", got.History, s.History)
+	}
+	// An unknown reason is corrupt.
+	if _, err := DecodeSnapshot(append(slices.Clone(b[:len(b)-1]), 200)); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("reason 200: %v, want ErrCorrupt", err)
+	}
+	// Version 3: the same bytes without the alerts' reasons (and with the
+	// first Ranges encoding, tested in detect) still decode.
+	s3 := *s
+	s3.Streams = slices.Clone(s.Streams)
+	s3.Streams[0].CoolUntil, s3.History = 0, nil
+	v3 := s3.AppendBinary(nil)
+	v3 = append(v3[:len(v3)-2], 1, 1, 't', 3) // no CoolUntil; one alert, ts -2 (zigzag 3)...
+	for _, f := range []float64{1, 2, 3, 4} {
+		v3 = binary.LittleEndian.AppendUint64(v3, math.Float64bits(f)) // ...and no reason
+	}
+	v3[0] = 3
+	if got, err := DecodeSnapshot(v3); err != nil || len(got.History) != 1 || got.History[0].Reason != detect.ReasonNone || got.History[0].Z != 4 || got.History[0].TS != -2 {
+		t.Fatalf("version 3: %+v, %v", got, err)
+	}
 	for _, bad := range [][]byte{nil, {2}, {200, 1, 'd'}, []byte("garbage"), b[:len(b)-1], append(slices.Clone(b), 0), {1, 200, 200, 200, 200, 200, 200}} {
 		if _, err := DecodeSnapshot(bad); !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("%v: got %v; want ErrCorrupt", bad, err)
@@ -322,7 +344,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}
 	// A newer version: its version byte and device ID, then what this one
 	// cannot read.
-	if s, err := DecodeSnapshot(append([]byte{4}, "aisv\x05dev:1\xff"...)); !errors.Is(err, ErrNewerVersion) || s.Device != "dev:1" {
+	if s, err := DecodeSnapshot(append([]byte{snapshotVersion + 1}, "aisv\x05dev:1\xff"...)); !errors.Is(err, ErrNewerVersion) || s.Device != "dev:1" {
 		t.Fatalf("newer version: %+v, %v; want ErrNewerVersion with the device", s, err)
 	}
 }

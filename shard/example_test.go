@@ -101,7 +101,7 @@ func ExampleDecodeSnapshot() {
 	_, err = shard.DecodeSnapshot(b[:len(b)-1])
 	fmt.Println(err)
 	// Output:
-	// 143 pump-3 7 pressure [1.5 2] <nil>
+	// 144 pump-3 7 pressure [1.5 2] <nil>
 	// corrupt snapshot: bad varint
 }
 

@@ -30,7 +30,10 @@ type Options struct {
 	ZThreshold float64     // zero: detect.DefaultThreshold
 	MinStddev  float64     // zero: 1e-9
 	Cooldown   int         // samples of alert cooldown; zero: detect.DefaultCooldown; negative: none
-	StepFloor  float64     // see detect.Params.StepFloor; zero: detect.DefaultStepFloor; negative: none
+	// CooldownTime is a cooldown in time (of the samples' ts) beside
+	// Cooldown's; zero: none. Whole milliseconds.
+	CooldownTime time.Duration
+	StepFloor    float64 // see detect.Params.StepFloor; zero: detect.DefaultStepFloor; negative: none
 	// Rules override the detector for matching metric names; the first
 	// match wins, other metrics use the settings above.
 	Rules []detect.Rule
@@ -114,7 +117,7 @@ func (o Options) Validate() error { return o.withDefaults().validate() }
 
 func (o Options) validate() error {
 	p := detect.Params{Kind: o.Detector, Window: o.WindowSize, MinSamples: o.MinSamples,
-		Threshold: o.ZThreshold, MinStddev: o.MinStddev, Cooldown: o.Cooldown, StepFloor: o.StepFloor}
+		Threshold: o.ZThreshold, MinStddev: o.MinStddev, Cooldown: o.Cooldown, StepFloor: o.StepFloor, CooldownMs: o.CooldownTime.Milliseconds()}
 	if err := p.Validate(); err != nil {
 		return err
 	}
@@ -163,6 +166,7 @@ type Anomaly struct {
 	Device, Metric         string
 	TS                     int64 // unix ms
 	Value, Mean, Stddev, Z float64
+	Reason                 detect.Reason // the test that raised it; ReasonNone in alerts restored from version 3 snapshots
 
 	sample int32 // index in its batch, to restore sample order
 }
@@ -227,7 +231,8 @@ func New(opts Options) *Set {
 	s := &Set{
 		opts: opts,
 		params: detect.Params{Kind: opts.Detector, Window: opts.WindowSize, MinSamples: opts.MinSamples,
-			Threshold: opts.ZThreshold, MinStddev: opts.MinStddev, Cooldown: opts.Cooldown, StepFloor: opts.StepFloor},
+			Threshold: opts.ZThreshold, MinStddev: opts.MinStddev, Cooldown: opts.Cooldown, StepFloor: opts.StepFloor,
+			CooldownMs: opts.CooldownTime.Milliseconds()},
 		seed:   maphash.MakeSeed(),
 		shards: make([]*shard, opts.Shards),
 	}
@@ -884,7 +889,7 @@ func (sh *shard) apply(d *device, o *op, i int32) {
 		}
 		if sc.Alert {
 			a := Anomaly{Device: d.id, Metric: st.name, TS: smp.ts, Value: m.v,
-				Mean: sc.Mean, Stddev: sc.Stddev, Z: sc.Z, sample: i}
+				Mean: sc.Mean, Stddev: sc.Stddev, Z: sc.Z, Reason: sc.Reason, sample: i}
 			o.out = append(o.out, a)
 			d.remember(a, s.opts.HistoryLen)
 		}

@@ -50,6 +50,8 @@ type StreamSnapshot struct {
 	// stream has none. From namedStream.state it is the stream's own:
 	// encode it before the stream takes another sample.
 	Ranges *detect.RangeState
+	// CoolUntil is the time cooldown's end (version 4).
+	CoolUntil int64
 }
 
 // snapshotVersion is the first byte of every encoded snapshot. Version 2
@@ -57,9 +59,13 @@ type StreamSnapshot struct {
 // byte, newerMagic and the device ID, 8 bytes big-endian. Version 1 (no
 // magic, no Gen) is still read. Version 3 adds each stream's Ranges
 // detector state after its window (a byte, 0 for none, 1 for the
-// detect.RangeStateSize bytes of the state); a version 2
+// detect.RangeStateSizeV1 bytes of the state); a version 2
 // stream restores without it, and a Ranges stream then warms up again.
-const snapshotVersion = 3
+// Version 4 carries the Ranges state in its second encoding
+// (detect.RangeStateSize bytes) and each alert's Reason after its Z (a
+// byte); a version 3 alert restores with ReasonNone. Each stream ends with
+// its CoolUntil (a varint).
+const snapshotVersion = 4
 
 // The decoder has no limits of its own on how many streams, alerts or
 // bytes of a name a snapshot holds: what the encoder writes is only bounded
@@ -73,7 +79,7 @@ const snapshotVersion = 3
 // it.
 const (
 	minStreamBytes = 1 + 6 + 11*8 + 1 // name length, six varints, eleven floats, value count
-	minAlertBytes  = 1 + 1 + 4*8      // metric name length, ts, four floats
+	minAlertBytes  = 1 + 1 + 4*8      // metric name length, ts, four floats (and a reason byte from version 4)
 )
 
 // MaxValue bounds the magnitude of every value a Set is given (the server
@@ -133,9 +139,11 @@ func appendStream(dst []byte, st *StreamSnapshot, v1, v2 []float64) []byte {
 		dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(v))
 	}
 	if st.Ranges == nil {
-		return append(dst, 0)
+		dst = append(dst, 0)
+	} else {
+		dst = st.Ranges.AppendBinary(append(dst, 1))
 	}
-	return st.Ranges.AppendBinary(append(dst, 1))
+	return binary.AppendVarint(dst, st.CoolUntil)
 }
 
 // appendHistory encodes anomalies, oldest first.
@@ -148,6 +156,7 @@ func appendHistory(dst []byte, h []Anomaly) []byte {
 		for _, f := range [...]float64{a.Value, a.Mean, a.Stddev, a.Z} {
 			dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(f))
 		}
+		dst = append(dst, byte(a.Reason))
 	}
 	return dst
 }
@@ -270,19 +279,26 @@ func DecodeSnapshot(b []byte) (*Snapshot, error) {
 			switch d.byte() {
 			case 0:
 			case 1:
-				if len(d.b) < detect.RangeStateSize {
+				size := detect.RangeStateSize
+				if v == 3 {
+					size = detect.RangeStateSizeV1
+				}
+				if len(d.b) < size {
 					d.fail("truncated in the ranges detector's state")
 					break
 				}
 				st.Ranges = new(detect.RangeState)
-				if err := st.Ranges.UnmarshalBinary(d.b[:detect.RangeStateSize]); err != nil {
+				if err := st.Ranges.UnmarshalBinary(d.b[:size]); err != nil {
 					d.fail(err.Error()) // drops the bytes left
 					break
 				}
-				d.b = d.b[detect.RangeStateSize:]
+				d.b = d.b[size:]
 			default:
 				d.fail("bad ranges detector flag")
 			}
+		}
+		if v >= 4 && d.err == nil {
+			st.CoolUntil = d.varint()
 		}
 	}
 	nh := d.count(len(d.b) / minAlertBytes)
@@ -298,6 +314,11 @@ func DecodeSnapshot(b []byte) (*Snapshot, error) {
 		a.Mean = d.float(-maxStored, maxStored)
 		a.Stddev = d.float(0, math.MaxFloat64)
 		a.Z = d.float(-math.MaxFloat64, math.MaxFloat64)
+		if v >= 4 && d.err == nil {
+			if a.Reason = detect.Reason(d.byte()); !a.Reason.Valid() {
+				d.fail(fmt.Sprintf("bad alert reason %d", a.Reason))
+			}
+		}
 	}
 	if d.err == nil && len(d.b) != 0 {
 		d.fail(fmt.Sprintf("%d trailing bytes", len(d.b)))

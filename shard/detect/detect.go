@@ -29,9 +29,9 @@ const (
 	// (alpha = 2/(W+1)) updated with the same clipped values.
 	EWMA
 	// Ranges alerts when a stream leaves the ranges it has kept (value,
-	// mean, volatility, daily profile) or its likelihood tests fire: see
-	// RangeState. It has its own thresholds and quiet period; the window
-	// only shows the recent values and their z.
+	// mean, volatility, daily profile), or on Winsor's z-score while such
+	// alerts are rare for the stream: see RangeState. Threshold, Cooldown
+	// and StepFloor apply to its z-score channel.
 	Ranges
 )
 
@@ -73,8 +73,8 @@ const escalation = 2
 // Default settings, chosen from the labelled evaluation (see README, make
 // eval); package shard fills its Options' zero fields with them.
 const (
-	DefaultKind      = Winsor
-	DefaultThreshold = 4
+	DefaultKind      = Ranges
+	DefaultThreshold = 5
 	DefaultCooldown  = 50
 	DefaultStepFloor = 0.5
 )
@@ -95,7 +95,14 @@ type Params struct {
 	// the next ordinary step into a huge z. ZScore ignores it: it stays the
 	// exact core test.
 	StepFloor float64
+	// CooldownMs, when positive, is a cooldown in time beside Cooldown's
+	// in samples: for CooldownMs of ts after an alert the stream raises no
+	// new alert, unless |z| reaches escalation × the |z| of that alert.
+	CooldownMs int64
 }
+
+// MaxCooldownMs is the largest Params.CooldownMs: a year.
+const MaxCooldownMs = 366 * 24 * 3600 * 1000
 
 // Validate reports settings that cannot work.
 func (p *Params) Validate() error {
@@ -114,6 +121,8 @@ func (p *Params) Validate() error {
 		return fmt.Errorf("cooldown=%d: want 0 to 1000000", p.Cooldown)
 	case !(p.StepFloor >= 0) || p.StepFloor > 100:
 		return fmt.Errorf("step_floor=%g: want 0 to 100", p.StepFloor)
+	case p.CooldownMs < 0 || p.CooldownMs > MaxCooldownMs:
+		return fmt.Errorf("cooldown=%dms: want 0 to %dms (a year)", p.CooldownMs, int64(MaxCooldownMs))
 	}
 	return nil
 }
@@ -124,8 +133,9 @@ type Score struct {
 	// against, Stddev after the MinStddev and StepFloor floors (so a flat
 	// window reports the floor it was scored with, not 0).
 	Z, Mean, Stddev float64
-	Anomalous       bool // |z| >= Threshold with enough history
+	Anomalous       bool // |z| >= Threshold with enough history, or (Ranges) an alert
 	Alert           bool // anomalous and not held back by the cooldown
+	Reason          Reason
 }
 
 // Stream is the state of one (device, metric) series.
@@ -140,6 +150,7 @@ type Stream struct {
 	UpdatedTS int64   // ts of the last value, unix ms
 	step      float64 // long-run mean |x - previous x|
 	quiet     int32   // samples left in the cooldown
+	coolUntil int64   // ts before which the time cooldown holds alerts back; 0: none
 
 	Anomalies     uint64      // alerts raised since the stream was created
 	Anomalous     uint64      // anomalous samples, alerted or not
@@ -159,6 +170,7 @@ type State struct {
 	AlertZ        float64 // |z| of the last alert
 	EWMean, EWVar float64 // EWMA state
 	Quiet         int32   // samples left in the cooldown
+	CoolUntil     int64   // ts before which the time cooldown holds alerts back; 0: none
 	// Ranges is the Ranges detector's state, nil when the stream has none.
 	// State returns the stream's own: encode it before the next sample.
 	Ranges *RangeState
@@ -166,20 +178,18 @@ type State struct {
 
 // State returns s's detector state, for snapshots.
 func (s *Stream) State() State {
-	return State{Step: s.step, AlertZ: s.alertZ, EWMean: s.ewMean, EWVar: s.ewVar, Quiet: s.quiet, Ranges: s.ranges}
+	return State{Step: s.step, AlertZ: s.alertZ, EWMean: s.ewMean, EWVar: s.ewVar, Quiet: s.quiet, CoolUntil: s.coolUntil, Ranges: s.ranges}
 }
 
 // SetState restores the detector state State returned.
 func (s *Stream) SetState(st State) {
 	s.ewMean, s.ewVar, s.step, s.quiet, s.alertZ, s.ranges = st.EWMean, st.EWVar, st.Step, st.Quiet, st.AlertZ, st.Ranges
+	s.coolUntil = st.CoolUntil
 }
 
 // Observe scores x against the state built from earlier samples, then adds
 // x to it.
 func (s *Stream) Observe(x float64, ts int64, p *Params) Score {
-	if p.Kind == Ranges {
-		return s.observeRanges(x, ts, p)
-	}
 	var mean, sd float64
 	var n int
 	if p.Kind == EWMA {
@@ -204,13 +214,40 @@ func (s *Stream) Observe(x float64, ts int64, p *Params) Score {
 	}
 	az := math.Abs(z)
 	anomalous := n >= p.MinSamples && az >= p.Threshold
-	alert := anomalous && (s.quiet == 0 || az >= escalation*s.alertZ)
+	held := p.CooldownMs > 0 && s.coolUntil != 0 && ts < s.coolUntil
+	escalated := az >= escalation*s.alertZ
+	alert := anomalous && (s.quiet == 0 && !held || escalated)
 	switch {
 	case alert:
 		s.quiet, s.alertZ = int32(p.Cooldown), az
-		s.Anomalies++
 	case s.quiet > 0:
 		s.quiet--
+	}
+	why := ReasonNone
+	if alert {
+		why = ReasonZ
+	}
+	if p.Kind == Ranges {
+		if s.ranges == nil {
+			s.ranges = new(RangeState)
+		}
+		why = s.ranges.Decide(x, ts, alert)
+		if held && why != ReasonZ {
+			why = ReasonNone // the time cooldown holds the range channels back too
+		}
+		if why != ReasonNone && why != ReasonZ {
+			// What a z-score must reach to break through a cooldown
+			// this alert starts: escalation × the threshold at least.
+			s.alertZ = max(az, p.Threshold)
+		}
+		alert = why != ReasonNone
+		anomalous = anomalous || alert
+	}
+	if alert {
+		s.Anomalies++
+		if p.CooldownMs > 0 {
+			s.coolUntil = ts + p.CooldownMs
+		}
 	}
 	if anomalous {
 		s.Anomalous++
@@ -235,29 +272,7 @@ func (s *Stream) Observe(x float64, ts int64, p *Params) Score {
 		s.Win.Push(in)
 	}
 	s.advance(x, z, ts)
-	return Score{Z: z, Mean: mean, Stddev: sdf, Anomalous: anomalous, Alert: alert}
-}
-
-// observeRanges is Observe for Kind Ranges: RangeState decides, and the
-// window of raw values gives the z and the mean an alert shows.
-func (s *Stream) observeRanges(x float64, ts int64, p *Params) Score {
-	if s.ranges == nil {
-		s.ranges = new(RangeState)
-	}
-	mean, sd := s.Win.Stats()
-	sdf := max(sd, p.MinStddev)
-	var z float64
-	if s.Win.Len() > 0 {
-		z = (x - mean) / sdf
-	}
-	alert := s.ranges.Observe(x, ts)
-	if alert {
-		s.Anomalies++
-		s.Anomalous++
-	}
-	s.Win.Push(x)
-	s.advance(x, z, ts)
-	return Score{Z: z, Mean: mean, Stddev: sdf, Anomalous: alert, Alert: alert}
+	return Score{Z: z, Mean: mean, Stddev: sdf, Anomalous: anomalous, Alert: alert, Reason: why}
 }
 
 // advance updates what every kind keeps after scoring x.

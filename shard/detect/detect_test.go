@@ -131,3 +131,84 @@ func TestScoreScaleExplainsZ(t *testing.T) {
 		}
 	}
 }
+
+// TestCooldownTime: with a time cooldown, a stream alerting on every spike
+// alerts at most once per CooldownMs of ts, except on an escalation, for
+// every kind; a sample count cooldown of 0 does not lift it.
+func TestCooldownTime(t *testing.T) {
+	for _, k := range []Kind{Winsor, EWMA, Ranges} {
+		p := Params{Kind: k, Window: 50, MinSamples: 10, Threshold: 4, MinStddev: 1e-9, StepFloor: 0.5, CooldownMs: 35 * 60000}
+		st := NewStream(p.Window)
+		rng := rand.New(rand.NewPCG(1, 2))
+		var alerts []int64
+		for i := range 3000 {
+			ts := int64(i) * 60000 // a sample a minute
+			x := 20 + rng.NormFloat64()
+			switch {
+			case i == 2950:
+				x = 1e6 // an escalation: alerts inside the cooldown
+			case i >= 200 && i%20 == 0:
+				x = 27 // a spike every 20 minutes, about 7 sds: no escalation over another
+			}
+			if st.Observe(x, ts, &p).Alert {
+				alerts = append(alerts, ts)
+			}
+		}
+		esc := 0
+		for j := 1; j < len(alerts); j++ {
+			if gap := alerts[j] - alerts[j-1]; gap < p.CooldownMs {
+				if alerts[j] != 2950*60000 {
+					t.Fatalf("%s: alerts %d ms apart at %d, cooldown %d ms", k, gap, alerts[j], p.CooldownMs)
+				}
+				esc++
+			}
+		}
+		// Ranges' z channel is shut while z-score alerts are frequent,
+		// escalations included.
+		if wantEsc := 1 - b2i(k == Ranges); len(alerts) < 10 || esc != wantEsc {
+			t.Fatalf("%s: %d alerts, %d escalations inside the cooldown; want at least 10, and %d", k, len(alerts), esc, wantEsc)
+		}
+		if err := (&Params{Kind: k, Window: 2, MinSamples: 1, Threshold: 1, MinStddev: 1, CooldownMs: -1}).Validate(); err == nil {
+			t.Fatalf("negative CooldownMs accepted")
+		}
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// TestReason: the window detectors' alerts say "z"; Ranges names the
+// channel, and its z channel speaks when the ranges do not.
+func TestReason(t *testing.T) {
+	for _, k := range []Kind{ZScore, Winsor, EWMA, Ranges} {
+		p := Params{Kind: k, Window: 50, MinSamples: 10, Threshold: 4, MinStddev: 1e-9}
+		st := NewStream(p.Window)
+		var got []Reason
+		for i := range 600 {
+			x := []float64{10, 30}[i%2] // a range of 20, kept
+			switch {
+			case i == 599:
+				x = 20.5 // inside every range, about 60 sds from the window
+			case i >= 200:
+				x = 20 + 0.01*float64(i%3)
+			}
+			if sc := st.Observe(x, int64(i), &p); sc.Alert != (sc.Reason != ReasonNone) {
+				t.Fatalf("%s: alert %v with reason %v", k, sc.Alert, sc.Reason)
+			} else if sc.Alert {
+				got = append(got, sc.Reason)
+			}
+		}
+		if len(got) == 0 || got[len(got)-1] != ReasonZ {
+			t.Errorf("%s: reasons %v, want the last one z", k, got)
+		}
+	}
+	for r := range numReasons + 1 {
+		if p, ok := ParseReason(r.String()); r.Valid() != ok || ok && p != r {
+			t.Errorf("reason %d: %q parses to %v, %v", r, r.String(), p, ok)
+		}
+	}
+}

@@ -22,6 +22,12 @@ func newStreamAlerter(p Params) func() alerter {
 	return func() alerter { return &streamAlerter{st: NewStream(p.Window), p: p} }
 }
 
+// defaultParams are the service's default detector settings.
+func defaultParams() Params {
+	return Params{Kind: DefaultKind, Window: 50, MinSamples: 10, MinStddev: 1e-9,
+		Threshold: DefaultThreshold, Cooldown: DefaultCooldown, StepFloor: DefaultStepFloor}
+}
+
 // TestEvalNAB is `make eval-nab`: every detector on every NAB file, one
 // setting each, beside NAB's published scores, with the even and odd
 // halves and per category. Run with -v to see the table.
@@ -38,9 +44,10 @@ func TestEvalNAB(t *testing.T) {
 		mk   func() alerter
 	}{
 		{"zscore T=3, no cooldown (core)", newStreamAlerter(with(ZScore, 3, 0, 0))},
-		{"winsor T=4, cooldown 50 (service default)", newStreamAlerter(with(Winsor, DefaultThreshold, DefaultCooldown, DefaultStepFloor))},
-		{"ewma T=4, cooldown 50", newStreamAlerter(with(EWMA, DefaultThreshold, DefaultCooldown, DefaultStepFloor))},
-		{"ranges (shard/detect.Ranges)", func() alerter { return &RangeState{} }},
+		{"winsor T=4, cooldown 50", newStreamAlerter(with(Winsor, 4, DefaultCooldown, DefaultStepFloor))},
+		{"ewma T=4, cooldown 50", newStreamAlerter(with(EWMA, 4, DefaultCooldown, DefaultStepFloor))},
+		{"ranges T=5, cooldown 50 (service default)", newStreamAlerter(with(Ranges, DefaultThreshold, DefaultCooldown, DefaultStepFloor))},
+		{"ranges without its z-score channel", func() alerter { return &RangeState{} }},
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n| detector | standard | reward_low_FP_rate | reward_low_FN_rate | even files | odd files | alerts | outside windows | windows detected |\n|---|---|---|---|---|---|---|---|---|\n")

@@ -7,82 +7,136 @@ import (
 	"math"
 )
 
-// RangeState is the state of the ranges detector (Kind Ranges), one a
-// stream. It is a detector built on the Numenta Anomaly Benchmark (see
-// docs/detection.md): it alerts when a stream does something it has not
-// done for a long while. Channels, any of which raises an alert:
+// RangeState is the state of the ranges detector (Kind Ranges) besides
+// its window, one a stream. It is a detector built on the Numenta Anomaly
+// Benchmark (see docs/detection.md): it alerts when a stream does
+// something it has not done for a long while. Channels, any of which
+// raises an alert (its Reason):
 //
 //   - the value, its 50-sample mean or its 100-sample volatility (mean
 //     |x - previous x|) leaves the range it has kept, widened by a small
 //     tolerance; the ranges fade toward the slow mean over ~20,000 samples,
 //     so an old extreme stops masking new ones;
-//   - a point likelihood: a 10-sample mean of robust |z| (against an EWMA
-//     mean and mean absolute deviation, W=100) far above its own history;
-//   - a shift likelihood: a 10-sample mean far from a 1,000-sample mean,
-//     relative to that likelihood's own history;
 //   - a daily profile (24 hourly slots, interpolated, from ts): once two
 //     days are seen, its smoothed residual leaving its range, but only
 //     while the profile explains the stream (residual scale below 0.35 of
-//     the slow scale), so strongly daily signals alert on a broken rhythm.
+//     the slow scale), so strongly daily signals alert on a broken rhythm;
+//   - the window's winsorised z-score (Stream decides it with the stream's
+//     Params, as Winsor does), but only while such alerts are rare: fewer
+//     than rZK in the last ~rZH samples. A stream whose z-score alerts
+//     often is heavy-tailed or bursty, and its ranges judge it instead.
 //
-// It warms up for 150 samples; after an alert the stream is quiet for the
-// next 30. O(1) per sample, no
-// allocations; the zero RangeState is ready to use. Not safe for concurrent
-// use.
+// The range channels warm up for 150 samples; after any alert the ranges
+// are quiet for the next 30 samples. O(1) per sample, no allocations; the
+// zero RangeState is ready to use. Not safe for concurrent use.
 type RangeState struct {
+	// Every field is touched by every sample except the profile's, of
+	// which two slots are: the hot state spans 4 cache lines.
 	n, quiet   int
 	t0         int64   // ts of the first sample
-	m, s       float64 // point baseline: EWMA mean and |deviation|, W=100, clipped
-	ring       [rK]float64
-	sum        float64 // of ring
-	l1, l2     likelihood
-	ms, ss, mf float64 // slow mean and |deviation| (W=1000), fast mean (W=10)
+	ms, ss     float64 // slow mean and |deviation| (W=1000), clipped
 	m50        float64
 	v, mv, px  float64 // volatility EWMA |dx| (W=100), its slow mean, last x
 	rx, rm, rv span    // fading ranges of x, m50 and v
-	prof, cnt  [24]float64
 	res, es    float64 // profile residual EWMA (W=30), EWMA |residual| (W=1000)
 	rs         span
+	zrate      float64 // z-score alerts in the last ~rZH samples (EWMA)
 	sOn        bool
+	prof       [24]slot
 }
 
+// slot is one hour of the daily profile: its level and how much it has
+// learnt (in samples, shared between neighbouring slots).
+type slot struct{ p, c float64 }
+
 const (
-	rK    = 10
-	rW    = 100.0
-	rWf   = 10.0
-	rWs   = 1000.0
-	rW50  = 50.0
-	rWv   = 100.0
-	rWr   = 30.0 // profile residual smoothing
-	rClip = 4.0  // deviations enter the baselines clipped to rClip scales
-	rCap  = 50.0 // largest robust |z| the likelihoods take in
-	rL    = 1000.0
-	rT1   = 7.0 // point likelihood threshold, in its own sds
-	rT2   = 6.0 // shift likelihood threshold
-	rTolX = 0.05
-	rTolM = 0.01
-	rTolV = 0.05
-	rTolS = 0.05
-	rGate = 0.35
-	rAp   = 0.05 // profile learning-rate floor
-	rDays = 2    // the profile channel starts after this many days
-	rFade = 20000.0
-	rCool = 30
-	rGrow = 1.5
-	// rLikMin is the least rise a likelihood takes for an alert, in its
-	// log1p units: on a flat stream its variance is ~0, and a rounding
-	// step was 7 of its sds.
-	rLikMin = 0.5
-	rWarm   = 150
-	hourMs  = 3600000
-	dayMs   = 24 * hourMs
+	rWs    = 1000.0
+	rW50   = 50.0
+	rWv    = 100.0
+	rWr    = 30.0 // profile residual smoothing
+	rClip  = 4.0  // deviations enter the slow baseline clipped to rClip scales
+	rTolX  = 0.05
+	rTolM  = 0.01
+	rTolV  = 0.05
+	rTolS  = 0.05
+	rGate  = 0.35
+	rAp    = 0.05 // profile learning-rate floor
+	rDays  = 2    // the profile channel starts after this many days
+	rFade  = 20000.0
+	rCool  = 30
+	rGrow  = 1.5
+	rZH    = 1000.0 // horizon of the z channel's alert rate, in samples
+	rZK    = 2.0    // z-score alerts pass while fewer than this in rZH
+	rWarm  = 150
+	hourMs = 3600000
+	dayMs  = 24 * hourMs
 )
 
-// Observe scores x, taken at ts (unix ms), and reports whether it alerts.
-func (d *RangeState) Observe(x float64, ts int64) bool {
+// Reason names the channel that raised an alert.
+type Reason uint8
+
+const (
+	ReasonNone       Reason = iota
+	ReasonZ                 // |z| against the window reached the threshold
+	ReasonValue             // the value left its long-run range
+	ReasonMean              // the 50-sample mean left its range
+	ReasonVolatility        // the 100-sample volatility rose above its range
+	ReasonDaily             // the daily profile's residual left its range
+	numReasons
+)
+
+var reasonNames = [numReasons]string{"", "z", "value_range", "mean_range", "volatility", "daily_profile"}
+
+// String is the name the API shows ("" for ReasonNone).
+func (r Reason) String() string {
+	if r < numReasons {
+		return reasonNames[r]
+	}
+	return fmt.Sprintf("Reason(%d)", uint8(r))
+}
+
+// Valid reports whether r is a Reason this version knows (ReasonNone
+// included).
+func (r Reason) Valid() bool { return r < numReasons }
+
+// ParseReason returns the Reason named s (by String).
+func ParseReason(s string) (Reason, bool) {
+	for r, name := range reasonNames {
+		if s == name {
+			return Reason(r), true
+		}
+	}
+	return 0, false
+}
+
+// Observe scores x, taken at ts (unix ms), with the range channels alone
+// (no z-score channel), and reports whether they alert.
+func (d *RangeState) Observe(x float64, ts int64) bool { return d.Decide(x, ts, false) != ReasonNone }
+
+// Decide scores x, taken at ts (unix ms): z says whether the window's
+// z-score test alerted on it. It returns the channel that alerts, if any.
+func (d *RangeState) Decide(x float64, ts int64, z bool) Reason {
+	r := d.ranges(x, ts)
+	zok := z && d.zrate < rZK
+	if z {
+		d.zrate++
+	}
+	d.zrate -= d.zrate * (1 / rZH)
+	switch {
+	case r != ReasonNone:
+		return r
+	case zok && d.quiet == 0:
+		d.quiet = rCool
+		return ReasonZ
+	}
+	return ReasonNone
+}
+
+// ranges runs the range channels.
+func (d *RangeState) ranges(x float64, ts int64) Reason {
 	d.n++
 	if d.n == 1 {
-		d.m, d.ms, d.mf, d.m50, d.px = x, x, x, x, x
+		d.ms, d.m50, d.px = x, x, x
 		d.rx, d.rm = span{x, x}, span{x, x}
 		d.t0 = ts
 	}
@@ -106,55 +160,41 @@ func (d *RangeState) Observe(x float64, ts int64) bool {
 	if j == 24 {
 		j = 0
 	}
-	if d.cnt[i] == 0 {
-		d.prof[i] = x
+	pi, pj := &d.prof[i], &d.prof[j]
+	if pi.c == 0 {
+		pi.p = x
 	}
-	if d.cnt[j] == 0 {
-		d.prof[j] = x
+	if pj.c == 0 {
+		pj.p = x
 	}
-	e := x - ((1-f)*d.prof[i] + f*d.prof[j])
-	d.cnt[i] += 1 - f
-	d.cnt[j] += f
+	e := x - ((1-f)*pi.p + f*pj.p)
+	pi.c += 1 - f
+	pj.c += f
 	ai, aj := rAp, rAp
-	if d.cnt[i] < 1/rAp {
-		ai = 1 / d.cnt[i]
+	if pi.c < 1/rAp {
+		ai = 1 / pi.c
 	}
-	if d.cnt[j] < 1/rAp {
-		aj = 1 / d.cnt[j]
+	if pj.c < 1/rAp {
+		aj = 1 / pj.c
 	}
-	d.prof[i] += ai * (1 - f) * e
-	d.prof[j] += aj * f * e
+	pi.p += ai * (1 - f) * e
+	pj.p += aj * f * e
 	if d.n == 1 {
-		return false
+		return ReasonNone
 	}
 	on := d.n > rWarm
 	d.res += 2 / (rWr + 1) * (e - d.res)
 	d.es += 2 / (rWs + 1) * (math.Abs(e) - d.es)
-	sout := false
+	daily := false
 	if ts-d.t0 >= rDays*dayMs {
 		if !d.sOn {
 			d.sOn, d.rs = true, span{d.res, d.res}
 		}
-		sout = d.rs.out(d.res, rTolS, 0, on && d.es < rGate*d.ss)
+		daily = d.rs.out(d.res, rTolS, 0, on && d.es < rGate*d.ss)
 	}
-	// The point likelihood.
-	eps := 1e-9 * max(1, math.Abs(d.m))
-	dev := x - d.m
-	score := min(math.Abs(dev)/max(d.s, eps), rCap)
-	dev = clip(dev, d.s, rClip)
-	d.m += 2 / (rW + 1) * dev
-	d.s += 2 / (rW + 1) * (math.Abs(dev) - d.s)
-	k := d.n % rK
-	d.sum += score - d.ring[k]
-	d.ring[k] = score
-	z1 := d.l1.over(fastLog1p(d.sum*(1.0/rK)), rT1)
-	// The shift likelihood.
-	z2 := d.l2.over(fastLog1p(min(math.Abs(d.mf-d.ms)/max(d.ss, eps), rCap)), rT2)
 	ds := clip(x-d.ms, d.ss, rClip)
 	d.ms += 2 / (rWs + 1) * ds
 	d.ss += 2 / (rWs + 1) * (math.Abs(ds) - d.ss)
-	d.mf += 2 / (rWf + 1) * (x - d.mf)
-	// The ranges.
 	d.m50 += 2 / (rW50 + 1) * (x - d.m50)
 	d.v += 2 / (rWv + 1) * (math.Abs(x-d.px) - d.v)
 	d.px = x
@@ -162,18 +202,30 @@ func (d *RangeState) Observe(x float64, ts int64) bool {
 		d.rv, d.mv = span{d.v, d.v}, d.v
 	}
 	d.mv += (d.v - d.mv) * (1 / rFade)
-	out := d.rx.outIn(raw, x, rTolX, d.ms, on) || sout
-	out = d.rm.out(d.m50, rTolM, d.ms, on) || out
+	// Every range takes its value in, alerting or not; the first that
+	// alerts names the alert.
+	why := ReasonNone
+	if d.rx.outIn(raw, x, rTolX, d.ms, on) {
+		why = ReasonValue
+	}
+	if d.rm.out(d.m50, rTolM, d.ms, on) && why == ReasonNone {
+		why = ReasonMean
+	}
 	vhi := d.rv.hi
-	out = d.rv.out(d.v, rTolV, d.mv, on && d.n > 2*rWv) && d.v > vhi || out // volatility alerts only on a rise
-	if on && d.quiet == 0 && (out || z1 || z2) {
+	if d.rv.out(d.v, rTolV, d.mv, on && d.n > 2*rWv) && d.v > vhi && why == ReasonNone { // volatility alerts only on a rise
+		why = ReasonVolatility
+	}
+	if daily && why == ReasonNone {
+		why = ReasonDaily
+	}
+	if on && d.quiet == 0 && why != ReasonNone {
 		d.quiet = rCool
-		return true
+		return why
 	}
 	if d.quiet > 0 {
 		d.quiet--
 	}
-	return false
+	return ReasonNone
 }
 
 // span is a fading range.
@@ -195,45 +247,12 @@ func (r *span) outIn(v, in, tol, c float64, on bool) bool {
 	return o
 }
 
-// likelihood is the running mean and variance of a score.
-type likelihood struct {
-	mu, va float64
-	n      int
-}
-
-// over reports whether v is at least T sds above the running mean of
-// earlier values, then takes v in (alpha 1/n for the first rL, then 1/rL).
-func (l *likelihood) over(v, T float64) bool {
-	l.n++
-	e := v - l.mu
-	o := l.va > 0 && e >= T*math.Sqrt(l.va) && e >= rLikMin
-	al := 1 / rL
-	if l.n < rL {
-		al = 1 / float64(l.n)
-	}
-	l.mu += al * e
-	l.va = (1 - al) * (l.va + al*e*e)
-	return o
-}
-
 // clip limits d to ±k·s; s <= 0 leaves it as is.
 func clip(d, s, k float64) float64 {
 	if s <= 0 {
 		return d
 	}
 	return max(-k*s, min(k*s, d))
-}
-
-// fastLog1p is log(1+y) for y >= 0 to about 1e-4: the exponent's bits
-// plus three terms of the atanh series, several times cheaper than
-// math.Log1p, and the scores it feeds need no more.
-func fastLog1p(y float64) float64 {
-	b := math.Float64bits(1 + y)
-	e := float64(int((b>>52)&0x7ff) - 1023)
-	m := math.Float64frombits(b&^(0x7ff<<52) | 1023<<52)
-	s := (m - 1) / (m + 1)
-	s2 := s * s
-	return e*math.Ln2 + 2*s*(1+s2*(1.0/3+s2*(1.0/5)))
 }
 
 // floats lists every float field of d, in the order of its encoding. An
@@ -247,28 +266,50 @@ func (d *RangeState) floats() (fs [rangeFloats]*float64) {
 			i++
 		}
 	}
-	add(&d.m, &d.s)
-	for k := range d.ring {
-		add(&d.ring[k])
-	}
-	add(&d.sum, &d.l1.mu, &d.l1.va, &d.l2.mu, &d.l2.va, &d.ms, &d.ss, &d.mf, &d.m50, &d.v, &d.mv, &d.px,
-		&d.rx.lo, &d.rx.hi, &d.rm.lo, &d.rm.hi, &d.rv.lo, &d.rv.hi)
+	add(&d.ms, &d.ss, &d.m50, &d.v, &d.mv, &d.px, &d.rx.lo, &d.rx.hi, &d.rm.lo, &d.rm.hi, &d.rv.lo, &d.rv.hi)
 	for k := range d.prof {
-		add(&d.prof[k], &d.cnt[k])
+		add(&d.prof[k].p, &d.prof[k].c)
+	}
+	add(&d.res, &d.es, &d.rs.lo, &d.rs.hi, &d.zrate)
+	return fs
+}
+
+// floatsV1 is floats for the first encoding (snapshot version 3), whose
+// likelihood channels are gone: nil for their fields.
+func (d *RangeState) floatsV1() (fs [rangeFloatsV1]*float64) {
+	i := 10 + 1 + 2                                                               // m, s, ring, sum: the point likelihood's
+	fs[i+4], fs[i+5], fs[i+6], fs[i+7], fs[i+8] = &d.ms, &d.ss, nil, &d.m50, &d.v // l1, l2, then mf
+	i += 9
+	add := func(ps ...*float64) {
+		for _, p := range ps {
+			fs[i] = p
+			i++
+		}
+	}
+	add(&d.mv, &d.px, &d.rx.lo, &d.rx.hi, &d.rm.lo, &d.rm.hi, &d.rv.lo, &d.rv.hi)
+	for k := range d.prof {
+		add(&d.prof[k].p, &d.prof[k].c)
 	}
 	add(&d.res, &d.es, &d.rs.lo, &d.rs.hi)
 	return fs
 }
 
-const rangeFloats = 2 + rK + 18 + 2*24 + 4
+const (
+	rangeFloats   = 12 + 2*24 + 5
+	rangeFloatsV1 = 2 + 10 + 18 + 2*24 + 4
+)
 
-// RangeStateSize is the length of a RangeState's encoding.
-const RangeStateSize = 5*8 + 1 + 8*rangeFloats
+// RangeStateSize is the length of a RangeState's encoding, and
+// RangeStateSizeV1 that of the first encoding (snapshot version 3).
+const (
+	RangeStateSize   = 3*8 + 1 + 8*rangeFloats
+	RangeStateSizeV1 = 5*8 + 1 + 8*rangeFloatsV1
+)
 
 // AppendBinary appends d's encoding, RangeStateSize bytes, to dst, for
 // snapshots.
 func (d *RangeState) AppendBinary(dst []byte) []byte {
-	for _, n := range [...]int64{int64(d.n), int64(d.quiet), int64(d.l1.n), int64(d.l2.n), d.t0} {
+	for _, n := range [...]int64{int64(d.n), int64(d.quiet), d.t0} {
 		dst = binary.LittleEndian.AppendUint64(dst, uint64(n))
 	}
 	sOn := byte(0)
@@ -287,18 +328,31 @@ func (d *RangeState) AppendBinary(dst []byte) []byte {
 var ErrBadRangeState = errors.New("bad ranges detector state")
 
 // UnmarshalBinary restores what AppendBinary encoded: RangeStateSize
-// bytes, every float finite and every count in its range.
+// bytes, every float finite and every count in its range. It also takes
+// the first encoding (RangeStateSizeV1 bytes) and drops its likelihood
+// channels' state.
 func (d *RangeState) UnmarshalBinary(b []byte) error {
-	if len(b) != RangeStateSize {
+	v1 := len(b) == RangeStateSizeV1
+	if len(b) != RangeStateSize && !v1 {
 		return fmt.Errorf("%w: %d bytes, want %d", ErrBadRangeState, len(b), RangeStateSize)
 	}
-	var ints [5]int64
+	var all [5]int64
+	ints := all[:3]
+	if v1 {
+		ints = all[:]
+	}
 	for i := range ints {
 		ints[i] = int64(binary.LittleEndian.Uint64(b[8*i:]))
 	}
 	b = b[8*len(ints):]
+	if v1 { // n, quiet, l1.n, l2.n, t0
+		if ints[2] < 0 || ints[3] < 0 {
+			return fmt.Errorf("%w: negative count", ErrBadRangeState)
+		}
+		ints[2] = ints[4]
+	}
 	switch {
-	case ints[0] < 0 || ints[2] < 0 || ints[3] < 0:
+	case ints[0] < 0:
 		return fmt.Errorf("%w: negative count", ErrBadRangeState)
 	case ints[1] < 0 || ints[1] > rCool:
 		return fmt.Errorf("%w: quiet %d, want 0 to %d", ErrBadRangeState, ints[1], rCool)
@@ -306,14 +360,28 @@ func (d *RangeState) UnmarshalBinary(b []byte) error {
 		return fmt.Errorf("%w: flag %d", ErrBadRangeState, b[0])
 	}
 	var st RangeState
-	st.n, st.quiet, st.l1.n, st.l2.n, st.t0, st.sOn = int(ints[0]), int(ints[1]), int(ints[2]), int(ints[3]), ints[4], b[0] == 1
+	st.n, st.quiet, st.t0, st.sOn = int(ints[0]), int(ints[1]), ints[2], b[0] == 1
 	b = b[1:]
-	fs := st.floats()
+	var fs []*float64
+	if v1 {
+		a := st.floatsV1()
+		fs = a[:]
+	} else {
+		a := st.floats()
+		fs = a[:]
+	}
+	var skip float64
 	for i, f := range fs {
+		if f == nil {
+			f = &skip
+		}
 		*f = math.Float64frombits(binary.LittleEndian.Uint64(b[8*i:]))
 		if math.IsNaN(*f) || math.IsInf(*f, 0) {
 			return fmt.Errorf("%w: value %d is %g", ErrBadRangeState, i, *f)
 		}
+	}
+	if st.zrate < 0 || st.zrate > rZH {
+		return fmt.Errorf("%w: z-score alert rate %g, want 0 to %g", ErrBadRangeState, st.zrate, rZH)
 	}
 	*d = st
 	return nil
