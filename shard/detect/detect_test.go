@@ -76,15 +76,21 @@ func TestObserveRules(t *testing.T) {
 	f("oldest evicted", []float64{1000, 0, 2, 0, 2, 0, 2}, 5, 3.8/math.Sqrt(0.96), true)
 }
 
+// BenchmarkObserve is one stream's update with the default detector at
+// three window sizes, and with each kind at W=50: read the kinds as ratios
+// to zscore in one run.
 func BenchmarkObserve(b *testing.B) {
 	for _, w := range []int{10, 50, 500} {
-		b.Run("W"+strconv.Itoa(w), func(b *testing.B) { benchmarkObserve(b, w) })
+		b.Run("W"+strconv.Itoa(w), func(b *testing.B) { benchmarkObserve(b, DefaultKind, w) })
+	}
+	for _, k := range []Kind{ZScore, Winsor, EWMA, Ranges} {
+		b.Run(k.String()+"/W50", func(b *testing.B) { benchmarkObserve(b, k, 50) })
 	}
 }
 
-func benchmarkObserve(b *testing.B, w int) {
+func benchmarkObserve(b *testing.B, k Kind, w int) {
 	b.ReportAllocs()
-	p := Params{Kind: DefaultKind, Window: w, MinSamples: 10, Threshold: 3, MinStddev: 1e-9, Cooldown: DefaultCooldown}
+	p := Params{Kind: k, Window: w, MinSamples: 10, Threshold: DefaultThreshold, MinStddev: 1e-9, Cooldown: DefaultCooldown, StepFloor: DefaultStepFloor}
 	st := NewStream(w)
 	rng := rand.New(rand.NewPCG(1, 1))
 	xs := make([]float64, 4096)

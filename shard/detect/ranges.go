@@ -146,8 +146,12 @@ func (d *RangeState) ranges(x float64, ts int64) Reason {
 	// near 1) no longer blinds every channel for millions of samples.
 	// The value range judges x itself.
 	raw := x
-	w := max(d.rx.hi-d.rx.lo, 1e-9*max(1, math.Abs(d.rx.lo), math.Abs(d.rx.hi)))
-	x = max(d.rx.lo-rGrow*w, min(d.rx.hi+rGrow*w, x))
+	w := d.rx.width()
+	if lo := d.rx.lo - rGrow*w; x < lo {
+		x = lo
+	} else if hi := d.rx.hi + rGrow*w; x > hi {
+		x = hi
+	}
 	// The daily profile, from the first sample on: slots centred at half
 	// past each hour, x shared between the two nearest.
 	ms := ts%dayMs - hourMs/2
@@ -239,12 +243,38 @@ func (r *span) out(v, tol, c float64, on bool) bool { return r.outIn(v, v, tol, 
 
 // outIn is out judging v but taking in in.
 func (r *span) outIn(v, in, tol, c float64, on bool) bool {
-	w := max(r.hi-r.lo, 1e-9*max(1, math.Abs(r.lo), math.Abs(r.hi)))
-	o := on && (v > r.hi+tol*w || v < r.lo-tol*w)
-	r.lo, r.hi = min(r.lo, in), max(r.hi, in)
+	o := false
+	if on {
+		w := tol * r.width()
+		o = v > r.hi+w || v < r.lo-w
+	}
+	// Values are finite, so plain comparisons do what min and max would,
+	// without their NaN and signed-zero branches.
+	if in < r.lo {
+		r.lo = in
+	}
+	if in > r.hi {
+		r.hi = in
+	}
 	r.hi -= (r.hi - c) * (1 / rFade)
 	r.lo -= (r.lo - c) * (1 / rFade)
 	return o
+}
+
+// width is hi - lo, at least a billionth of the ends' magnitude (and of 1).
+func (r *span) width() float64 {
+	m := math.Abs(r.lo)
+	if a := math.Abs(r.hi); a > m {
+		m = a
+	}
+	if m < 1 {
+		m = 1
+	}
+	w := r.hi - r.lo
+	if f := 1e-9 * m; w < f {
+		w = f
+	}
+	return w
 }
 
 // clip limits d to ±k·s; s <= 0 leaves it as is.
