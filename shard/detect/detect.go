@@ -227,13 +227,17 @@ func (s *Stream) Observe(x float64, ts int64, p *Params) Score {
 	if alert {
 		why = ReasonZ
 	}
+	zAnomalous := anomalous // what clips the value entering the window
 	if p.Kind == Ranges {
 		if s.ranges == nil {
 			s.ranges = new(RangeState)
 		}
 		why = s.ranges.Decide(x, ts, alert)
-		if held && why != ReasonZ {
-			why = ReasonNone // the time cooldown holds the range channels back too
+		if held && !alert {
+			// The time cooldown holds the range channels back too,
+			// unless the z-score escalated (alert, though held): then
+			// the alert stands, named by whichever channel fired.
+			why = ReasonNone
 		}
 		if why != ReasonNone && why != ReasonZ {
 			// What a z-score must reach to break through a cooldown
@@ -246,7 +250,10 @@ func (s *Stream) Observe(x float64, ts int64, p *Params) Score {
 	if alert {
 		s.Anomalies++
 		if p.CooldownMs > 0 {
-			s.coolUntil = ts + p.CooldownMs
+			s.coolUntil = math.MaxInt64 // ts near the int64 limit must not wrap
+			if ts <= math.MaxInt64-p.CooldownMs {
+				s.coolUntil = ts + p.CooldownMs
+			}
 		}
 	}
 	if anomalous {
@@ -255,7 +262,9 @@ func (s *Stream) Observe(x float64, ts int64, p *Params) Score {
 
 	// What enters the state: x itself, or x clipped to the threshold band.
 	in := x
-	if p.Kind != ZScore && anomalous {
+	if p.Kind != ZScore && zAnomalous {
+		// Only a value beyond the threshold band: a ranges alert with a
+		// small |z| would otherwise enter farther out than it was.
 		in = mean + math.Copysign(p.Threshold*sdf, z)
 	}
 	switch {

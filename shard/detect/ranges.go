@@ -353,6 +353,10 @@ func (d *RangeState) AppendBinary(dst []byte) []byte {
 	return dst
 }
 
+// MaxStateMag bounds every field of a RangeState fed values within
+// ±1e150 (a hundred times the bound, for rounding and the spreads).
+const MaxStateMag = 1e152
+
 // ErrBadRangeState is returned by UnmarshalBinary for an encoding that no
 // RangeState fed finite values can have.
 var ErrBadRangeState = errors.New("bad ranges detector state")
@@ -412,6 +416,25 @@ func (d *RangeState) UnmarshalBinary(b []byte) error {
 	}
 	if st.zrate < 0 || st.zrate > rZH {
 		return fmt.Errorf("%w: z-score alert rate %g, want 0 to %g", ErrBadRangeState, st.zrate, rZH)
+	}
+	// Values fed are within ±1e150 (the service refuses larger ones), and
+	// every field is a mean, an end or a spread of them: beyond
+	// MaxStateMag a state is garbage, and sums of its fields could
+	// overflow to NaN a few samples on.
+	for i, f := range fs {
+		if f != nil && !(math.Abs(*f) <= MaxStateMag) {
+			return fmt.Errorf("%w: value %d is %g, beyond %g", ErrBadRangeState, i, *f, MaxStateMag)
+		}
+	}
+	for _, f := range [...]float64{st.ss, st.es, st.v, st.mv} {
+		if f < 0 {
+			return fmt.Errorf("%w: a negative spread %g", ErrBadRangeState, f)
+		}
+	}
+	for _, sl := range st.prof {
+		if sl.c < 0 {
+			return fmt.Errorf("%w: a negative profile count %g", ErrBadRangeState, sl.c)
+		}
 	}
 	*d = st
 	return nil

@@ -15,7 +15,7 @@ import (
 func TestRangesNAB(t *testing.T) {
 	n := loadNABOrSkip(t)
 	r := runNAB(n, newStreamAlerter(defaultParams()))
-	want := [3]float64{68.07, 58.03, 73.25}
+	want := [3]float64{68.20, 58.35, 73.34}
 	for k := range want {
 		if math.Abs(r.All[k]-want[k]) > 0.005 {
 			t.Errorf("%s: %.2f, want %.2f", n.Profiles[k].Name, r.All[k], want[k])

@@ -71,7 +71,7 @@ func ParseRules(data []byte, def Params) ([]Rule, error) {
 			}
 		}
 		set(&p.Window, r.Window)
-		if r.Cooldown != nil {
+		if r.Cooldown != nil && string(r.Cooldown) != "null" { // null: the default, as for every field
 			var s string
 			if err := json.Unmarshal(r.Cooldown, &s); err != nil {
 				s = string(r.Cooldown) // a number

@@ -37,7 +37,7 @@ func TestParseRules(t *testing.T) {
 	f(`{"rules":[{"match":"a","cooldown":"10 minutes"}]}`, `cooldown="10 minutes": want a count of samples`, nil)
 	f(`{"rules":[{"match":"a","cooldown":"0.5ms"}]}`, `cooldown="0.5ms"`, nil)
 	f(`{"rules":[{"match":"a","cooldown":1.5}]}`, `cooldown="1.5"`, nil)
-	f(`{"rules":[{"match":"a","cooldown":null}]}`, `cooldown=""`, nil)
+	f(`{"rules":[{"match":"a","cooldown":null}]}`, "", func(r []Rule) bool { return r[0].Params == def }) // null: the default
 	f(`{"rules":[{"match":"a","step_floor":-1}]}`, `step_floor=-1`, nil)
 	f(`{"rules":[{"match":"a","step_floor":2}]}`, "", func(r []Rule) bool { return r[0].Params.StepFloor == 2 })
 	f(`{"rules":[{"match":"a","windw":5}]}`, `unknown field "windw"`, nil)
