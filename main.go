@@ -54,7 +54,14 @@ type config struct {
 	CooldownTime time.Duration // ALERT_COOLDOWN given as a duration; Cooldown is then 0
 	StepFloor    float64
 	RulesFile    string
-	Rules        []detect.Rule
+
+	IngestTokens     string
+	IngestTokensFile string
+	MetricsToken     string
+	ClusterToken     string
+	MaxBatch         int
+	MaxConnsPerIP    int
+	Rules            []detect.Rule
 
 	RedisAddr        string
 	RedisPassword    string
@@ -86,6 +93,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		QueueLen:     1024,
 		MaxStreams:   shard.DefaultMaxStreams,
 		MaxBodyBytes: 1 << 20,
+		MaxBatch:     server.DefaultMaxBatch,
 		LogLevel:     "info",
 		StopTimeout:  5 * time.Second,
 		ReadTimeout:  30 * time.Second,
@@ -145,6 +153,12 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	v(durIn(&c.PeersRefresh, 100*time.Millisecond, time.Hour), "peers-refresh", "PEERS_REFRESH", "how often PEERS_FILE is re-read and PEERS_DNS re-resolved")
 	v(durIn(&c.ForwardTimeout, 10*time.Millisecond, time.Minute), "forward-timeout", "FORWARD_TIMEOUT", "how long a request forwarded to another member may take")
 	v((*strValue)(&c.RulesFile), "detector-config", "DETECTOR_CONFIG", "JSON file of per-metric detector rules")
+	v((*secretValue)(&c.IngestTokens), "ingest-tokens", "INGEST_TOKENS", "comma-separated bearer tokens the ingest and read routes require (empty: open)")
+	v((*strValue)(&c.IngestTokensFile), "ingest-tokens-file", "INGEST_TOKENS_FILE", "file of bearer tokens, one a line, re-read when it changes (instead of INGEST_TOKENS)")
+	v((*secretValue)(&c.MetricsToken), "metrics-token", "METRICS_TOKEN", "bearer token /metrics requires (empty: open)")
+	v((*secretValue)(&c.ClusterToken), "cluster-token", "CLUSTER_TOKEN", "bearer token members send each other; requests marked as a member's need it (empty: they carry the client's)")
+	v(intIn(&c.MaxBatch, 1, 1000000), "max-batch", "MAX_BATCH", "samples one ingest request may carry; more get 413")
+	v(intIn(&c.MaxConnsPerIP, 0, 1000000), "max-conns-per-ip", "MAX_CONNS_PER_IP", "open connections one client address may have; more get 429 and are closed (0: no bound)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -468,6 +482,12 @@ func run(c config, log zerolog.Logger) error {
 		extra = append(extra, store.Metrics())
 		state = "redis " + c.RedisAddr
 	}
+	creds, err := server.NewCredentials(server.CredentialOptions{IngestTokens: c.IngestTokens, IngestTokensFile: c.IngestTokensFile,
+		MetricsToken: c.MetricsToken, ClusterToken: c.ClusterToken, Log: log})
+	if err != nil {
+		return err
+	}
+	defer creds.Stop()
 	clusterMetrics := metrics.NewSet()
 	var handoff *server.Handoff
 	members, err := c.membership(log, clusterMetrics, func(old, v *cluster.View) { handoff.ViewChanged(old, v) })
@@ -482,7 +502,7 @@ func run(c config, log zerolog.Logger) error {
 			next = store
 		}
 		handoff = server.NewHandoff(server.HandoffOptions{Members: members, Next: next, Timeout: c.ForwardTimeout, Idle: c.IdleTimeout,
-			Log: log, Metrics: clusterMetrics})
+			Log: log, Metrics: clusterMetrics, Credentials: creds})
 		opts.Store, opts.LoadOnly = handoff, store == nil
 		// Tombstones outlive the slowest view to catch up (a DNS cache
 		// plus a few refreshes).
@@ -502,7 +522,8 @@ func run(c config, log zerolog.Logger) error {
 	}
 	h := server.New(server.Options{Shards: set, MaxBodyBytes: c.MaxBodyBytes, Log: log, Pprof: c.Pprof, Metrics: extra,
 		Timeouts: server.Timeouts{Read: c.ReadTimeout, Write: c.WriteTimeout, Idle: c.IdleTimeout},
-		Cluster:  members, ForwardTimeout: c.ForwardTimeout, Handoff: handoff})
+		Cluster:  members, ForwardTimeout: c.ForwardTimeout, Handoff: handoff,
+		Credentials: creds, MaxBatch: c.MaxBatch, MaxConnsPerIP: c.MaxConnsPerIP})
 	// No ReadTimeout, WriteTimeout or IdleTimeout: the Listener from
 	// h.Listen enforces them without a timer update per request.
 	srv := h.NewServer()

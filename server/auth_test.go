@@ -43,7 +43,9 @@ func call(t *testing.T, url, method, path, body string, hdr map[string]string) (
 	return resp.StatusCode, resp.Header.Get("WWW-Authenticate"), string(b)
 }
 
-func bearerHdr(tok string) map[string]string { return map[string]string{"Authorization": "Bearer " + tok} }
+func bearerHdr(tok string) map[string]string {
+	return map[string]string{"Authorization": "Bearer " + tok}
+}
 
 func mustCredentials(t *testing.T, o CredentialOptions) *Credentials {
 	t.Helper()
@@ -301,7 +303,7 @@ func TestMaxConnsPerIP(t *testing.T) {
 	}
 	c := dial()
 	c.SetDeadline(time.Now().Add(5 * time.Second)) //nolint:errcheck
-	m, _ := io.ReadAll(c)                            // refused at once, before any request
+	m, _ := io.ReadAll(c)                          // refused at once, before any request
 	if !strings.Contains(string(m), "429") {
 		t.Fatalf("a refused connection read %q", m)
 	}

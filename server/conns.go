@@ -3,7 +3,11 @@ package server
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"io"
+	"math"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -73,7 +77,14 @@ type Listener struct {
 	now    atomic.Int64 // ns since base, advanced every tick: the clock phases are stamped with
 
 	mu    sync.Mutex
-	conns map[*conn]struct{} // open connections; guarded by mu
+	conns map[*conn]struct{}   // open connections; guarded by mu
+	perIP map[netip.Addr]int32 // open connections by client address; guarded by mu
+	// maxPerIP bounds perIP (0: no bound); set before the first Accept.
+	maxPerIP  int32
+	refusing  chan struct{} // bounds the refusals being written
+	refusals  *metrics.Counter
+	refused   *metrics.Counter // requests_total for them
+	maxPerMsg []byte           // the canned 429
 
 	timeouts [phases]*metrics.Counter
 	stop     chan struct{}
@@ -90,6 +101,8 @@ func NewListener(ln net.Listener, t Timeouts, ms *metrics.Set) *Listener {
 		limits:   [phases]int64{int64(t.Read), int64(t.Idle), int64(t.Read), int64(t.Write), 0},
 		base:     time.Now(),
 		conns:    make(map[*conn]struct{}),
+		perIP:    make(map[netip.Addr]int32),
+		refusing: make(chan struct{}, 256),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
@@ -98,6 +111,8 @@ func NewListener(ln net.Listener, t Timeouts, ms *metrics.Set) *Listener {
 			l.timeouts[p] = ms.GetOrCreateCounter(`http_connection_timeouts_total{phase="` + name + `"}`)
 		}
 	}
+	l.refusals = ms.GetOrCreateCounter(`rejections_total{reason="conns_per_ip"}`)
+	l.refused = ms.GetOrCreateCounter(`requests_total{route="connection",method="other",status="429"}`)
 	ms.NewGauge("http_open_connections", func() float64 {
 		l.mu.Lock()
 		defer l.mu.Unlock()
@@ -119,16 +134,68 @@ func NewListener(ln net.Listener, t Timeouts, ms *metrics.Set) *Listener {
 
 // Accept wraps the next connection.
 func (l *Listener) Accept() (net.Conn, error) {
-	nc, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		nc, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		c := &conn{Conn: nc, l: l, ip: remoteIP(nc)}
+		c.state.Store(l.now.Load() << stateShift) // phaseNew is 0
+		l.mu.Lock()
+		if l.maxPerIP > 0 && l.perIP[c.ip] >= l.maxPerIP {
+			l.mu.Unlock()
+			l.refuse(nc)
+			continue
+		}
+		l.perIP[c.ip]++
+		l.conns[c] = struct{}{}
+		l.mu.Unlock()
+		return c, nil
 	}
-	c := &conn{Conn: nc, l: l}
-	c.state.Store(l.now.Load() << stateShift) // phaseNew is 0
-	l.mu.Lock()
-	l.conns[c] = struct{}{}
-	l.mu.Unlock()
-	return c, nil
+}
+
+// SetMaxConnsPerIP bounds the open connections from one client address
+// (MAX_CONNS_PER_IP); 0: no bound. Call it before serving.
+func (l *Listener) SetMaxConnsPerIP(n int) {
+	l.maxPerIP = int32(min(n, math.MaxInt32))
+	msg := fmt.Sprintf(`{"error":"too many connections from your address: at most %d (MAX_CONNS_PER_IP); reuse a keep-alive connection"}`+"\n", n)
+	l.maxPerMsg = fmt.Appendf(nil, "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\nRetry-After: 1\r\n\r\n%s", len(msg), msg)
+}
+
+// refuse answers a connection over MaxConnsPerIP with a 429 and closes it,
+// in its own goroutine (at most cap(l.refusing) at once; beyond, it is
+// closed without a word): write the answer, stop writing, and read what the
+// client sends for up to a second, so that closing with its request unread
+// does not reset the connection before the client reads the answer.
+func (l *Listener) refuse(nc net.Conn) {
+	l.refusals.Inc()
+	l.refused.Inc()
+	select {
+	case l.refusing <- struct{}{}:
+	default:
+		nc.Close()
+		return
+	}
+	go func() {
+		defer func() { <-l.refusing }()
+		defer nc.Close()
+		nc.SetDeadline(time.Now().Add(time.Second)) //nolint:errcheck // a failure shows as a failed write
+		if _, err := nc.Write(l.maxPerMsg); err != nil {
+			return
+		}
+		if tc, ok := nc.(*net.TCPConn); ok {
+			tc.CloseWrite() //nolint:errcheck
+		}
+		io.Copy(io.Discard, io.LimitReader(nc, 64<<10)) //nolint:errcheck
+	}()
+}
+
+// remoteIP is the client address of nc, IPv4-mapped addresses unmapped.
+func remoteIP(nc net.Conn) netip.Addr {
+	if a, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+		return a.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
 }
 
 // Stop ends the janitor and waits for it. Call it after the server has
@@ -181,6 +248,7 @@ type conn struct {
 	l      *Listener
 	state  atomic.Int64 // since<<stateShift | firedBit? | phase, since on l.now
 	closed atomic.Bool
+	ip     netip.Addr // the client's, for Listener.perIP
 
 	// mu makes the janitor's CAS of firedBit and its deadline one step as
 	// seen by a phase change that finds firedBit set, so the change clears
@@ -343,6 +411,9 @@ func (c *conn) Close() error {
 	if c.closed.CompareAndSwap(false, true) {
 		c.l.mu.Lock()
 		delete(c.l.conns, c)
+		if c.l.perIP[c.ip]--; c.l.perIP[c.ip] <= 0 {
+			delete(c.l.perIP, c.ip)
+		}
 		c.l.mu.Unlock()
 	}
 	return c.Conn.Close()

@@ -84,6 +84,8 @@ type scanner struct {
 	general bool   // skip the compact fast path (tests compare both)
 	tmp     []byte // the last unescaped string; valid until the next one
 	dev     []byte // the current sample's device, copied out of tmp
+	// maxBatch bounds an array's samples; zero: no bound.
+	maxBatch int
 }
 
 func (s *scanner) ingest(body []byte, b *shard.Batch, now int64) *Error {
@@ -96,7 +98,15 @@ func (s *scanner) ingest(body []byte, b *shard.Batch, now int64) *Error {
 		}
 	case '[':
 		n := 0
-		if e := s.array(func(i int) *Error { n++; return s.sample(b, now, i) }); e != nil {
+		if e := s.array(func(i int) *Error {
+			if n++; s.maxBatch > 0 && n > s.maxBatch {
+				e := errorf(fasthttp.StatusRequestEntityTooLarge,
+					"batch of more than %d samples; split it, or raise MAX_BATCH (now %d); nothing from this request was applied", s.maxBatch, s.maxBatch)
+				e.Reason = "batch_too_large"
+				return e
+			}
+			return s.sample(b, now, i)
+		}); e != nil {
 			return e
 		}
 		if n == 0 {

@@ -17,6 +17,9 @@ type Error struct {
 	Status int
 	Msg    string
 	Index  int // position of the bad element in a batch; -1 when none
+	// Reason labels the rejection in rejections_total; empty: one from
+	// the status (see reasonOf).
+	Reason string
 }
 
 func (e *Error) Error() string { return e.Msg }
@@ -59,15 +62,22 @@ func (h *Handler) writeError(ctx *fasthttp.RequestCtx, err error) {
 		e = at(errorf(fasthttp.StatusTooManyRequests,
 			"%s; reuse metric names, or raise MAX_STREAMS_PER_DEVICE (now %d); nothing from this request was applied",
 			limit, limit.Limit), limit.Index)
+		e.Reason = "too_many_streams"
 	case errors.Is(err, shard.ErrOverloaded):
 		ctx.Response.Header.Set("Retry-After", "1")
 		e = errorf(fasthttp.StatusServiceUnavailable, "ingest queue is full; retry after a short backoff or add replicas")
+		e.Reason = "queue_full"
 	case errors.Is(err, shard.ErrStopped):
 		e = errorf(fasthttp.StatusServiceUnavailable, "server is shutting down; retry on another replica")
+		e.Reason = "stopping"
 	default:
 		h.log.Error().Err(err).Bytes("path", ctx.Path()).Msg("internal error")
 		e = errorf(fasthttp.StatusInternalServerError, "internal error")
 	}
+	if e.Status == fasthttp.StatusUnauthorized {
+		ctx.Response.Header.Set(fasthttp.HeaderWWWAuthenticate, `Bearer realm="ai-load-service"`)
+	}
+	h.rejected(reasonOf(e))
 	buf := append(ctx.Response.Body()[:0], `{"error":`...)
 	buf = appendString(buf, e.Msg)
 	if e.Index >= 0 {
@@ -138,4 +148,45 @@ func (h *Handler) writePartial(ctx *fasthttp.RequestCtx, e *partialError) {
 	ctx.SetStatusCode(e.status)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(buf)
+}
+
+// reasonOf is e's rejections_total label: its Reason, or one from its
+// status.
+func reasonOf(e *Error) string {
+	if e.Reason != "" {
+		return e.Reason
+	}
+	switch e.Status {
+	case fasthttp.StatusBadRequest:
+		return "invalid_request"
+	case fasthttp.StatusUnauthorized:
+		return "unauthorized"
+	case fasthttp.StatusNotFound:
+		return "not_found"
+	case fasthttp.StatusMethodNotAllowed:
+		return "method_not_allowed"
+	case fasthttp.StatusRequestTimeout:
+		return "request_timeout"
+	case fasthttp.StatusRequestEntityTooLarge:
+		return "body_too_large"
+	case fasthttp.StatusMisdirectedRequest:
+		return "misdirected"
+	case fasthttp.StatusRequestHeaderFieldsTooLarge:
+		return "headers_too_large"
+	case fasthttp.StatusServiceUnavailable:
+		return "unavailable"
+	case fasthttp.StatusInternalServerError:
+		return "internal"
+	}
+	return "status_" + strconv.Itoa(e.Status)
+}
+
+// rejected counts a rejection by reason.
+func (h *Handler) rejected(reason string) {
+	h.ms.GetOrCreateCounter(`rejections_total{reason="` + reason + `"}`).Inc()
+}
+
+// authFailed counts a request refused for its credential, by route.
+func (h *Handler) authFailed(route string) {
+	h.ms.GetOrCreateCounter(fmt.Sprintf(`auth_failures_total{route=%q}`, route)).Inc()
 }

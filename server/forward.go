@@ -47,6 +47,7 @@ const hdrForwarded = "X-Aiload-Forwarded"
 
 // forwarder sends parts of requests to their owners.
 type forwarder struct {
+	creds   *Credentials // signs what it sends; nil: no credentials
 	members *cluster.Membership
 	client  *fasthttp.Client
 	timeout time.Duration
@@ -127,8 +128,9 @@ const hdrSuspects = "X-Aiload-Suspects"
 // mark marks a request to another member: forwarded by self, with self's
 // suspects, each as member@unix-ms it comes back (so passing a suspicion
 // on never makes it last longer).
-func (f *forwarder) mark(req *fasthttp.Request, self string) {
+func (f *forwarder) mark(req *fasthttp.Request, self string, auth []byte) {
 	req.Header.Set(hdrForwarded, self)
+	f.creds.sign(req, auth)
 	if s := f.members.Suspects(); len(s) > 0 {
 		var b []byte
 		for i, x := range s {
@@ -259,7 +261,7 @@ const (
 )
 
 // send forwards the samples idx of b to owner and reports the outcome.
-func (f *forwarder) send(owner, self string, body []byte) (outcome, *reply, int, string) {
+func (f *forwarder) send(owner, self string, body, auth []byte) (outcome, *reply, int, string) {
 	p := f.peer(owner)
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
@@ -267,7 +269,7 @@ func (f *forwarder) send(owner, self string, body []byte) (outcome, *reply, int,
 	req.SetRequestURI("http://" + owner + "/api/v1/ingest")
 	req.Header.SetMethod(fasthttp.MethodPost)
 	req.Header.SetContentType("application/json")
-	f.mark(req, self)
+	f.mark(req, self, auth)
 	req.SetBodyRaw(body)
 	start := time.Now()
 	err := f.client.DoTimeout(req, resp, f.timeout)
@@ -294,6 +296,14 @@ func (f *forwarder) send(owner, self string, body []byte) (outcome, *reply, int,
 	if err := sc.reply(resp.Body(), &r); err != nil {
 		p.ambiguous.Inc()
 		return partAmbiguous, nil, 0, fmt.Sprintf("member %s answered %d with an unreadable body: %v", owner, resp.StatusCode(), err)
+	}
+	if resp.StatusCode() == fasthttp.StatusUnauthorized {
+		// This pod took the client's credential and its member did not:
+		// the pods' tokens differ (a rotation half done), which is not
+		// the client's to fix.
+		p.failed.Inc()
+		return partRefused, nil, fasthttp.StatusServiceUnavailable,
+			fmt.Sprintf("member %s refused this member's credential (CLUSTER_TOKEN or INGEST_TOKENS differ between the pods): %s", owner, r.err)
 	}
 	if resp.StatusCode() != fasthttp.StatusOK {
 		p.failed.Inc()
@@ -336,7 +346,9 @@ func (h *Handler) applyCluster(ctx *fasthttp.RequestCtx, st *ingestState, encode
 		}
 		remote = o != view.Self
 	}
-	sp := spread{tries: 2}
+	// The client's credential, for the owners to check when there is no
+	// CLUSTER_TOKEN (a copy: Peek is not safe for the parts' goroutines).
+	sp := spread{tries: 2, auth: slices.Clone(ctx.Request.Header.Peek(fasthttp.HeaderAuthorization))}
 	if !remote {
 		if err := h.set.Ingest(b); err != nil {
 			return err
@@ -432,6 +444,7 @@ func (h *Handler) applyCluster(ctx *fasthttp.RequestCtx, st *ingestState, encode
 
 // spread is the state of one request applyCluster sends to its owners.
 type spread struct {
+	auth    []byte   // the client's Authorization header value
 	owner   []string // by sample: the member to send it to this attempt
 	applied []bool   // by sample
 	pending []int32  // samples to send this attempt, sorted
@@ -498,7 +511,7 @@ func (h *Handler) sendParts(st *ingestState, view *cluster.View, sp *spread) {
 	sent := len(parts)
 	for k, c := range parts {
 		go func() {
-			out, r, code, msg := h.fwd.send(to[k], view.Self, c.body)
+			out, r, code, msg := h.fwd.send(to[k], view.Self, c.body, sp.auth)
 			results <- result{c.idx, out, r, code, msg}
 		}()
 	}
@@ -815,7 +828,7 @@ func (f *forwarder) read(ctx *fasthttp.RequestCtx, owner, self string) (failed, 
 	// (absolute form carries a scheme and host).
 	req.SetRequestURI("http://" + owner + string(ctx.URI().PathOriginal()))
 	req.URI().SetQueryStringBytes(ctx.URI().QueryString())
-	f.mark(req, self)
+	f.mark(req, self, ctx.Request.Header.Peek(fasthttp.HeaderAuthorization))
 	start := time.Now()
 	err := f.client.DoTimeout(req, resp, f.timeout)
 	p := f.peer(owner)

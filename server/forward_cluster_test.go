@@ -38,7 +38,7 @@ func startPods(t *testing.T, addrs, files []string) []*pod {
 			t.Fatal(err)
 		}
 		m.Start()
-		_, h := serveAPI(t, a, Options{Cluster: m, ForwardTimeout: time.Second}, shard.Options{}, nil)
+		_, h := serveAPI(t, a, Options{Cluster: m, ForwardTimeout: time.Second, MaxBatch: 1 << 20} /* the body limit alone: some tests send 1 MiB of small samples */, shard.Options{}, nil)
 		pods[i] = &pod{addr: a, h: h, set: h.set, members: m}
 	}
 	return pods

@@ -47,6 +47,7 @@ const hdrMovedTo = "X-Aiload-Moved-To"
 // may hold a device first, then Next (Redis), if any. Start it with the
 // Set; Stop it after the Set.
 type Handoff struct {
+	creds   *Credentials // signs its asks; nil: none
 	members *cluster.Membership
 	next    shard.Store
 	client  *fasthttp.Client
@@ -94,6 +95,8 @@ type HandoffOptions struct {
 	Idle    time.Duration // the members' IDLE_TIMEOUT: connections are dropped before they would
 	Log     zerolog.Logger
 	Metrics *metrics.Set // required
+	// Credentials sign the asks with the cluster token; nil: none.
+	Credentials *Credentials
 }
 
 // handoffWorkers bounds the asks in flight: a scale-out moves a quarter of
@@ -113,7 +116,7 @@ func NewHandoff(o HandoffOptions) *Handoff {
 	if o.Idle > 0 {
 		keep = min(keep, o.Idle/2) // drop connections before the peer does
 	}
-	return &Handoff{members: o.Members, next: o.Next, timeout: o.Timeout, log: o.Log,
+	return &Handoff{creds: o.Credentials, members: o.Members, next: o.Next, timeout: o.Timeout, log: o.Log,
 		// As the forwarder's: a connection the peer closed before reading
 		// the request is retried on another (see retryClosed).
 		client: &fasthttp.Client{Name: "ai-load-service", MaxConnsPerHost: handoffWorkers, MaxConnWaitTimeout: o.Timeout,
@@ -463,6 +466,7 @@ func (hf *Handoff) ask(m, self, id string, token uint64, deadline time.Time) (an
 		req.SetRequestURI("http://" + m + handoffPath)
 		req.Header.SetMethod(fasthttp.MethodPost)
 		req.Header.Set(hdrForwarded, self)
+		hf.creds.sign(req, nil)
 		req.Header.Set(hdrToken, strconv.FormatUint(token, 10))
 		req.SetBodyString(id)
 		try := time.Now().Add(hf.timeout)
@@ -713,6 +717,7 @@ func (h *Handler) offer(ctx context.Context, owner, self string, ids []string) (
 	req.SetRequestURI("http://" + owner + claimPath)
 	req.Header.SetMethod(fasthttp.MethodPost)
 	req.Header.Set(hdrForwarded, self)
+	h.fwd.creds.sign(req, nil)
 	req.SetBodyString(strings.Join(ids, "\n"))
 	deadline, ok := ctx.Deadline()
 	if !ok {

@@ -51,6 +51,7 @@ func (h *Handler) apply(ctx *fasthttp.RequestCtx, decode decodeFunc, encode func
 	defer h.pool.Put(st)
 	st.batch.Reset()
 	st.batch.SetReceived(ctx.Time().UnixNano())
+	st.scanner.maxBatch = h.opts.MaxBatch
 	if err := decode(&st.scanner, ctx.PostBody(), &st.batch, ctx.Time().UnixMilli()); err != nil {
 		return err
 	}

@@ -47,7 +47,19 @@ type Options struct {
 	// Handoff is the Set's Store in cluster mode, which claims (offers of
 	// a stopping member's devices) hint at.
 	Handoff *Handoff
+	// Credentials are the tokens routes need (see Credentials); nil: every
+	// route is open.
+	Credentials *Credentials
+	// MaxBatch bounds the samples of one ingest request (413 beyond);
+	// zero: DefaultMaxBatch.
+	MaxBatch int
+	// MaxConnsPerIP bounds the open connections from one client address
+	// on h.Listen's Listener (429 and close beyond); zero: no bound.
+	MaxConnsPerIP int
 }
+
+// DefaultMaxBatch is Options.MaxBatch's default.
+const DefaultMaxBatch = 10000
 
 // Handler serves the API. Create it with New.
 type Handler struct {
@@ -99,6 +111,9 @@ func New(opts Options) *Handler {
 	if opts.MaxMetricLabels <= 0 {
 		opts.MaxMetricLabels = 100
 	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = DefaultMaxBatch
+	}
 	// /metrics carries HELP and TYPE lines, so Prometheus knows each
 	// family's type. The switch is global in package metrics; every writer
 	// in this process wants it on.
@@ -126,6 +141,7 @@ func New(opts Options) *Handler {
 	}
 	if opts.Cluster != nil {
 		h.fwd = newForwarder(opts.Cluster, opts.ForwardTimeout, opts.Timeouts.Idle, h.ms)
+		h.fwd.creds = opts.Credentials
 		h.handedOut = h.ms.NewCounter("handoffs_out_total")
 		h.ms.NewGauge("devices_handed_off", func() float64 { return float64(h.set.Tombstones()) })
 	}
@@ -143,27 +159,29 @@ func (h *Handler) routes() *router.Router {
 	// OPTIONS goes to the routes like any method, and gets their 405.
 	r.HandleOPTIONS = false
 	r.HandleMethodNotAllowed = false // every route takes ANY and answers its own 405
-	add := func(path string, methods string, fn func(*fasthttp.RequestCtx) error) {
+	add := func(path string, methods string, a access, fn func(*fasthttp.RequestCtx) error) {
 		e := h.newEndpoint(path, strings.Split(methods, ","), fn)
+		e.access = a
+		e.trustMark = path != "/metric" // its handler ignores a client's marker
 		if !strings.Contains(path, "{") {
 			h.byPath[path] = e
 		}
 		r.ANY(path, e.serve)
 	}
-	add("/", "GET", h.index)
-	add("/health", "GET", h.health)
-	add("/ready", "GET", h.ready)
-	add("/metrics", "GET", h.metrics)
-	add("/analyze", "GET", h.analyze)
-	add("/metric", "POST", h.metric)
-	add("/api/v1/ingest", "POST", h.ingest)
-	add("/api/v1/devices/{device}", "GET", h.device)
-	add("/api/v1/devices/{device}/anomalies", "GET", h.deviceAnomalies)
-	add("/api/v1/cluster", "GET", h.clusterInfo)
-	add(handoffPath, "POST", h.handoff)
-	add(claimPath, "POST", h.claim)
+	add("/", "GET", accessOpen, h.index)
+	add("/health", "GET", accessOpen, h.health)
+	add("/ready", "GET", accessOpen, h.ready)
+	add("/metrics", "GET", accessMetrics, h.metrics)
+	add("/analyze", "GET", accessIngest, h.analyze)
+	add("/metric", "POST", accessIngest, h.metric)
+	add("/api/v1/ingest", "POST", accessIngest, h.ingest)
+	add("/api/v1/devices/{device}", "GET", accessIngest, h.device)
+	add("/api/v1/devices/{device}/anomalies", "GET", accessIngest, h.deviceAnomalies)
+	add("/api/v1/cluster", "GET", accessIngest, h.clusterInfo)
+	add(handoffPath, "POST", accessCluster, h.handoff)
+	add(claimPath, "POST", accessCluster, h.claim)
 	if h.opts.Pprof {
-		add("/debug/pprof/{profile:*}", "GET", h.pprof)
+		add("/debug/pprof/{profile:*}", "GET", accessMetrics, h.pprof)
 	}
 	h.other = h.newEndpoint("other", nil, func(ctx *fasthttp.RequestCtx) error {
 		// The path as sent: routes match it, not fasthttp's normalised
@@ -230,7 +248,11 @@ func (h *Handler) serve(ctx *fasthttp.RequestCtx) {
 
 // Listen wraps ln so its connections are held to Options.Timeouts, counted
 // on /metrics. Stop the Listener after the server stops.
-func (h *Handler) Listen(ln net.Listener) *Listener { return NewListener(ln, h.opts.Timeouts, h.ms) }
+func (h *Handler) Listen(ln net.Listener) *Listener {
+	l := NewListener(ln, h.opts.Timeouts, h.ms)
+	l.SetMaxConnsPerIP(h.opts.MaxConnsPerIP)
+	return l
+}
 
 // SetReady marks the service ready for traffic (/ready 200).
 func (h *Handler) SetReady() { h.state.Store(stateReady) }
@@ -303,12 +325,16 @@ func (h *Handler) Printf(format string, args ...any) {
 
 // endpoint is one route's method check, metrics and error mapping.
 type endpoint struct {
-	h        *Handler
-	name     string
-	methods  []string
-	allow    string
-	fn       func(*fasthttp.RequestCtx) error
-	duration *metrics.PrometheusHistogram
+	h       *Handler
+	name    string
+	methods []string
+	allow   string
+	fn      func(*fasthttp.RequestCtx) error
+	access  access // the credential it needs
+	// trustMark: a request marked as forwarded is a member's, held to
+	// CLUSTER_TOKEN (false where the handler ignores the marker).
+	trustMark bool
+	duration  *metrics.PrometheusHistogram
 	// counts[method][status-100] caches requests_total counters, created on
 	// first use so that only statuses that happen become series.
 	counts [len(methodNames)][500]atomic.Pointer[metrics.Counter]
@@ -332,7 +358,11 @@ func (h *Handler) newEndpoint(name string, methods []string, fn func(*fasthttp.R
 func (e *endpoint) serve(ctx *fasthttp.RequestCtx) {
 	start := ctx.Time() // fasthttp reads the clock once per request already
 	var err error
-	if e.allowed(ctx.Method()) {
+	marked := e.trustMark && len(ctx.Request.Header.Peek(hdrForwarded)) > 0
+	if denied := e.h.opts.Credentials.authorize(ctx, e.access, marked); denied != nil {
+		e.h.authFailed(e.name)
+		err = denied
+	} else if e.allowed(ctx.Method()) {
 		err = e.fn(ctx)
 	} else {
 		ctx.Response.Header.Set("Allow", e.allow)
