@@ -60,6 +60,7 @@ type config struct {
 	MetricsToken     string
 	ClusterToken     string
 	MaxBatch         int
+	MaxDevices       int
 	MaxConnsPerIP    int
 	Rules            []detect.Rule
 
@@ -94,6 +95,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		MaxStreams:   shard.DefaultMaxStreams,
 		MaxBodyBytes: 1 << 20,
 		MaxBatch:     server.DefaultMaxBatch,
+		MaxDevices:   shard.DefaultMaxDevices,
 		LogLevel:     "info",
 		StopTimeout:  5 * time.Second,
 		ReadTimeout:  30 * time.Second,
@@ -158,6 +160,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	v((*secretValue)(&c.MetricsToken), "metrics-token", "METRICS_TOKEN", "bearer token /metrics requires (empty: open)")
 	v((*secretValue)(&c.ClusterToken), "cluster-token", "CLUSTER_TOKEN", "bearer token members send each other; requests marked as a member's need it (empty: they carry the client's)")
 	v(intIn(&c.MaxBatch, 1, 1000000), "max-batch", "MAX_BATCH", "samples one ingest request may carry; more get 413")
+	v(intIn(&c.MaxDevices, 1, 1<<40), "max-devices", "MAX_DEVICES", "devices this pod holds; a request that would add more gets 429")
 	v(intIn(&c.MaxConnsPerIP, 0, 1000000), "max-conns-per-ip", "MAX_CONNS_PER_IP", "open connections one client address may have; more get 429 and are closed (0: no bound)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -254,7 +257,7 @@ func (c config) shardOptions() shard.Options {
 		Shards: c.Shards, Detector: p.Kind, WindowSize: p.Window, MinSamples: p.MinSamples,
 		ZThreshold: p.Threshold, MinStddev: p.MinStddev, Cooldown: cooldown, StepFloor: stepFloor, QueueLen: c.QueueLen,
 		CooldownTime: time.Duration(p.CooldownMs) * time.Millisecond,
-		Rules:        c.Rules, MaxStreams: c.MaxStreams,
+		Rules:        c.Rules, MaxStreams: c.MaxStreams, MaxDevices: c.MaxDevices,
 	}
 }
 

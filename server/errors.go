@@ -51,6 +51,7 @@ func at(e *Error, i int) *Error {
 func (h *Handler) writeError(ctx *fasthttp.RequestCtx, err error) {
 	var e *Error
 	var limit *shard.StreamLimitError
+	var devLimit *shard.DeviceLimitError
 	var part *partialError
 	if errors.As(err, &part) {
 		h.writePartial(ctx, part)
@@ -63,6 +64,11 @@ func (h *Handler) writeError(ctx *fasthttp.RequestCtx, err error) {
 			"%s; reuse metric names, or raise MAX_STREAMS_PER_DEVICE (now %d); nothing from this request was applied",
 			limit, limit.Limit), limit.Index)
 		e.Reason = "too_many_streams"
+	case errors.As(err, &devLimit):
+		e = errorf(fasthttp.StatusTooManyRequests,
+			"%s; raise MAX_DEVICES (now %d), or add replicas; devices already held keep working; nothing from this request was applied",
+			devLimit, devLimit.Limit)
+		e.Reason = "too_many_devices"
 	case errors.Is(err, shard.ErrOverloaded):
 		ctx.Response.Header.Set("Retry-After", "1")
 		e = errorf(fasthttp.StatusServiceUnavailable, "ingest queue is full; retry after a short backoff or add replicas")

@@ -1,5 +1,7 @@
 package shard
 
+import "sync/atomic"
+
 // Batch holds one request's samples in memory the caller reuses, so decoding
 // and ingesting a batch allocates nothing in steady state. Names are copied
 // into the batch's own buffer: a Batch never points into a request body.
@@ -29,6 +31,9 @@ type Batch struct {
 	order  []int32 // sample indices grouped by shard, batch order inside
 	ops    []op
 	done   latch
+	// reserved is the room for new devices Ingest holds for the batch,
+	// less what its shards took (see devlimit.go).
+	reserved atomic.Int64
 }
 
 // StreamHead is what the prototype's /metric route reports of the window.

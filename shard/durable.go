@@ -65,8 +65,10 @@ func (sh *shard) getDevice(h uint64, id []byte) *device {
 		sh.devices[h] = d
 		sh.ndev++
 		s.devices.Add(1)
+		sh.added++
 	case d.gone && sh.expired(d):
 		sh.revive(d)
+		sh.added++
 	default:
 		return d // held, or handed over (the caller checks gone)
 	}

@@ -49,6 +49,9 @@ type Options struct {
 	// naming a new metric for a device that has them all is refused with
 	// ErrTooManyStreams. Zero: DefaultMaxStreams.
 	MaxStreams int
+	// MaxDevices bounds the devices held (ErrTooManyDevices beyond; see
+	// devlimit.go). Zero: DefaultMaxDevices.
+	MaxDevices int
 	// LoadOnly says Store only loads (a cluster member without
 	// persistence, whose store asks the other members): changes are not
 	// tracked for Collect, which nobody calls.
@@ -102,6 +105,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.HistoryLen <= 0 {
 		o.HistoryLen = 100
+	}
+	if o.MaxDevices <= 0 {
+		o.MaxDevices = DefaultMaxDevices
 	}
 	if o.MaxStreams <= 0 {
 		o.MaxStreams = DefaultMaxStreams
@@ -198,10 +204,11 @@ type Set struct {
 	shards []*shard
 	// nfull counts devices at their stream limit, across shards: while it
 	// is zero, Ingest checks nothing (see checkFull).
-	nfull   atomic.Int64
-	wg      sync.WaitGroup
-	devices atomic.Int64 // devices held, across shards
-	streams atomic.Int64 // streams held, across shards
+	nfull    atomic.Int64
+	wg       sync.WaitGroup
+	devices  atomic.Int64 // devices held, across shards
+	reserved atomic.Int64 // room for devices requests in flight may add (see devlimit.go)
+	streams  atomic.Int64 // streams held, across shards
 
 	clock      atomic.Int64 // unix ns, advanced by Collect: the idle-eviction clock
 	unrestored atomic.Int64
@@ -390,18 +397,6 @@ func (s *Set) Ingest(b *Batch) error {
 	if err := s.checkLimits(b); err != nil {
 		return err
 	}
-	// Reserve a place in every shard's queue first, so that a full one
-	// leaves the batch wholly unapplied.
-	for k, c := range b.counts {
-		if c > 0 && !s.shards[k].acquire() {
-			for j := range k {
-				if b.counts[j] > 0 {
-					s.shards[j].pending.Add(-1)
-				}
-			}
-			return ErrOverloaded
-		}
-	}
 	// Counting sort of the sample indices by shard, batch order inside.
 	b.order = slices.Grow(b.order[:0], len(b.samples))[:len(b.samples)]
 	if len(b.ops) < n {
@@ -417,21 +412,13 @@ func (s *Set) Ingest(b *Batch) error {
 		o := &b.ops[b.samples[i].shard]
 		o.idx = append(o.idx, int32(i))
 	}
-	for k, c := range b.counts {
-		if c == 0 {
-			continue
-		}
-		o := &b.ops[k]
-		o.kind, o.b, o.done, o.out, o.anomalous = opIngest, b, &b.done, o.out[:0], 0
-		o.moved, o.applied = o.moved[:0], 0
-		b.done.add(1) // every add before the first send
+	if err := s.reserveDevices(b); err != nil {
+		return err
 	}
-	for k, c := range b.counts {
-		if c > 0 {
-			s.shards[k].inbox <- &b.ops[k]
-		}
+	defer s.releaseDevices(b)
+	if err := s.dispatch(b, opIngest); err != nil {
+		return err
 	}
-	b.done.wait()
 
 	b.Anomalies = b.Anomalies[:0]
 	b.Anomalous = 0
@@ -462,6 +449,38 @@ func (s *Set) Ingest(b *Batch) error {
 }
 
 func bySample(x, y Anomaly) int { return int(x.sample - y.sample) }
+
+// dispatch sends each shard its part of b (b.ops, sorted by Ingest) as an
+// op of kind, and waits for them all. A place in every shard's queue is
+// reserved first, so that a full one leaves the batch wholly unsent.
+func (s *Set) dispatch(b *Batch, kind opKind) error {
+	for k, c := range b.counts {
+		if c > 0 && !s.shards[k].acquire() {
+			for j := range k {
+				if b.counts[j] > 0 {
+					s.shards[j].pending.Add(-1)
+				}
+			}
+			return ErrOverloaded
+		}
+	}
+	for k, c := range b.counts {
+		if c == 0 {
+			continue
+		}
+		o := &b.ops[k]
+		o.kind, o.b, o.done, o.out, o.anomalous = kind, b, &b.done, o.out[:0], 0
+		o.moved, o.applied = o.moved[:0], 0
+		b.done.add(1) // every add before the first send
+	}
+	for k, c := range b.counts {
+		if c > 0 {
+			s.shards[k].inbox <- &b.ops[k]
+		}
+	}
+	b.done.wait()
+	return nil
+}
 
 // Device returns the state of device's streams in first-seen order, or
 // false when the device is unknown.
@@ -681,6 +700,7 @@ const (
 	opSweep
 	opList
 	opForget
+	opProbe
 )
 
 // op is one message to a shard. The sender owns it again once done has
@@ -697,6 +717,7 @@ type op struct {
 	parked    int // samples waiting for their device to load
 	moved     []Moved
 	applied   int // metric values applied
+	fresh     int // opProbe: devices of its samples not held
 
 	id      string // opDevice, opAnomalies
 	hash    uint64 // of id
@@ -729,6 +750,7 @@ type shard struct {
 	// the shard; IDs whose hashes collide are chained through device.next.
 	devices   map[uint64]*device // owned by run alone
 	ndev      int
+	added     int64               // devices created or revived, ever: Ingest's ops report their own to the Set (devlimit.go)
 	names     map[string]*nameAgg // per metric name; owned by run alone
 	full      fullSet             // devices at their stream limit
 	ngone     int                 // tombstones among devices (see HandOff)
@@ -816,6 +838,8 @@ func (sh *shard) handle(o *op) bool {
 		sh.list(o)
 	case opForget:
 		sh.forget(o)
+	case opProbe:
+		sh.probe(o)
 
 	case opSummary:
 		sh.summarize(o)
@@ -836,10 +860,12 @@ func (sh *shard) ingest(o *op) bool {
 	// Resolve every device first: the lookups are independent, so the CPU
 	// overlaps their cache misses instead of taking them one by one.
 	devs := sh.devs[:0]
+	added := sh.added
 	for _, i := range o.idx {
 		smp := &b.samples[i]
 		devs = append(devs, sh.getDevice(smp.hash, b.bytes(smp.dev)))
 	}
+	sh.set.took(b, sh.added-added)
 	o.parked = 0
 	for k, i := range o.idx {
 		d := devs[k]
