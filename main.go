@@ -191,6 +191,10 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	switch {
 	case sources > 1:
 		return c, fmt.Errorf("PEERS, PEERS_FILE and PEERS_DNS are alternatives: set one")
+	case sources == 1 && (c.IngestTokens != "" || c.IngestTokensFile != "") && c.ClusterToken == "":
+		// Members ask each other for devices' state without a client's
+		// credential: open handoff routes would give any device to anyone.
+		return c, fmt.Errorf("cluster mode with INGEST_TOKENS or INGEST_TOKENS_FILE needs CLUSTER_TOKEN, the same on every member")
 	case sources == 1 && c.SelfAddr == "":
 		return c, fmt.Errorf("cluster mode needs SELF_ADDR, the host:port the other members reach this pod at (in Kubernetes the pod IP from the downward API)")
 	case c.PeersDNS != "" && c.PeerPort == "":

@@ -87,6 +87,8 @@ func TestParseConfig(t *testing.T) {
 		return c.Cooldown == 0 && c.CooldownTime == 10*time.Minute && o.Cooldown < 0 && o.CooldownTime == 10*time.Minute && o.Validate() == nil
 	})
 	f(map[string]string{"ALERT_COOLDOWN": "10 minutes"}, nil, "invalid ALERT_COOLDOWN", nil)
+	f(map[string]string{"PEERS": "127.0.0.1:1", "SELF_ADDR": "127.0.0.1:1", "INGEST_TOKENS": "0123456789abcdefgh"}, nil, "needs CLUSTER_TOKEN", nil)
+	f(map[string]string{"PEERS": "127.0.0.1:1", "SELF_ADDR": "127.0.0.1:1", "INGEST_TOKENS_FILE": "/x"}, nil, "needs CLUSTER_TOKEN", nil)
 	f(map[string]string{"ALERT_COOLDOWN": "-3"}, nil, "invalid ALERT_COOLDOWN", nil)
 	f(nil, nil, "", func(c config) bool {
 		return c.Detector == "ranges" && c.Cooldown == 50 && c.StepFloor == 0.5 && c.shardOptions().Validate() == nil

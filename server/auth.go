@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -24,7 +25,9 @@ import (
 //     other: every request marked as forwarded, and the handoff routes.
 //     Without it a forwarded request carries its client's Authorization,
 //     which the owner checks as it would the client's own request, and
-//     the handoff routes are open.
+//     the handoff routes are open only while the ingest routes are (they
+//     hand out device state; main refuses cluster mode with ingest tokens
+//     and no cluster token).
 //
 // Tokens are compared in constant time, and never logged or counted.
 type Credentials struct {
@@ -36,7 +39,8 @@ type Credentials struct {
 	file     string
 	interval time.Duration
 	log      zerolog.Logger
-	stat     fileStamp // of the last read; owned by the watcher
+	stat     [sha256.Size]byte // of the file's last content taken; owned by the watcher
+	read     bool              // stat is set
 	stop     chan struct{}
 	done     chan struct{}
 }
@@ -131,27 +135,18 @@ func (c *Credentials) watch() {
 	}
 }
 
-// fileStamp tells whether a file changed since it was read. Kubernetes
-// swaps a Secret's files through a symlink, which Stat follows.
-type fileStamp struct {
-	mod  time.Time
-	size int64
-	ok   bool
-}
-
 // reload reads the file if it changed.
 func (c *Credentials) reload() error {
-	fi, err := os.Stat(c.file)
-	if err != nil {
-		return fmt.Errorf("INGEST_TOKENS_FILE: %w", err)
-	}
-	st := fileStamp{fi.ModTime(), fi.Size(), true}
-	if st == c.stat {
-		return nil
-	}
+	// The content decides, not the file's time or size: a rotation to a
+	// token of the same length within one mtime tick (or by a tool that
+	// keeps times) must still take effect. The file is small.
 	data, err := os.ReadFile(c.file)
 	if err != nil {
 		return fmt.Errorf("INGEST_TOKENS_FILE: %w", err)
+	}
+	st := sha256.Sum256(data)
+	if c.read && st == c.stat {
+		return nil
 	}
 	var lines []string
 	for _, l := range strings.Split(string(data), "\n") {
@@ -167,10 +162,10 @@ func (c *Credentials) reload() error {
 		return err
 	}
 	c.ingest.Store(&toks)
-	if c.stat.ok {
+	if c.read {
 		c.log.Info().Int("tokens", len(toks)).Msg("ingest tokens reloaded")
 	}
-	c.stat = st
+	c.stat, c.read = st, true
 	return nil
 }
 
@@ -243,6 +238,12 @@ func (c *Credentials) authorize(ctx *fasthttp.RequestCtx, a access, marked bool)
 		return nil
 	}
 	switch a {
+	case accessCluster:
+		// Without a cluster token the handoff routes are open only where
+		// everything is: they hand a device's state to whoever asks.
+		if c.ingest.Load() != nil {
+			return errUnauthorized("CLUSTER_TOKEN (set it wherever INGEST_TOKENS is, in cluster mode)")
+		}
 	case accessIngest:
 		if p := c.ingest.Load(); p != nil && !matches(bearer(h), *p...) {
 			return errUnauthorized("INGEST_TOKENS")

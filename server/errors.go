@@ -119,10 +119,11 @@ func bodyTooLarge(max int) *Error {
 func statusOf(err error) int {
 	var e *Error
 	var limit *shard.StreamLimitError
+	var devLimit *shard.DeviceLimitError
 	switch {
 	case errors.As(err, &e):
 		return e.Status
-	case errors.As(err, &limit):
+	case errors.As(err, &limit), errors.As(err, &devLimit):
 		return fasthttp.StatusTooManyRequests
 	case errors.Is(err, shard.ErrOverloaded), errors.Is(err, shard.ErrStopped):
 		return fasthttp.StatusServiceUnavailable
@@ -134,6 +135,7 @@ func statusOf(err error) int {
 // status, the problem, and the indexes of the samples applied, so a client
 // can resend the others and nothing twice.
 func (h *Handler) writePartial(ctx *fasthttp.RequestCtx, e *partialError) {
+	h.rejected("partly_applied")
 	if e.status == fasthttp.StatusServiceUnavailable {
 		ctx.Response.Header.Set("Retry-After", "1")
 	}

@@ -844,6 +844,11 @@ func (f *forwarder) read(ctx *fasthttp.RequestCtx, owner, self string) (failed, 
 			return fmt.Sprintf("member %s handed it to %s", owner, to), to
 		}
 		return fmt.Sprintf("member %s does not own it", owner), ""
+	case resp.StatusCode() == fasthttp.StatusUnauthorized:
+		// As for a forwarded part (send): the client's credential was
+		// good here; the pods' tokens differ.
+		p.failed.Inc()
+		return fmt.Sprintf("member %s refused this member's credential (CLUSTER_TOKEN or INGEST_TOKENS differ between the pods)", owner), ""
 	}
 	p.ok.Inc()
 	ctx.SetStatusCode(resp.StatusCode())
@@ -877,7 +882,7 @@ func (h *Handler) movedRead(ctx *fasthttp.RequestCtx, id string, err error) erro
 
 // summarize adds every other member's /analyze?scope=local to s and
 // returns the members that did not answer.
-func (f *forwarder) summarize(s *shard.Summary) (unreachable []string) {
+func (f *forwarder) summarize(s *shard.Summary, auth []byte) (unreachable []string) {
 	view := f.members.View()
 	type part struct {
 		member string
@@ -893,12 +898,17 @@ func (f *forwarder) summarize(s *shard.Summary) (unreachable []string) {
 		asked++
 		go func() {
 			var a analyzeBody
-			code, body, err := f.client.GetTimeout(nil, "http://"+m+"/analyze?scope=local", f.timeout)
-			if err == nil && code != fasthttp.StatusOK {
-				err = fmt.Errorf("status %d", code)
+			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+			defer fasthttp.ReleaseRequest(req)
+			defer fasthttp.ReleaseResponse(resp)
+			req.SetRequestURI("http://" + m + "/analyze?scope=local")
+			f.mark(req, view.Self, auth) // credentials, as every request to a member
+			err := f.client.DoTimeout(req, resp, f.timeout)
+			if err == nil && resp.StatusCode() != fasthttp.StatusOK {
+				err = fmt.Errorf("status %d", resp.StatusCode())
 			}
 			if err == nil {
-				err = json.Unmarshal(body, &a)
+				err = json.Unmarshal(resp.Body(), &a)
 			}
 			parts <- part{m, a, err}
 		}()

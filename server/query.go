@@ -2,6 +2,7 @@ package server
 
 import (
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -114,7 +115,7 @@ func (h *Handler) analyze(ctx *fasthttp.RequestCtx) error {
 	}
 	var unreachable []string
 	if h.fwd != nil && string(ctx.QueryArgs().Peek("scope")) != "local" {
-		unreachable = h.fwd.summarize(&s)
+		unreachable = h.fwd.summarize(&s, slices.Clone(ctx.Request.Header.Peek(fasthttp.HeaderAuthorization)))
 	}
 	o := h.set.Options()
 	b := []byte(`{"rolling_average":`)

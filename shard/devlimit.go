@@ -18,8 +18,11 @@ import (
 // those. A shard takes a slot of its request's reservation for each device
 // it adds, and the request returns what is left when it completes. So held
 // plus reserved never passes the limit, except by devices evicted between a
-// probe and the ingest after it, and by devices another member hands over
-// without a request (cluster mode), which are held whatever the limit.
+// probe and the ingest after it, by devices another member hands over
+// without a request (cluster mode), which are held whatever the limit, and
+// by a device a read loads at the limit when a sample for it arrives during
+// the load. Otherwise a read at the limit loads the device, answers, and
+// drops it again.
 
 // DefaultMaxDevices is Options.MaxDevices' default: a million devices of a
 // few streams fill a few GB.

@@ -242,9 +242,17 @@ func (sh *shard) settle(d *device, snap *Snapshot, err error) {
 			p.o.done.finish()
 			continue
 		}
+		d.transient = false // samples arrived: keep it (devlimit.go)
 		sh.apply(d, p.o, p.sample)
 		if p.o.parked--; p.o.parked == 0 {
 			p.o.done.finish()
+		}
+	}
+	if d.transient {
+		d.transient = false
+		if !d.dirty && !d.unrestored && !d.gone {
+			sh.drop(d.hash, d, false) // read at the limit: answered, not kept
+			return
 		}
 	}
 	if len(d.streams) == 0 && !d.unrestored && !d.dirty {

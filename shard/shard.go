@@ -936,7 +936,12 @@ func (sh *shard) lookup(h uint64, id []byte) *device {
 func (sh *shard) read(o *op) bool {
 	d := sh.lookup(o.hash, []byte(o.id))
 	if d == nil && sh.set.opts.Store != nil || d != nil && d.gone && sh.expired(d) {
+		s := sh.set
+		// At the device limit a read still loads the device to answer,
+		// but does not keep it (devlimit.go).
+		full := s.devices.Load()+s.reserved.Load() >= int64(s.opts.MaxDevices)
 		d = sh.getDevice(o.hash, []byte(o.id))
+		d.transient = full && d.loading
 	}
 	if d != nil && d.gone {
 		o.handed.MovedTo = d.to
@@ -1088,6 +1093,7 @@ type device struct {
 	retrying   bool                 // a retry of a failed load is in flight; ops go on
 	unrestored bool                 // the load failed: serving fresh state, never persisted
 	newer      bool                 // unrestored because a newer version saved it: not retried
+	transient  bool                 // loaded for a read at the device limit: dropped once answered, unless changed
 	waiting    []parked             // ops waiting for the load, in arrival order
 	replay     map[string]*keptRing // per metric: samples taken while unrestored, to replay on the stored state
 	rseq       uint64               // orders the replay samples of all metrics
