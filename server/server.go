@@ -358,8 +358,11 @@ func (h *Handler) newEndpoint(name string, methods []string, fn func(*fasthttp.R
 func (e *endpoint) serve(ctx *fasthttp.RequestCtx) {
 	start := ctx.Time() // fasthttp reads the clock once per request already
 	var err error
-	marked := e.trustMark && len(ctx.Request.Header.Peek(hdrForwarded)) > 0
-	if denied := e.h.opts.Credentials.authorize(ctx, e.access, marked); denied != nil {
+	var denied *Error
+	if c := e.h.opts.Credentials; c != nil { // no header lookup on the hot path without credentials
+		denied = c.authorize(ctx, e.access, e.trustMark && len(ctx.Request.Header.Peek(hdrForwarded)) > 0)
+	}
+	if denied != nil {
 		e.h.authFailed(e.name)
 		err = denied
 	} else if e.allowed(ctx.Method()) {
