@@ -68,6 +68,7 @@ type config struct {
 	RedisPassword    string
 	RedisDB          int
 	SnapshotInterval time.Duration
+	SnapshotMaxBusy  float64
 	SnapshotTTL      time.Duration
 	IdleEvict        time.Duration
 
@@ -106,6 +107,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		StepFloor:    detect.DefaultStepFloor,
 
 		SnapshotInterval: time.Second,
+		SnapshotMaxBusy:  0.25,
 		SnapshotTTL:      7 * 24 * time.Hour,
 		IdleEvict:        15 * time.Minute,
 
@@ -144,6 +146,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	v((*secretValue)(&c.RedisPassword), "redis-password", "REDIS_PASSWORD", "Redis password")
 	v(intIn(&c.RedisDB, 0, 1<<20), "redis-db", "REDIS_DB", "Redis database number")
 	v(durIn(&c.SnapshotInterval, 10*time.Millisecond, time.Hour), "snapshot-interval", "SNAPSHOT_INTERVAL", "how often changed devices are written to Redis")
+	v(floatIn(&c.SnapshotMaxBusy, 0.01, 1), "snapshot-max-busy", "SNAPSHOT_MAX_BUSY", "largest share of the time snapshot rounds may take; slower rounds stretch the interval (up to 10x) instead of taking ingest's CPU (1: back to back)")
 	v(durIn(&c.SnapshotTTL, time.Second, 10*365*24*time.Hour), "snapshot-ttl", "SNAPSHOT_TTL", "expiry of each device's Redis key")
 	v(durIn(&c.IdleEvict, time.Second, 365*24*time.Hour), "idle-evict", "IDLE_EVICT", "devices untouched this long are dropped from memory (Redis mode)")
 	v((*strValue)(&c.SelfAddr), "self-addr", "SELF_ADDR", "host:port the other members reach this pod at, or its IP alone (the port is PEER_PORT or ADDR's) (cluster mode)")
@@ -484,7 +487,9 @@ func run(c config, log zerolog.Logger) error {
 	state := "in-memory only (set REDIS_ADDR to persist)"
 	if addrs := c.redisAddrs(); len(addrs) > 0 {
 		store = persist.New(persist.Options{Addrs: addrs, Password: c.RedisPassword, DB: c.RedisDB,
-			Interval: c.SnapshotInterval, TTL: c.SnapshotTTL, Log: log, Fence: c.clustered()})
+			Interval: c.SnapshotInterval, TTL: c.SnapshotTTL, Log: log, Fence: c.clustered(),
+			// Stretched rounds stay within the TTL rule checked above.
+			MaxBusy: c.SnapshotMaxBusy, MaxInterval: min(10*c.SnapshotInterval, (c.SnapshotTTL-c.IdleEvict)/2)})
 		opts.Store, opts.IdleEvict = store, c.IdleEvict
 		extra = append(extra, store.Metrics())
 		state = "redis " + c.RedisAddr

@@ -109,6 +109,10 @@ func TestParseConfig(t *testing.T) {
 	f(map[string]string{"REDIS_ADDR": "127.0.0.1:1", "SNAPSHOT_TTL": "10m"}, nil, "SNAPSHOT_TTL=10m0s must exceed IDLE_EVICT=15m0s", nil)
 	f(map[string]string{"REDIS_ADDR": "127.0.0.1:1", "SNAPSHOT_TTL": "20m", "IDLE_EVICT": "5m"}, nil, "", func(c config) bool { return c.SnapshotTTL == 20*time.Minute })
 	f(map[string]string{"SNAPSHOT_TTL": "10m"}, nil, "", func(c config) bool { return true }) // no Redis, no eviction
+	f(map[string]string{}, nil, "", func(c config) bool { return c.SnapshotMaxBusy == 0.25 })
+	f(map[string]string{"SNAPSHOT_MAX_BUSY": "1"}, nil, "", func(c config) bool { return c.SnapshotMaxBusy == 1 })
+	f(map[string]string{"SNAPSHOT_MAX_BUSY": "0"}, nil, "invalid SNAPSHOT_MAX_BUSY=", nil)
+	f(map[string]string{"SNAPSHOT_MAX_BUSY": "1.5"}, nil, "invalid SNAPSHOT_MAX_BUSY=", nil)
 	f(map[string]string{"ADDR": "999.999.999.999:8080"}, nil, "invalid ADDR=", nil)
 	f(map[string]string{"ADDR": "10.0.0.1:8080"}, nil, "", func(c config) bool { return c.Addr == "10.0.0.1:8080" })
 	f(map[string]string{"ADDR": "pod-1.svc.cluster.local:8080"}, nil, "", func(c config) bool { return true })
@@ -218,7 +222,7 @@ func TestGracefulStop(t *testing.T) {
 	addr := freeAddr(t)
 	var logs bytes.Buffer
 	cmd := exec.Command(bin, "-addr", addr)
-	cmd.Env = append(os.Environ(), "DRAIN_DELAY=700ms", "LOG_LEVEL=info")
+	cmd.Env = append(os.Environ(), "DRAIN_DELAY=3s", "LOG_LEVEL=info") // long enough for a loaded CI box to ask /ready within it
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -2,8 +2,11 @@
 # soak.sh (make soak; not CI): MINUTES minutes at LOAD of the measured
 # saturation rate with DEVICES devices of 2 metrics, in memory and then
 # with Redis. Each minute it reports the open-model p99 and errors of that
-# minute, and the service's RSS, goroutines, open connections and pending
-# snapshots at its end; then start, peak and end of each. The server runs
+# minute, and the service's RSS, Go heap in use, goroutines, open
+# connections, pending snapshots and snapshot period at its end; then start,
+# peak and end of each. Saturation is measured after WARMUP of wrk, once
+# every device's windows are full (a 5 s measurement on fresh windows
+# overstated the steady state by 10-20%). The server runs
 # on CPU 0 (GOMAXPROCS=1), the generator and Redis on CPU 1.
 #   MINUTES=10 LOAD=0.7 DEVICES=100000 ./loadtest/soak.sh
 set -euo pipefail
@@ -16,6 +19,7 @@ DEVICES=${DEVICES:-100000}
 BATCH=${BATCH:-100}
 CONNS=${CONNS:-64}
 PORT=${PORT:-18095}
+WARMUP=${WARMUP:-30s}
 MODES=${MODES:-memory redis}
 for c in wrk taskset redis-server redis-cli python3 curl; do
 	command -v "$c" >/dev/null || { echo "soak: $c is missing (apt-get install -y wrk util-linux redis-server python3 curl)" >&2; exit 1; }
@@ -46,10 +50,12 @@ start() { # $1 = extra environment
 }
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
 metric() { awk -v m="$1" '$1 == m { print $2 }' "$work/metrics"; }
-sample() { # prints "rss_mib goroutines open_conns pending"
+sample() { # prints "rss_mib heap_mib goroutines open_conns pending period_s"
 	curl -fsS "http://127.0.0.1:$PORT/metrics" >"$work/metrics"
 	rss=$(awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status")
-	echo "$rss $(metric go_goroutines) $(metric http_open_connections) $(metric snapshot_pending_devices)"
+	heap=$(awk '$1 == "go_memstats_heap_inuse_bytes" { printf "%.1f", $2 / 1048576 }' "$work/metrics")
+	pend=$(metric snapshot_pending_devices) period=$(metric snapshot_period_seconds)
+	echo "$rss $heap $(metric go_goroutines) $(metric http_open_connections) ${pend:-0} ${period:-0}"
 }
 
 echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(go env GOVERSION)"
@@ -63,36 +69,36 @@ for mode in $MODES; do
 		env="REDIS_ADDR=127.0.0.1:$rport SNAPSHOT_INTERVAL=1s"
 	fi
 	start "$env"
-	# Saturation: wrk for 5 s, after every device is created (a first pass).
-	taskset -c 1 wrk -t1 -c"$CONNS" -d3s -s "$work/batch.lua" "http://127.0.0.1:$PORT/" >/dev/null
-	sat=$(taskset -c 1 wrk -t1 -c"$CONNS" -d5s -s "$work/batch.lua" "http://127.0.0.1:$PORT/" |
+	# Saturation: wrk for 10 s, after WARMUP has filled every window.
+	taskset -c 1 wrk -t1 -c"$CONNS" -d"$WARMUP" -s "$work/batch.lua" "http://127.0.0.1:$PORT/" >/dev/null
+	sat=$(taskset -c 1 wrk -t1 -c"$CONNS" -d10s -s "$work/batch.lua" "http://127.0.0.1:$PORT/" |
 		awk '/^RESULT/ { split($2, kv, "="); print kv[2] }')
 	rate=$(awk -v s="$sat" -v l="$LOAD" 'BEGIN { printf "%.0f", s * l }')
 	echo
 	echo "== $mode: saturation $sat req/s of $BATCH random devices, soak at $rate req/s ($LOAD), $DEVICES devices x 2 metrics, $MINUTES min"
-	echo "| minute | req/s | samples/s | p50 | p99 | errors | dropped | RSS MiB | goroutines | open conns | snapshots pending |"
-	echo "|---|---|---|---|---|---|---|---|---|---|---|"
-	read -r rss0 gor0 conn0 pend0 < <(sample)
-	echo "| 0 | | | | | | | $rss0 | $gor0 | $conn0 | ${pend0:-n/a} |"
-	: >"$work/series"
-	echo "$rss0 $gor0 $conn0 ${pend0:-0}" >>"$work/series"
+	echo "| minute | req/s | samples/s | p50 | p99 | errors | dropped | RSS MiB | heap MiB | goroutines | open conns | snapshots pending | snapshot period s |"
+	echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+	sample >"$work/series"
+	read -r rss heap gor conn pend period <"$work/series"
+	echo "| 0 | | | | | | | $rss | $heap | $gor | $conn | $pend | $period |"
 	for m in $(seq "$MINUTES"); do
 		taskset -c 1 "$work/gen" -url "http://127.0.0.1:$PORT" -rate "$rate" -duration 60s -grace 5s -devices "$DEVICES" \
 			-batch "$BATCH" -connections "$CONNS" -quiet -json "$work/gen.json" -p95 1h -max-error-rate 1 >/dev/null || true
-		read -r rss gor conn pend < <(sample)
-		echo "$rss $gor $conn ${pend:-0}" >>"$work/series"
-		python3 - "$work/gen.json" "$m" "$rss" "$gor" "$conn" "${pend:-n/a}" <<'PY'
+		sample >"$work/now"
+		cat "$work/now" >>"$work/series"
+		read -r rss heap gor conn pend period <"$work/now"
+		python3 - "$work/gen.json" "$m" "$rss" "$heap" "$gor" "$conn" "$pend" "$period" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))
-m, rss, gor, conn, pend = sys.argv[2:]
+m, *rest = sys.argv[2:]
 lat = j.get("latency_ms", {})
-print(f"| {m} | {j.get('rps', 0):,.0f} | {j.get('samples_per_second', 0):,.0f} | {lat.get('p50', 0):.2f} ms | {lat.get('p99', 0):.2f} ms | {j.get('errors', 0)} | {j.get('dropped', 0)} | {rss} | {gor} | {conn} | {pend} |")
+print(f"| {m} | {j.get('rps', 0):,.0f} | {j.get('samples_per_second', 0):,.0f} | {lat.get('p50', 0):.2f} ms | {lat.get('p99', 0):.2f} ms | {j.get('errors', 0)} | {j.get('dropped', 0)} | " + " | ".join(rest) + " |")
 PY
 	done
-	awk 'NR == 1 { for (i = 1; i <= 4; i++) { s[i] = $i; p[i] = $i } }
-		{ for (i = 1; i <= 4; i++) { if ($i + 0 > p[i] + 0) p[i] = $i; e[i] = $i } }
-		END { split("RSS MiB,goroutines,open connections,snapshots pending", n, ",")
-			printf "start / peak / end:"; for (i = 1; i <= 4; i++) printf " %s %s / %s / %s;", n[i], s[i], p[i], e[i]; print "" }' "$work/series"
+	awk 'NR == 1 { for (i = 1; i <= 6; i++) { s[i] = $i; p[i] = $i } }
+		{ for (i = 1; i <= 6; i++) { if ($i + 0 > p[i] + 0) p[i] = $i; e[i] = $i } }
+		END { split("RSS MiB,heap MiB,goroutines,open connections,snapshots pending,snapshot period s", n, ",")
+			printf "start / peak / end:"; for (i = 1; i <= 6; i++) printf " %s %s / %s / %s;", n[i], s[i], p[i], e[i]; print "" }' "$work/series"
 	stop
 	if [ -n "$rpid" ]; then kill "$rpid"; wait "$rpid" 2>/dev/null || true; rpid=; fi
 done

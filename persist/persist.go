@@ -29,10 +29,21 @@ type Options struct {
 	Password string        // zero: none
 	DB       int           // zero: 0
 	Interval time.Duration // between snapshots; zero: 1s
-	TTL      time.Duration // of each device key; zero: 7 days
-	Timeout  time.Duration // per Redis call; zero: 2s
-	Prefix   string        // of keys, before the device ID; zero: "aiload:dev:"
-	Loaders  int           // loader goroutines, each pipelining up to 128 GETs; zero: 8
+	// MaxBusy is the largest share of the time snapshot rounds may take:
+	// a round that took d starts the next one d/MaxBusy after its own
+	// start when that is later than Interval, up to MaxInterval. A large
+	// busy fleet then costs persistence lag (reported as
+	// snapshot_period_seconds), not ingest capacity. Zero: 0.25; 1: rounds
+	// run back to back when they take longer than Interval.
+	MaxBusy float64
+	// MaxInterval bounds the stretched interval; zero: 10 x Interval. The
+	// caller keeps it under TTL less the idle eviction time, or a clean
+	// device's key could expire before the device leaves memory.
+	MaxInterval time.Duration
+	TTL         time.Duration // of each device key; zero: 7 days
+	Timeout     time.Duration // per Redis call; zero: 2s
+	Prefix      string        // of keys, before the device ID; zero: "aiload:dev:"
+	Loaders     int           // loader goroutines, each pipelining up to 128 GETs; zero: 8
 	// Fence writes each snapshot through a script that refuses to replace
 	// one with a greater Gen (shard.Snapshot.Gen): in a cluster, a member
 	// whose snapshot of a device was taken before it handed the device
@@ -75,6 +86,7 @@ type Writer struct {
 	// an outage costs new devices one fast failure each, not a Timeout
 	// each in a queue behind a few loaders.
 	downUntil atomic.Int64
+	period    atomic.Int64 // ns from the last round's start to the next's
 
 	ms                                  *metrics.Set
 	duration                            *metrics.PrometheusHistogram
@@ -102,6 +114,13 @@ func New(opts Options) *Writer {
 	if opts.TTL <= 0 {
 		opts.TTL = 7 * 24 * time.Hour
 	}
+	if opts.MaxBusy <= 0 || opts.MaxBusy > 1 {
+		opts.MaxBusy = 0.25
+	}
+	if opts.MaxInterval <= 0 {
+		opts.MaxInterval = 10 * opts.Interval
+	}
+	opts.MaxInterval = max(opts.MaxInterval, opts.Interval)
 	if opts.Timeout <= 0 {
 		opts.Timeout = 2 * time.Second
 	}
@@ -131,6 +150,9 @@ func New(opts Options) *Writer {
 		defer w.mu.Unlock()
 		return float64(len(w.pending))
 	})
+	w.period.Store(int64(opts.Interval))
+	w.ms.NewGauge("snapshot_interval_seconds", func() float64 { return opts.Interval.Seconds() })
+	w.ms.NewGauge("snapshot_period_seconds", func() float64 { return time.Duration(w.period.Load()).Seconds() })
 	w.ms.NewGauge("redis_connected", func() float64 {
 		if w.client.Load() != nil {
 			return 1
@@ -418,11 +440,20 @@ const (
 	flushRetryMax   = 30 * time.Second
 )
 
-// loop snapshots every Interval, retries a failed flush with backoff, and
-// retries unrestored devices every retryEvery, until Stop.
+// pace returns the time from the start of a round that took took to the
+// start of the next: Interval, or longer when rounds take more than
+// MaxBusy of it, up to MaxInterval.
+func (w *Writer) pace(took time.Duration) time.Duration {
+	stretched := time.Duration(float64(took) / w.opts.MaxBusy)
+	return min(max(w.opts.Interval, stretched), w.opts.MaxInterval)
+}
+
+// loop snapshots every Interval (or less often, see pace), retries a
+// failed flush with backoff, and retries unrestored devices every
+// retryEvery, until Stop.
 func (w *Writer) loop() {
 	defer close(w.loopDone)
-	rounds := time.NewTicker(w.opts.Interval)
+	rounds := time.NewTimer(w.opts.Interval)
 	defer rounds.Stop()
 	retries := time.NewTicker(retryEvery)
 	defer retries.Stop()
@@ -456,10 +487,19 @@ func (w *Writer) loop() {
 				_, _ = w.set.Retry(false)
 			}
 		case <-rounds.C:
+			start := time.Now()
 			w.collect(true)
 			if retry == nil { // else the retry writes this round's too
 				flush()
 			}
+			took := time.Since(start)
+			period := w.pace(took)
+			if period > w.opts.Interval && time.Duration(w.period.Load()) <= w.opts.Interval {
+				w.logf(logSlow, nil, fmt.Sprintf("a snapshot round took %s: rounds now start every %s, not every %s, so that they take at most %.0f%% of the time (SNAPSHOT_MAX_BUSY); a SIGKILL loses up to that much",
+					took.Round(time.Millisecond), period.Round(time.Millisecond), w.opts.Interval, 100*w.opts.MaxBusy))
+			}
+			w.period.Store(int64(period))
+			rounds.Reset(max(period-took, 0))
 		case <-retryC:
 			retry = nil
 			flush()
@@ -721,6 +761,7 @@ const (
 	logCorrupt
 	logWrite
 	logFenced
+	logSlow
 	logKinds
 )
 
