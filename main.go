@@ -41,6 +41,7 @@ type config struct {
 	Shards       int
 	QueueLen     int
 	MaxStreams   int
+	HistoryLen   int
 	MaxBodyBytes int
 	LogLevel     string
 	DrainDelay   time.Duration
@@ -94,6 +95,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		Shards:       4 * runtime.GOMAXPROCS(0),
 		QueueLen:     1024,
 		MaxStreams:   shard.DefaultMaxStreams,
+		HistoryLen:   100,
 		MaxBodyBytes: 1 << 20,
 		MaxBatch:     server.DefaultMaxBatch,
 		MaxDevices:   shard.DefaultMaxDevices,
@@ -131,6 +133,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	v(intIn(&c.Shards, 1, 4096), "shards", "SHARDS", "shard goroutines owning device state (default 4 × GOMAXPROCS)")
 	v(intIn(&c.QueueLen, 1, 1<<20), "queue-len", "QUEUE_LEN", "requests queued per shard before ingest answers 503")
 	v(intIn(&c.MaxStreams, 1, shard.MaxStreamsLimit), "max-streams-per-device", "MAX_STREAMS_PER_DEVICE", "metric names one device may have; a request naming more gets 429")
+	v(intIn(&c.HistoryLen, 1, 100000), "history-len", "HISTORY_LEN", "alerts remembered per device for GET .../anomalies (about 80 bytes each once held)")
 	v(intIn(&c.MaxBodyBytes, 64, 1<<30), "max-body-bytes", "MAX_BODY_BYTES", "largest request body; larger ones get 413")
 	v((*levelValue)(&c.LogLevel), "log-level", "LOG_LEVEL", "trace, debug, info, warn, error or disabled")
 	v(durIn(&c.DrainDelay, 0, time.Minute), "drain-delay", "DRAIN_DELAY", "after SIGTERM, how long /ready answers 503 before the listener closes")
@@ -264,7 +267,7 @@ func (c config) shardOptions() shard.Options {
 		Shards: c.Shards, Detector: p.Kind, WindowSize: p.Window, MinSamples: p.MinSamples,
 		ZThreshold: p.Threshold, MinStddev: p.MinStddev, Cooldown: cooldown, StepFloor: stepFloor, QueueLen: c.QueueLen,
 		CooldownTime: time.Duration(p.CooldownMs) * time.Millisecond,
-		Rules:        c.Rules, MaxStreams: c.MaxStreams, MaxDevices: c.MaxDevices,
+		Rules:        c.Rules, MaxStreams: c.MaxStreams, MaxDevices: c.MaxDevices, HistoryLen: c.HistoryLen,
 	}
 }
 
