@@ -72,36 +72,9 @@ func TestSlowRoundsStretchTheInterval(t *testing.T) {
 	)
 	s := MustOpenStackWith(t, Options{Addrs: []string{r.addr}, Interval: interval, Timeout: 5 * time.Second,
 		MaxBusy: 0.1, MaxInterval: longest}, shard.Options{Shards: 2})
-	var (
-		stop atomic.Bool
-		wg   sync.WaitGroup
-		most atomic.Int64
-		sent = make([]int, devices)
-	)
-	wg.Go(func() {
-		for !stop.Load() {
-			if p := s.w.period.Load(); p > most.Load() {
-				most.Store(p)
-			}
-			time.Sleep(time.Millisecond)
-		}
-	})
-	deadline := time.Now().Add(2 * time.Second)
-	for round := 0; time.Now().Before(deadline); round++ {
-		for i := range devices {
-			var b shard.Batch
-			b.Add(fmt.Appendf(nil, "pace-%d", i), 1)
-			b.AddMetric([]byte("m"), float64(round))
-			if err := s.set.Ingest(&b); err != nil {
-				t.Fatal(err)
-			}
-			sent[i]++
-		}
-	}
-	stop.Store(true)
-	wg.Wait()
-	if got := time.Duration(most.Load()); got <= interval || got > longest {
-		t.Errorf("longest period under load %s; want it stretched above %s, up to %s", got, interval, longest)
+	most, sent := loadWatchingPeriod(t, s, devices, 2*time.Second)
+	if most <= interval {
+		t.Errorf("longest period under load %s; want it stretched above %s", most, interval)
 	}
 	c := r.client(t)
 	waitFor(t, "every device's last sample in Redis", func() bool {
@@ -122,7 +95,63 @@ func TestSlowRoundsStretchTheInterval(t *testing.T) {
 		return true
 	})
 	waitFor(t, "the period back down once rounds are cheap", func() bool {
-		p := s.w.period.Load()
-		return time.Duration(p) == interval || p < most.Load()/2
+		p := time.Duration(s.w.period.Load())
+		return p == interval || p < most/2
 	})
+}
+
+// loadWatchingPeriod changes devices devices (pace-0, pace-1, ...) over and
+// over for d, and returns the longest period the gauge showed meanwhile
+// and the samples each device was sent.
+func loadWatchingPeriod(t *testing.T, s *stack, devices int, d time.Duration) (time.Duration, []int) {
+	t.Helper()
+	var (
+		stop atomic.Bool
+		wg   sync.WaitGroup
+		most atomic.Int64
+		sent = make([]int, devices)
+	)
+	wg.Go(func() {
+		for !stop.Load() {
+			if p := s.w.period.Load(); p > most.Load() {
+				most.Store(p)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	})
+	defer wg.Wait()
+	defer stop.Store(true)
+	deadline := time.Now().Add(d)
+	for round := 0; time.Now().Before(deadline); round++ {
+		// 500 devices a request, so a pass is quick and every round
+		// finds most devices changed.
+		for lo := 0; lo < devices; lo += 500 {
+			var b shard.Batch
+			for i := lo; i < min(lo+500, devices); i++ {
+				b.Add(fmt.Appendf(nil, "pace-%d", i), 1)
+				b.AddMetric([]byte("m"), float64(round))
+				sent[i]++
+			}
+			if err := s.set.Ingest(&b); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+	return time.Duration(most.Load()), sent
+}
+
+// A round longer than MaxInterval runs back to back with the next, and the
+// period gauge (what a SIGKILL may lose) says the round's length, not the
+// cap: it said 10 ms while rounds took far longer.
+func TestPeriodReportsRoundsLongerThanTheCap(t *testing.T) {
+	r := MustStartRedis(t)
+	const interval = 10 * time.Millisecond
+	s := MustOpenStackWith(t, Options{Addrs: []string{r.addr}, Interval: interval, Timeout: 5 * time.Second,
+		MaxBusy: 1, MaxInterval: interval}, shard.Options{Shards: 2})
+	// 20,000 changed devices take well over 10 ms to encode and write.
+	if most, _ := loadWatchingPeriod(t, s, 20000, time.Second); most <= interval {
+		t.Errorf("longest period %s while rounds of 20,000 devices ran; want more than %s", most, interval)
+	}
 }

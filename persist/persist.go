@@ -498,7 +498,9 @@ func (w *Writer) loop() {
 				w.logf(logSlow, nil, fmt.Sprintf("a snapshot round took %s: rounds now start every %s, not every %s, so that they take at most %.0f%% of the time (SNAPSHOT_MAX_BUSY); a SIGKILL loses up to that much",
 					took.Round(time.Millisecond), period.Round(time.Millisecond), w.opts.Interval, 100*w.opts.MaxBusy))
 			}
-			w.period.Store(int64(period))
+			// A round longer than MaxInterval runs back to back: the
+			// period is then the round itself.
+			w.period.Store(int64(max(period, took)))
 			rounds.Reset(max(period-took, 0))
 		case <-retryC:
 			retry = nil
