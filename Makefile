@@ -30,7 +30,7 @@ bench:
 
 # The soak run (make bench SOAK=1 runs it too; not CI): MINUTES (10) at 70%
 # of the measured saturation with 100k devices, in memory then with Redis,
-# about 2 x MINUTES + 1 minutes in all (loadtest/soak.sh).
+# about 2 x (MINUTES + 1) minutes in all: 22 at the default (loadtest/soak.sh).
 soak:
 	./loadtest/soak.sh
 
