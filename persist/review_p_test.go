@@ -152,3 +152,40 @@ func TestReviewP_IngestQueueCountsAsRoundCost(t *testing.T) {
 			"with ingest queueing without saving any ingest CPU", got, float64(got)/float64(interval))
 	}
 }
+
+// TestReviewP_ReadDuringOutageHeldPastDeviceLimit is the shard test of the
+// same name through the Writer and a real Redis: a pod at MAX_DEVICES
+// answers a read of a device it does not hold while Redis is down; the
+// failed load leaves the device held (unrestored, empty) instead of
+// dropping it as a read at the limit must, and the loop's unrestored retry
+// (every second) restores it from Redis once Redis is back, before any
+// round's scan could drop it (SNAPSHOT_INTERVAL 5 s here; with the default
+// 1 s it is a race the retry wins about half the time, and pacing's
+// stretched periods make it win more). The pod then holds more devices
+// than MAX_DEVICES, one for each device read during the outage, until
+// IDLE_EVICT, though no sample was sent for them.
+func TestReviewP_ReadDuringOutageHeldPastDeviceLimit(t *testing.T) {
+	r := MustStartRedis(t)
+	old := MustOpenStack(t, r.addr, shard.Options{Shards: 2})
+	old.ingest(t, "x", 1, 2, 3)
+	old.close(t)
+
+	s := MustOpenStackWith(t, Options{Addrs: []string{r.addr}, Interval: 5 * time.Second, Timeout: 300 * time.Millisecond},
+		shard.Options{Shards: 2, MaxDevices: 1})
+	s.ingest(t, "filler", 1) // the pod is at its device limit
+	if n := s.set.Devices(); n != 1 {
+		t.Fatalf("setup: %d devices held; want 1", n)
+	}
+	r.Stop()
+	if _, _, err := s.set.Device("x"); err != nil {
+		t.Fatal(err)
+	}
+	afterRead := s.set.Devices()
+	r.Start()
+	waitFor(t, "the unrestored retry to settle", func() bool { return s.set.Unrestored() == 0 && s.set.Retrying() == 0 })
+	t.Logf("devices held: %d after the read during the outage, %d once redis is back (MAX_DEVICES 1)", afterRead, s.set.Devices())
+	if n := s.set.Devices(); n > 1 {
+		t.Fatalf("%d devices held with MAX_DEVICES 1: a read at the limit during a redis outage kept its device and the "+
+			"unrestored retry restored it, although no sample was ever sent for it", n)
+	}
+}

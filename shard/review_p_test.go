@@ -5,6 +5,7 @@ package shard
 import (
 	"fmt"
 	"testing"
+	"time"
 )
 
 // TestReviewP_ReadsAtDeviceLimitLeakFullSets: limits.go bounds the names a
@@ -76,5 +77,55 @@ func TestReviewP_ReadsAtDeviceLimitLeakFullSets(t *testing.T) {
 	if sets > maxAway {
 		t.Fatalf("%d published name sets for devices not in memory (bound %d): reads at MAX_DEVICES leave every full "+
 			"device's names published, outside the away list that maxAway bounds", sets, maxAway)
+	}
+}
+
+// TestReviewP_ReadDuringOutageHeldPastDeviceLimit: devlimit.go promises
+// that held plus reserved never passes MaxDevices except by devices
+// evicted between a probe and its ingest, devices handed over, and "a
+// device a read loads at the limit when a sample for it arrives during the
+// load"; otherwise "a read at the limit loads the device, answers, and
+// drops it again". When the store cannot answer (a Redis outage), the read
+// at the limit settles with an error: settle marks the device unrestored
+// and clears transient, and the drop is skipped because it is unrestored.
+// The device stays held (an empty unrestored device, past the limit) until
+// a round's scan, and if the persister's unrestored retry (every second,
+// Writer.loop) runs first, as it does whenever SNAPSHOT_INTERVAL is over
+// a second or rounds are stretched by pacing, the retry restores it from
+// Redis and it is held for good, until IDLE_EVICT, with no sample ever
+// sent for it. Each read of a distinct device during an outage adds one:
+// a pod at MAX_DEVICES ends up holding as many more devices as were read.
+//
+// Correct: after the read is answered and Redis is back, the pod holds at
+// most MaxDevices devices.
+func TestReviewP_ReadDuringOutageHeldPastDeviceLimit(t *testing.T) {
+	st := newMemStore()
+	s := MustNewSet(t, Options{Shards: 2, Store: st, IdleEvict: time.Nanosecond, MaxDevices: 1})
+	ingestOne(t, s, "x", 1, map[string]float64{"m": 4})
+	mustCollect(t, s, st, false)
+	time.Sleep(time.Millisecond)
+	mustCollect(t, s, st, true)
+	if s.Devices() != 0 {
+		t.Fatalf("setup: %d devices after eviction; want 0", s.Devices())
+	}
+	ingestOne(t, s, "filler", 2, map[string]float64{"m": 4}) // at the limit
+	st.setDown(true)
+	if _, _, err := s.Device("x"); err != nil {
+		t.Fatal(err)
+	}
+	afterRead := s.Devices()
+	st.setDown(false)
+	if _, err := s.Retry(false); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Retrying() > 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	t.Logf("devices held: %d after the read during the outage, %d after the retry (MaxDevices 1, unrestored %d)",
+		afterRead, s.Devices(), s.Unrestored())
+	if n := s.Devices(); n > 1 {
+		t.Fatalf("%d devices held with MaxDevices 1: a read at the limit during an outage kept its device, and the "+
+			"unrestored retry restored it for good, although no sample was ever sent for it", n)
 	}
 }
