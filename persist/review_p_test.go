@@ -2,12 +2,16 @@ package persist
 
 import (
 	"context"
+	"fmt"
+	"regexp"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"ai-load-service/shard"
+
+	"github.com/rs/zerolog"
 )
 
 // TestReviewP_RedisStallStretchesRoundsPastRecovery: pacing (loop, pace)
@@ -187,5 +191,61 @@ func TestReviewP_ReadDuringOutageHeldPastDeviceLimit(t *testing.T) {
 	if n := s.set.Devices(); n > 1 {
 		t.Fatalf("%d devices held with MAX_DEVICES 1: a read at the limit during a redis outage kept its device and the "+
 			"unrestored retry restored it, although no sample was ever sent for it", n)
+	}
+}
+
+// TestReviewP_PeriodUnderstatedWhenRoundOutlastsIt: snapshot_period_seconds
+// is documented as the time "from the last round's start to the next's"
+// (Writer.period), and docs/persistence.md bounds what a SIGKILL loses by
+// it ("at most one period of changes is lost (SNAPSHOT_INTERVAL, or
+// snapshot_period_seconds while rounds are stretched)"). loop stores
+// pace(took), which MaxInterval caps, but a round that took longer than
+// MaxInterval is followed at once (rounds.Reset(max(period-took, 0))): the
+// rounds then start took apart, not period apart. The gauge, and the log
+// line at the first stretch ("rounds now start every ..."), understate
+// the period exactly when rounds are slowest: with SNAPSHOT_MAX_BUSY=1
+// ("rounds then run back to back") or any round longer than ten intervals.
+//
+// Here: Interval 2 ms, MaxInterval 4 ms, SNAPSHOT_MAX_BUSY=1, and one
+// round that writes 50,000 changed devices (tens of ms). The log line
+// says the round took longer than the period it announces.
+func TestReviewP_PeriodUnderstatedWhenRoundOutlastsIt(t *testing.T) {
+	r := MustStartRedis(t)
+	var logs syncBuf
+	s := MustOpenStackWith(t, Options{Addrs: []string{r.addr}, Interval: 2 * time.Millisecond, MaxInterval: 4 * time.Millisecond,
+		MaxBusy: 1, Timeout: 5 * time.Second, Log: zerolog.New(&logs)}, shard.Options{Shards: 2})
+	waitFor(t, "redis connected", func() bool { return s.w.clientOrNil() != nil })
+	time.Sleep(1100 * time.Millisecond) // past the log's rate limit, should a start-up round have stretched
+	var b shard.Batch
+	for i := range 50000 {
+		b.Add(fmt.Appendf(nil, "many-%d", i), 1)
+		b.AddMetric([]byte("m"), 1)
+	}
+	if err := s.set.Ingest(&b); err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(`a snapshot round took ([0-9.]+[a-zµ]+): rounds now start every ([0-9.]+[a-zµ]+),`)
+	var (
+		m           []string
+		took, every time.Duration
+	)
+	waitFor(t, "the big round's stretch logged", func() bool {
+		for _, m = range re.FindAllStringSubmatch(logs.String(), -1) {
+			var err1, err2 error
+			took, err1 = time.ParseDuration(m[1])
+			every, err2 = time.ParseDuration(m[2])
+			if err1 != nil || err2 != nil {
+				t.Fatalf("cannot parse %q: %v %v", m[0], err1, err2)
+			}
+			if took > 4*time.Millisecond {
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("logged: %s", m[0])
+	if every < took {
+		t.Fatalf("a round took %v and the period reported is %v: rounds cannot start more often than they take; "+
+			"snapshot_period_seconds (and the log) understate what a SIGKILL loses", took, every)
 	}
 }
