@@ -249,3 +249,57 @@ func TestReviewP_PeriodUnderstatedWhenRoundOutlastsIt(t *testing.T) {
 			"snapshot_period_seconds (and the log) understate what a SIGKILL loses", took, every)
 	}
 }
+
+// TestReviewP_LongRoundOutlivesTTLRule: docs/persistence.md says a
+// stretched round never comes "so late that SNAPSHOT_TTL could expire a
+// key whose device is still in memory", and main.go accepts any
+// SNAPSHOT_TTL above IDLE_EVICT plus two intervals, passing MaxInterval =
+// min(10 x interval, (TTL - IDLE_EVICT) / 2) as the bound that keeps the
+// rule. But nothing bounds the gap between rounds by MaxInterval: a round
+// that takes longer (here its flush waits for a stalled Redis; a large
+// fleet's collect does the same) is followed at once, and that next round
+// evicts by the clock it starts at. A clean device idle for IDLE_EVICT is
+// then dropped from memory after its key, written once when it last
+// changed, has expired: the device's acknowledged state exists nowhere,
+// and it comes back empty.
+//
+// Here, with main's rule and formula: SNAPSHOT_INTERVAL 100 ms, IDLE_EVICT
+// 2 s, SNAPSHOT_TTL 2.25 s (valid: above 2.2 s). Device x gets a sample at
+// T and is written at once. At T+1.7 s Redis stalls for 1 s while another
+// device has a change to write; the round that meets the stall ends at
+// ~T+2.7 s, and the next, at once, evicts x (idle 2.7 s); x's key expired
+// at ~T+2.35 s. Reading x then finds nothing. Correct: a device is never
+// dropped from memory once its key may have expired (its sample stays
+// readable).
+func TestReviewP_LongRoundOutlivesTTLRule(t *testing.T) {
+	r := MustStartRedis(t)
+	c := r.client(t)
+	const (
+		interval = 100 * time.Millisecond
+		idle     = 2 * time.Second
+		ttl      = 2250 * time.Millisecond
+	)
+	s := MustOpenStackWith(t, Options{Addrs: []string{r.addr}, Interval: interval, TTL: ttl, Timeout: 3 * time.Second,
+		MaxInterval: min(10*interval, (ttl-idle)/2)}, shard.Options{Shards: 2, IdleEvict: idle})
+	waitFor(t, "redis connected", func() bool { return s.w.clientOrNil() != nil })
+	s.ingest(t, "y", 1) // held, so that its change below needs no load
+	waitFor(t, "y written", func() bool { return stored(t, c, "y") != nil })
+	start := time.Now()
+	s.ingest(t, "x", 7)
+	waitFor(t, "x written", func() bool { return stored(t, c, "x") != nil })
+	time.Sleep(time.Until(start.Add(1700 * time.Millisecond)))
+	if err := c.Do(context.Background(), c.B().Arbitrary("CLIENT", "PAUSE").Args("1000", "ALL").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	s.ingest(t, "y", 2) // the next round's flush meets the stall
+	evicted := s.set.Evicted()
+	waitFor(t, "x evicted", func() bool { return s.set.Evicted() > evicted })
+	at := time.Since(start)
+	st, ok := s.state(t, "x")
+	t.Logf("x evicted about %v after its sample (IDLE_EVICT %v, SNAPSHOT_TTL %v); read back: %v %+v",
+		at.Round(10*time.Millisecond), idle, ttl, ok, st)
+	if !ok || st.Count != 1 {
+		t.Fatalf("device x lost its acknowledged sample: evicted ~%v after it, when its key (TTL %v, written once) "+
+			"had expired; a round longer than MaxInterval broke the TTL rule main.go checks", at.Round(10*time.Millisecond), ttl)
+	}
+}
