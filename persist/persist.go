@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -169,6 +170,11 @@ func New(opts Options) *Writer {
 
 // Metrics returns the Writer's metrics for /metrics.
 func (w *Writer) Metrics() *metrics.Set { return w.ms }
+
+// KeyTTL returns the expiry of the keys it writes: the shards write a
+// device again before evicting it when its key may expire soon
+// (shard.Options.KeyTTL).
+func (w *Writer) KeyTTL() time.Duration { return w.opts.TTL }
 
 // Key returns the Redis key of a device.
 func (w *Writer) Key(id string) string { return w.opts.Prefix + id }
@@ -463,6 +469,8 @@ func (w *Writer) loop() {
 	first, most := min(flushRetryFirst, w.opts.Interval), min(flushRetryMax, w.opts.Interval)
 	var retry *time.Timer // armed while a failed flush waits
 	backoff := first
+	var lastCost time.Duration // of the round before: see pace below
+	var logged time.Duration   // the stretched period last logged
 	flush := func() {
 		if err := w.flush(w.loopCtx); err != nil {
 			retry = time.NewTimer(backoff)
@@ -488,20 +496,33 @@ func (w *Writer) loop() {
 			}
 		case <-rounds.C:
 			start := time.Now()
-			w.collect(true)
+			// The shards' time, summed, spread over the cores they share.
+			cost := w.collect(true) / time.Duration(runtime.GOMAXPROCS(0))
 			if retry == nil { // else the retry writes this round's too
+				began := time.Now()
 				flush()
+				cost += time.Since(began)
 			}
 			took := time.Since(start)
-			period := w.pace(took)
-			if period > w.opts.Interval && time.Duration(w.period.Load()) <= w.opts.Interval {
+			// A round's cost is the shards' time on it plus the flush's
+			// (not the collect's wait in queues behind requests), and
+			// the lesser of two rounds', so that one slow flush (a Redis
+			// stall) does not put off the rounds after it; a busy fleet
+			// makes every round slow.
+			period := w.pace(min(cost, lastCost))
+			lastCost = cost
+			// A round longer than the period runs back to back with the
+			// next: the period is then the round itself.
+			period = max(period, took)
+			// Logged when rounds start to stretch, and again each time the
+			// period doubles beyond what was last logged.
+			if period > w.opts.Interval && (time.Duration(w.period.Load()) <= w.opts.Interval || period > 2*logged) {
+				logged = period
 				w.logf(logSlow, nil, fmt.Sprintf("a snapshot round took %s: rounds now start every %s, not every %s, so that they take at most %.0f%% of the time (SNAPSHOT_MAX_BUSY); a SIGKILL loses up to that much",
 					took.Round(time.Millisecond), period.Round(time.Millisecond), w.opts.Interval, 100*w.opts.MaxBusy))
 			}
-			// A round longer than MaxInterval runs back to back: the
-			// period is then the round itself.
-			w.period.Store(int64(max(period, took)))
-			rounds.Reset(max(period-took, 0))
+			w.period.Store(int64(period))
+			rounds.Reset(period - took)
 		case <-retryC:
 			retry = nil
 			flush()
@@ -509,14 +530,16 @@ func (w *Writer) loop() {
 	}
 }
 
-// collect takes the shards' changed devices into pending.
-func (w *Writer) collect(evict bool) {
-	snaps, _ := w.set.Collect(evict) // on ErrStopped, still keep what it took
+// collect takes the shards' changed devices into pending, and returns the
+// time the shards spent on it.
+func (w *Writer) collect(evict bool) time.Duration {
+	snaps, busy, _ := w.set.CollectTimed(evict) // on ErrStopped, still keep what it took
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, s := range snaps {
 		w.pending[s.Device] = s.Data
 	}
+	return busy
 }
 
 // flush writes everything pending, flushChunk commands per pipeline, each

@@ -85,6 +85,9 @@ type Listener struct {
 	refusals  *metrics.Counter
 	refused   *metrics.Counter // requests_total for them
 	maxPerMsg []byte           // the canned 429
+	// exempt, when set, names addresses maxPerIP does not bound: the
+	// cluster's members, whose forwarded requests carry many clients'.
+	exempt func(netip.Addr) bool
 
 	timeouts [phases]*metrics.Counter
 	stop     chan struct{}
@@ -142,7 +145,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 		c := &conn{Conn: nc, l: l, ip: remoteIP(nc)}
 		c.state.Store(l.now.Load() << stateShift) // phaseNew is 0
 		l.mu.Lock()
-		if l.maxPerIP > 0 && l.perIP[c.ip] >= l.maxPerIP {
+		if l.maxPerIP > 0 && l.perIP[c.ip] >= l.maxPerIP && (l.exempt == nil || !l.exempt(c.ip)) {
 			l.mu.Unlock()
 			l.refuse(nc)
 			continue
@@ -161,6 +164,10 @@ func (l *Listener) SetMaxConnsPerIP(n int) {
 	msg := fmt.Sprintf(`{"error":"too many connections from your address: at most %d (MAX_CONNS_PER_IP); reuse a keep-alive connection"}`+"\n", n)
 	l.maxPerMsg = fmt.Appendf(nil, "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\nRetry-After: 1\r\n\r\n%s", len(msg), msg)
 }
+
+// SetExempt makes MaxConnsPerIP spare the addresses exempt reports (it is
+// asked only when an address is at the bound). Call it before serving.
+func (l *Listener) SetExempt(exempt func(netip.Addr) bool) { l.exempt = exempt }
 
 // refuse answers a connection over MaxConnsPerIP with a 429 and closes it,
 // in its own goroutine (at most cap(l.refusing) at once; beyond, it is

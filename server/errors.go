@@ -71,7 +71,8 @@ func (h *Handler) writeError(ctx *fasthttp.RequestCtx, err error) {
 		e.Reason = "too_many_devices"
 	case errors.Is(err, shard.ErrOverloaded):
 		ctx.Response.Header.Set("Retry-After", "1")
-		e = errorf(fasthttp.StatusServiceUnavailable, "ingest queue is full; retry after a short backoff or add replicas")
+		e = errorf(fasthttp.StatusServiceUnavailable, "ingest queue is full (QUEUE_LEN=%d requests waiting per shard); retry after a short backoff, add replicas, or raise QUEUE_LEN",
+			h.set.Options().QueueLen)
 		e.Reason = "queue_full"
 	case errors.Is(err, shard.ErrStopped):
 		e = errorf(fasthttp.StatusServiceUnavailable, "server is shutting down; retry on another replica")
@@ -112,7 +113,7 @@ func (h *Handler) readError(err error) *Error {
 }
 
 func bodyTooLarge(max int) *Error {
-	return errorf(fasthttp.StatusRequestEntityTooLarge, "request body exceeds %d bytes; split the batch", max)
+	return errorf(fasthttp.StatusRequestEntityTooLarge, "request body exceeds %d bytes (MAX_BODY_BYTES); split the batch or raise MAX_BODY_BYTES", max)
 }
 
 // statusOf is the status writeError answers err with.

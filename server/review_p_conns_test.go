@@ -35,7 +35,6 @@ import (
 func TestReviewP_MaxConnsPerIPRefusesMembers(t *testing.T) {
 	addrs := freeAddrs(t, 2)
 	dir := t.TempDir()
-	var pods []*pod
 	for i, a := range addrs {
 		file := filepath.Join(dir, fmt.Sprint("peers", i))
 		writePeers(t, file, addrs...)
@@ -44,8 +43,8 @@ func TestReviewP_MaxConnsPerIPRefusesMembers(t *testing.T) {
 			t.Fatal(err)
 		}
 		m.Start()
-		_, h := serveAPI(t, a, Options{Cluster: m, ForwardTimeout: 2 * time.Second, MaxConnsPerIP: 4}, shard.Options{}, nil)
-		pods = append(pods, &pod{addr: a, h: h, set: h.set, members: m})
+		t.Cleanup(m.Stop)
+		serveAPI(t, a, Options{Cluster: m, ForwardTimeout: 2 * time.Second, MaxConnsPerIP: 4}, shard.Options{}, nil)
 	}
 	dev := deviceOwnedBy(addrs[1], addrs)
 	// A batch big enough that a forwarded request takes a while, so that

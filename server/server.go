@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -251,7 +252,29 @@ func (h *Handler) serve(ctx *fasthttp.RequestCtx) {
 func (h *Handler) Listen(ln net.Listener) *Listener {
 	l := NewListener(ln, h.opts.Timeouts, h.ms)
 	l.SetMaxConnsPerIP(h.opts.MaxConnsPerIP)
+	if m := h.opts.Cluster; m != nil {
+		// A member forwards all its clients' requests from its own
+		// address, over a pool of up to 512 connections: the bound is
+		// for clients, not for members.
+		l.SetExempt(func(ip netip.Addr) bool { return isMember(m, ip) })
+	}
 	return l
+}
+
+// isMember reports whether ip is the address of a member m lists by IP.
+// (Members listed by name are not resolved here: in Kubernetes, PEERS_DNS
+// lists IPs.)
+func isMember(m *cluster.Membership, ip netip.Addr) bool {
+	for _, member := range m.Listed() {
+		host, _, err := net.SplitHostPort(member)
+		if err != nil {
+			continue
+		}
+		if a, err := netip.ParseAddr(host); err == nil && a.Unmap() == ip {
+			return true
+		}
+	}
+	return false
 }
 
 // SetReady marks the service ready for traffic (/ready 200).

@@ -3,6 +3,7 @@ package shard
 import (
 	"cmp"
 	"errors"
+	"math"
 	"slices"
 	"time"
 
@@ -197,6 +198,10 @@ func (sh *shard) settle(d *device, snap *Snapshot, err error) {
 		s.newer.Add(1)
 	}
 	switch {
+	case err != nil && d.transient && len(d.streams) == 0 && !d.ingestWaiting():
+		// A read at the device limit whose load failed: answered as
+		// unknown and dropped below, not held past MAX_DEVICES as an
+		// unrestored device for retries to restore.
 	case err != nil && !d.unrestored && len(d.streams) == 0:
 		// First load failed: serve fresh state, remember samples, retry
 		// every second, and never persist this state meanwhile.
@@ -251,7 +256,11 @@ func (sh *shard) settle(d *device, snap *Snapshot, err error) {
 	if d.transient {
 		d.transient = false
 		if !d.dirty && !d.unrestored && !d.gone {
-			sh.drop(d.hash, d, false) // read at the limit: answered, not kept
+			// Read at the limit: answered, not kept. Its published name
+			// set, if full, goes to the away list (bounded by maxAway)
+			// as an eviction's does, not left live for a device gone.
+			sh.noteEvicted(d)
+			sh.drop(d.hash, d, false)
 			return
 		}
 	}
@@ -260,6 +269,16 @@ func (sh *shard) settle(d *device, snap *Snapshot, err error) {
 		// tombstone, is in the persister's lists: eviction drops it.)
 		sh.drop(d.hash, d, false)
 	}
+}
+
+// ingestWaiting reports whether samples wait for d's load.
+func (d *device) ingestWaiting() bool {
+	for _, p := range d.waiting {
+		if p.o.kind == opIngest {
+			return true
+		}
+	}
+	return false
 }
 
 // restore fills an empty device from a snapshot, with the detector
@@ -346,6 +365,8 @@ func (d *device) oldestFirst() []Anomaly {
 // not evicted before the next: its copy reaches the persister only when
 // Collect returns, and a reload in between read stale state from Redis.
 func (sh *shard) collect(o *op) {
+	began := time.Now()
+	defer func() { o.busy = time.Since(began) }()
 	if o.start {
 		sh.scan(o.evict)
 		o.snaps = append(o.snaps, sh.handedSnaps...)
@@ -366,6 +387,7 @@ func (sh *shard) collect(o *op) {
 		if d.dirty && !d.unrestored && !d.loading && !d.gone && len(d.streams) > 0 {
 			d.gen++
 			o.snaps = append(o.snaps, Encoded{Device: d.id, Data: d.encode(), Gen: d.gen})
+			d.encodedAt = sh.now
 		}
 		d.dirty = false
 	}
@@ -378,6 +400,11 @@ func (sh *shard) collect(o *op) {
 // devices untouched for IdleEvict.
 func (sh *shard) scan(evict bool) {
 	idle := sh.now - int64(sh.set.opts.IdleEvict)
+	// A snapshot encoded before stale may expire soon (Options.KeyTTL).
+	stale := int64(math.MinInt64)
+	if ttl := sh.set.opts.KeyTTL; ttl > 0 {
+		stale = sh.now - int64(ttl) + int64(max(ttl-sh.set.opts.IdleEvict, 0)/2)
+	}
 	for h, first := range sh.devices {
 		for d, next := first, (*device)(nil); d != nil; d = next {
 			next = d.next // drop below gives d back for reuse
@@ -392,6 +419,8 @@ func (sh *shard) scan(evict bool) {
 				}
 			case d.unrestored && len(d.streams) == 0:
 				sh.drop(h, d, false) // nothing to protect
+			case evict && !d.unrestored && !d.dirty && d.touched < idle && d.encodedAt != 0 && d.encodedAt <= stale:
+				sh.touch(d, d.touched) // written again this round, evicted by a later one
 			case evict && !d.unrestored && !d.dirty && d.touched < idle:
 				sh.drop(h, d, true)
 			}
@@ -479,20 +508,32 @@ type Encoded struct {
 // call. When the Set stops midway, what was taken is returned with the
 // error: those devices are no longer marked changed.
 func (s *Set) Collect(evict bool) ([]Encoded, error) {
+	out, _, err := s.CollectTimed(evict)
+	return out, err
+}
+
+// CollectTimed is Collect, and also returns the time the shards spent on
+// it, summed: its cost to ingest, without the time its messages waited in
+// the shards' queues behind requests.
+func (s *Set) CollectTimed(evict bool) ([]Encoded, time.Duration, error) {
 	s.clock.Store(time.Now().UnixNano())
-	var out []Encoded
+	var (
+		out  []Encoded
+		busy time.Duration
+	)
 	for o := (op{kind: opCollect, evict: evict, start: true}); ; o.start = false {
 		ops, err := s.broadcast(o)
 		if err != nil {
-			return out, err // what was taken is no longer dirty: keep it
+			return out, busy, err // what was taken is no longer dirty: keep it
 		}
 		more := false
 		for i := range ops {
 			out = append(out, ops[i].snaps...)
 			more = more || ops[i].more
+			busy += ops[i].busy
 		}
 		if !more {
-			return out, nil
+			return out, busy, nil
 		}
 	}
 }

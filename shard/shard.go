@@ -42,7 +42,14 @@ type Options struct {
 	Store Store
 	// IdleEvict is how long a device may go untouched before Collect with
 	// evict drops it from memory; zero: 15 minutes.
-	IdleEvict  time.Duration
+	IdleEvict time.Duration
+	// KeyTTL is how long what the Store's writer writes lives (Redis's
+	// SNAPSHOT_TTL): eviction writes a device again, rather than drop it,
+	// when its last snapshot may expire within (KeyTTL - IdleEvict) / 2.
+	// Rounds that come late (a Redis stall, a round longer than the
+	// period) would otherwise drop the only copy. Zero: the Store's
+	// KeyTTL() if it has one, else no check.
+	KeyTTL     time.Duration
 	QueueLen   int // requests waiting per shard before Ingest fails fast; zero: 1024
 	HistoryLen int // anomalies remembered per device; zero: 100
 	// MaxStreams is how many metric names a device may have; a request
@@ -99,6 +106,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.IdleEvict <= 0 {
 		o.IdleEvict = 15 * time.Minute
+	}
+	if t, ok := o.Store.(interface{ KeyTTL() time.Duration }); ok && o.KeyTTL <= 0 {
+		o.KeyTTL = t.KeyTTL()
 	}
 	if o.QueueLen <= 0 {
 		o.QueueLen = 1024
@@ -730,6 +740,7 @@ type op struct {
 	evict   bool               // opCollect: also drop idle devices
 	start   bool               // opCollect: the first of a Collect's ops
 	more    bool               // opCollect: devices are left for the next op
+	busy    time.Duration      // opCollect: time the shard spent on it (not queued)
 	all     bool               // opRetry: every unrestored device, not a trickle
 	started int                // opRetry: loads started
 	to      string             // opHandoff: the member taking the device
@@ -1098,6 +1109,7 @@ type device struct {
 	replay     map[string]*keptRing // per metric: samples taken while unrestored, to replay on the stored state
 	rseq       uint64               // orders the replay samples of all metrics
 	gen        uint64               // Gen of the last snapshot taken of it (see Snapshot.Gen)
+	encodedAt  int64                // unix ns of that snapshot, for Options.KeyTTL
 	loadSeq    uint32               // counts loads started, so a late answer is known
 
 	// A tombstone: the device was handed over (see HandOff) to member to
