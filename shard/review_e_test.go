@@ -199,22 +199,30 @@ func TestReviewEAwayDevicesLoadedOneByOne(t *testing.T) {
 	if err := s.Ingest(batch("plain-", "m0")); err != nil {
 		t.Fatal(err)
 	}
-	evictAll(t, s, st)
-	if s.nfull.Load() != n {
-		t.Fatalf("test premise: %d away sets", s.nfull.Load())
+	// Best of three: one attempt on a machine busy with other packages'
+	// tests once took 107 ms against a bound of 100 (the defect: ~600).
+	var plain, away time.Duration
+	for try := 0; try < 3; try++ {
+		evictAll(t, s, st)
+		if s.nfull.Load() != n {
+			t.Fatalf("test premise: %d away sets", s.nfull.Load())
+		}
+		t0 := time.Now()
+		if err := s.Ingest(batch("plain-", "m0")); err != nil {
+			t.Fatal(err)
+		}
+		plain = time.Since(t0)
+		t0 = time.Now()
+		if err := s.Ingest(batch("full-", "m0", "m1")); err != nil {
+			t.Fatal(err)
+		}
+		away = time.Since(t0)
+		t.Logf("a batch naming %d evicted devices: %v; naming %d away (full) devices: %v (round trip %v)",
+			n, plain.Round(time.Microsecond), n, away.Round(time.Microsecond), rtt)
+		if away <= 20*rtt+plain {
+			break
+		}
 	}
-	t0 := time.Now()
-	if err := s.Ingest(batch("plain-", "m0")); err != nil {
-		t.Fatal(err)
-	}
-	plain := time.Since(t0)
-	t0 = time.Now()
-	if err := s.Ingest(batch("full-", "m0", "m1")); err != nil {
-		t.Fatal(err)
-	}
-	away := time.Since(t0)
-	t.Logf("a batch naming %d evicted devices: %v; naming %d away (full) devices: %v (round trip %v)",
-		n, plain.Round(time.Microsecond), n, away.Round(time.Microsecond), rtt)
 	if away > 20*rtt+plain {
 		t.Fatalf("a batch naming %d away devices took %v, about %d round trips (the same batch for devices never full: %v): "+
 			"checkFull loads the away devices one by one, not \"one extra round trip\"", n, away.Round(time.Millisecond),
