@@ -2,7 +2,9 @@
 
 # wrk scripts: requests are formatted once in init, so wrk's Lua costs
 # little per request. Two rounds of values per device so windows move.
-lua() { # $1 = samples per request, $2 = 1 for devices in random order; uses DEVICES
+lua() { # $1 = samples per request, $2 = 1 for devices in random order; uses DEVICES, and LUA_METRICS (two names, default "temp hum")
+	local m0 m1
+	read -r m0 m1 <<<"${LUA_METRICS:-temp hum}"
 	cat <<LUA
 local reqs, n, i = {}, 0, 0
 local devices, per, random = $DEVICES, $1, ${2:-0} == 1
@@ -14,7 +16,7 @@ function init(args)
       for k = first, math.min(first + per, devices) - 1 do
         local d = k
         if random then d = math.random(0, devices - 1) end
-        parts[#parts + 1] = string.format('{"device":"sensor-%d","ts":1732560000123,"metrics":{"temp":%.2f,"hum":%.2f}}',
+        parts[#parts + 1] = string.format('{"device":"sensor-%d","ts":1732560000123,"metrics":{"$m0":%.2f,"$m1":%.2f}}',
           d, 20 + ((d + round) % 7) * 0.5, 40 + (d * 3 + round) % 11)
       end
       local body = table.concat(parts, ",")

@@ -12,6 +12,7 @@
 #   MINUTES=10 LOAD=0.7 DEVICES=100000 ./loadtest/soak.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 
 MINUTES=${MINUTES:-10}
 LOAD=${LOAD:-0.7}
@@ -36,31 +37,9 @@ cleanup() {
 trap cleanup EXIT
 go build -o "$work/svc" .
 go build -o "$work/gen" ./loadtest
-# wrk's requests, formatted once: BATCH random devices of the generator's
-# names (sensor-N, metrics m0 and m1) and values around the same levels.
-cat >"$work/batch.lua" <<LUA
-local reqs, n, i = {}, 0, 0
-function init(args)
-  math.randomseed(42)
-  for r = 1, 2000 do
-    local parts = {}
-    for k = 1, $BATCH do
-      local d = math.random(0, $DEVICES - 1)
-      parts[#parts + 1] = string.format('{"device":"sensor-%d","metrics":{"m0":%.3f,"m1":%.3f}}',
-        d, 20 + d % 17 + math.random() - 0.5, 21 + d % 17 + math.random() - 0.5)
-    end
-    n = n + 1
-    reqs[n] = wrk.format("POST", "/api/v1/ingest", {["Content-Type"] = "application/json"}, "[" .. table.concat(parts, ",") .. "]")
-  end
-end
-function request()
-  i = i % n + 1
-  return reqs[i]
-end
-function done(summary, latency, requests)
-  io.write(string.format("RESULT rps=%.1f\n", summary.requests / (summary.duration / 1e6)))
-end
-LUA
+# wrk's requests, formatted once: BATCH random devices with the
+# generator's names (sensor-N, metrics m0 and m1).
+LUA_METRICS="m0 m1" lua "$BATCH" 1 >"$work/batch.lua"
 
 start() { # $1 = extra environment
 	env ${1:-} PPROF=1 GOMAXPROCS=1 LOG_LEVEL=warn taskset -c 0 "$work/svc" -addr 127.0.0.1:$PORT >"$work/server.log" 2>&1 &

@@ -31,7 +31,8 @@ type Options struct {
 	DB       int           // zero: 0
 	Interval time.Duration // between snapshots; zero: 1s
 	// MaxBusy is the largest share of the time snapshot rounds may take:
-	// a round that took d starts the next one d/MaxBusy after its own
+	// after rounds that cost d (the shards' time plus the flush, the lesser
+	// of the last two), the next starts d/MaxBusy after the last one's
 	// start when that is later than Interval, up to MaxInterval. A large
 	// busy fleet then costs persistence lag (reported as
 	// snapshot_period_seconds), not ingest capacity. Zero: 0.25; 1: rounds
