@@ -268,8 +268,11 @@ func sleepLag(n int) []time.Duration {
 // where other packages' race-enabled tests share the 2 cores). The
 // reported latency must lie between the server's own time and that time
 // plus the rest of a round trip, measured one request at a time, plus
-// 0.4 ms (p50) or 0.8 ms (p90). The machine is shared, so a case gets
-// six tries.
+// 0.4 ms (p50) or, at p90, 0.8 ms or time.Sleep's p90 in the same try if
+// that is worse: a p90 of 200 requests carries the machine's scheduling
+// noise, which CI's parallel race-enabled packages pushed to 1-3 ms. The
+// p50 bounds still catch a generator that counts its own lag. The machine
+// is shared, so a case gets six tries.
 func TestLatencyExcludesWakeUpLag(t *testing.T) {
 	const (
 		lagP50             = 0.15     // ms
@@ -303,18 +306,19 @@ func TestLatencyExcludesWakeUpLag(t *testing.T) {
 				if lag.P50 > lag.P90 || lag.P90 > lag.P99 || lag.P99 > lag.Max || lag.P50 > l.P50 || lag.P90 > l.P90 {
 					t.Fatalf("send lag %+v implausible next to latency %+v", lag, l)
 				}
+				slack90 := max(slackP90, lagP90)
 				sp50, sp90, op50, op90 := nearestRank(d, 0.5), nearestRank(d, 0.9), nearestRank(ovh, 0.5), nearestRank(ovh, 0.9)
 				msg := fmt.Sprintf("try %d: p50 %.3fms p90 %.3fms, send lag p50 %.3fms p90 %.3fms (time.Sleep's p90 %.3fms); in the server p50 %.3fms p90 %.3fms, "+
 					"rest of a round trip p50 %.3fms p90 %.3fms", try, l.P50, l.P90, lag.P50, lag.P90, lagP90, sp50, sp90, op50, op90)
 				t.Log(msg)
 				if lag.P50 <= lagP50 && lag.P90 <= lagP90 && l.P50 >= sp50 && l.P90 >= sp90 &&
-					l.P50 <= sp50+op50+slackP50 && l.P90 <= sp90+op90+slackP90 {
+					l.P50 <= sp50+op50+slackP50 && l.P90 <= sp90+op90+slack90 {
 					return
 				}
 				tries = append(tries, msg)
 			}
 			t.Fatalf("want send lag p50 <= %.2fms, p90 <= time.Sleep's (at least 0.45ms), and latency from the server's own time to %.2f/%.2fms "+
-				"above it plus the rest of a round trip:\n%s", lagP50, slackP50, slackP90, strings.Join(tries, "\n"))
+				"above it (or time.Sleep's p90) plus the rest of a round trip:\n%s", lagP50, slackP50, slackP90, strings.Join(tries, "\n"))
 		})
 	}
 }
