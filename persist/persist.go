@@ -5,6 +5,7 @@
 package persist
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -241,6 +242,7 @@ func (w *Writer) Load(id string, done func(*shard.Snapshot, error)) {
 		return
 	}
 	if b, ok := w.pending[id]; ok {
+		b = bytes.Clone(b) // a chunk being written is the shards' memory, reused after
 		go func() { done(w.decode(id, b)) }()
 		return
 	}
@@ -472,13 +474,14 @@ func (w *Writer) loop() {
 	backoff := first
 	var lastCost time.Duration // of the round before: see pace below
 	var logged time.Duration   // the stretched period last logged
-	flush := func() {
-		if err := w.flush(w.loopCtx); err != nil {
-			retry = time.NewTimer(backoff)
-			backoff = min(2*backoff, most)
+	// failed arms the retry after a failed write, or resets its backoff.
+	failed := func(err error) {
+		if err == nil {
+			backoff = first
 			return
 		}
-		backoff = first
+		retry = time.NewTimer(backoff)
+		backoff = min(2*backoff, most)
 	}
 	for {
 		var retryC <-chan time.Time
@@ -497,13 +500,15 @@ func (w *Writer) loop() {
 			}
 		case <-rounds.C:
 			start := time.Now()
-			// The shards' time, summed, spread over the cores they share.
-			cost := w.collect(true) / time.Duration(runtime.GOMAXPROCS(0))
-			if retry == nil { // else the retry writes this round's too
-				began := time.Now()
-				flush()
-				cost += time.Since(began)
+			// Written as collected unless a failed flush waits for its
+			// retry, which then writes this round's too.
+			write := retry == nil
+			busy, writing, err := w.round(w.loopCtx, true, write)
+			if write {
+				failed(err)
 			}
+			// The shards' time, summed, spread over the cores they share.
+			cost := busy/time.Duration(runtime.GOMAXPROCS(0)) + writing
 			took := time.Since(start)
 			// A round's cost is the shards' time on it plus the flush's
 			// (not the collect's wait in queues behind requests), and
@@ -526,44 +531,156 @@ func (w *Writer) loop() {
 			rounds.Reset(period - took)
 		case <-retryC:
 			retry = nil
-			flush()
+			failed(w.flush(w.loopCtx))
 		}
 	}
 }
 
-// collect takes the shards' changed devices into pending, and returns the
-// time the shards spent on it.
-func (w *Writer) collect(evict bool) time.Duration {
-	snaps, busy, _ := w.set.CollectTimed(evict) // on ErrStopped, still keep what it took
+// round takes the shards' changed devices and, with write, writes them
+// chunk by chunk as the shards hand them over, so a round holds one
+// chunk's snapshots at a time, not the whole fleet's (with 100k busy
+// devices, a few hundred MB). What is not written (write false, Redis
+// failing, a refused key) waits in pending. It returns the shards' time on
+// the round, the time spent writing, and the error that failed a write.
+func (w *Writer) round(ctx context.Context, evict, write bool) (busy, writing time.Duration, err error) {
+	var res wrote
+	if write {
+		// First what earlier rounds left (refused keys): older than
+		// anything this round takes.
+		if ids, vals := w.pendingList(); len(ids) > 0 {
+			began := time.Now()
+			res = w.write(ctx, ids, vals)
+			writing = time.Since(began)
+		}
+	}
+	// On ErrStopped, each has still had what was taken.
+	busy, _ = w.set.CollectEach(evict, func(snaps []shard.Encoded) bool {
+		if !write || res.downErr != nil {
+			w.keep(snaps)
+			return true
+		}
+		began := time.Now()
+		r := w.writeChunk(ctx, snaps)
+		writing += time.Since(began)
+		res.add(r)
+		// Without an answer, a command may still be sent later, reading
+		// its value (rueidis sends what it was given even after the
+		// caller's deadline): the shards must not reuse that memory.
+		return r.downErr == nil
+	})
+	if write && (res.total > 0 || res.downErr != nil) {
+		w.duration.Update(writing.Seconds())
+	}
+	return busy, writing, w.account(res)
+}
+
+// keep copies snaps into pending.
+func (w *Writer) keep(snaps []shard.Encoded) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, s := range snaps {
-		w.pending[s.Device] = s.Data
+		w.pending[s.Device] = bytes.Clone(s.Data)
 	}
-	return busy
 }
 
-// flush writes everything pending, flushChunk commands per pipeline, each
-// with its own deadline; what fails stays.
-func (w *Writer) flush(ctx context.Context) error {
+// writeChunk writes snaps, whose Data is the shards' memory: they are in
+// pending while they are written (for loads), and what is left there
+// after is copied.
+func (w *Writer) writeChunk(ctx context.Context, snaps []shard.Encoded) wrote {
+	ids := make([]string, len(snaps))
+	vals := make([][]byte, len(snaps))
 	w.mu.Lock()
-	ids := make([]string, 0, len(w.pending))
-	vals := make([][]byte, 0, len(w.pending))
+	for i, s := range snaps {
+		ids[i], vals[i] = s.Device, s.Data
+		w.pending[s.Device] = s.Data
+	}
+	w.mu.Unlock()
+	r := w.write(ctx, ids, vals)
+	w.mu.Lock()
+	for i, id := range ids {
+		if b, ok := w.pending[id]; ok && sameBytes(b, vals[i]) {
+			w.pending[id] = bytes.Clone(b)
+		}
+	}
+	w.mu.Unlock()
+	return r
+}
+
+// pendingList returns what is pending.
+func (w *Writer) pendingList() (ids []string, vals [][]byte) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ids = make([]string, 0, len(w.pending))
+	vals = make([][]byte, 0, len(w.pending))
 	for id, b := range w.pending {
 		ids, vals = append(ids, id), append(vals, b)
 	}
-	w.mu.Unlock()
+	return ids, vals
+}
+
+// flush writes everything pending; what fails stays.
+func (w *Writer) flush(ctx context.Context) error {
+	ids, vals := w.pendingList()
 	if len(ids) == 0 {
 		return nil
 	}
+	start := time.Now()
+	r := w.write(ctx, ids, vals)
+	w.duration.UpdateDuration(start)
+	return w.account(r)
+}
+
+// wrote is what writes did.
+type wrote struct {
+	total, failed     int
+	firstErr, downErr error // downErr: Redis did not answer
+}
+
+func (r *wrote) add(o wrote) {
+	r.total += o.total
+	r.failed += o.failed
+	r.firstErr = cmp.Or(r.firstErr, o.firstErr)
+	r.downErr = cmp.Or(r.downErr, o.downErr)
+}
+
+// account counts and logs what writes did, once for a round or a flush,
+// and returns the error that fails it: only Redis not answering.
+func (w *Writer) account(r wrote) error {
+	if r.failed > 0 {
+		w.failures.Add(r.failed)
+		w.redisErrors.Inc()
+		w.logf(logWrite, r.firstErr, fmt.Sprintf("%d of %d snapshots not written; kept for retry", r.failed, r.total))
+	}
+	w.keyErr = nil
+	if r.failed > 0 && r.downErr == nil {
+		w.keyErr = r.firstErr // only replies about keys: kept for the stop's report
+	}
+	if r.downErr != nil {
+		// Only Redis not answering fails the flush (and loads, for a
+		// second); a key Redis refuses stays pending without holding up
+		// the others (one such key made the whole of Redis look down).
+		w.markDown()
+		return r.downErr
+	}
+	return nil
+}
+
+// sameBytes reports whether a and b are the same memory.
+func sameBytes(a, b []byte) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// write writes vals to ids' keys, flushChunk commands per pipeline, each
+// with its own deadline; what is written leaves pending unless a newer
+// snapshot replaced it meanwhile. After Redis fails to answer, the rest
+// is not tried (counted failed).
+func (w *Writer) write(ctx context.Context, ids []string, vals [][]byte) wrote {
+	r := wrote{total: len(ids)}
 	c := w.clientOrNil()
 	if c == nil {
-		w.failures.Add(len(ids))
-		return ErrNotConnected
+		r.failed, r.downErr = len(ids), ErrNotConnected
+		return r
 	}
-	start := time.Now()
-	var firstErr, downErr error
-	failed := 0
 	cmds := make(rueidis.Commands, 0, min(len(ids), flushChunk))
 	// Bounded pipelines, because requests run while each one waits for
 	// Redis: with the whole interval in one, batch p99 in Redis mode was
@@ -589,26 +706,26 @@ func (w *Writer) flush(ctx context.Context) error {
 		cancel()
 		w.mu.Lock()
 		fenced := 0
-		for k, r := range res {
+		for k, rr := range res {
 			i := lo + k
-			if err := r.Error(); err != nil {
+			if err := rr.Error(); err != nil {
 				// A refused key (an ACL refusal, say) stays pending and
 				// the others go on.
-				failed++
-				firstErr = cmp.Or(firstErr, err)
+				r.failed++
+				r.firstErr = cmp.Or(r.firstErr, err)
 				if notAnswering(err) {
-					downErr = cmp.Or(downErr, err)
+					r.downErr = cmp.Or(r.downErr, err)
 				}
 				continue
 			}
-			if n, _ := r.AsInt64(); w.opts.Fence && n == 0 {
+			if n, _ := rr.AsInt64(); w.opts.Fence && n == 0 {
 				fenced++ // Redis holds a newer snapshot: this one is dropped
 			} else {
 				w.written.Inc()
 				w.bytesWritten.Add(len(vals[i]))
 			}
 			// Remove it unless a newer snapshot arrived meanwhile.
-			if b, ok := w.pending[ids[i]]; ok && &b[0] == &vals[i][0] {
+			if b, ok := w.pending[ids[i]]; ok && sameBytes(b, vals[i]) {
 				delete(w.pending, ids[i])
 			}
 		}
@@ -617,29 +734,12 @@ func (w *Writer) flush(ctx context.Context) error {
 			w.fenced.Add(fenced)
 			w.logf(logFenced, nil, fmt.Sprintf("%d snapshots not written: Redis holds newer ones (devices another member took over)", fenced))
 		}
-		if downErr != nil {
-			failed += len(ids) - hi // Redis is in trouble: the rest waits for the retry
+		if r.downErr != nil {
+			r.failed += len(ids) - hi // Redis is in trouble: the rest waits for the retry
 			break
 		}
 	}
-	w.duration.UpdateDuration(start)
-	if failed > 0 {
-		w.failures.Add(failed)
-		w.redisErrors.Inc()
-		w.logf(logWrite, firstErr, fmt.Sprintf("%d of %d snapshots not written; kept for retry", failed, len(ids)))
-	}
-	w.keyErr = nil
-	if failed > 0 && downErr == nil {
-		w.keyErr = firstErr // only replies about keys: kept for the stop's report
-	}
-	if downErr != nil {
-		// Only Redis not answering fails the flush (and loads, for a
-		// second); a key Redis refuses stays pending without holding up
-		// the others (one such key made the whole of Redis look down).
-		w.markDown()
-		return downErr
-	}
-	return nil
+	return r
 }
 
 // StopReport says what the final snapshot of Stop could and could not do.
@@ -686,15 +786,13 @@ func (w *Writer) Stop(ctx context.Context) (StopReport, error) {
 			w.reconcile(rctx)
 			cancel()
 			_ = w.set.AbandonRetries()
-			w.collect(false)
-			for {
-				if err = w.flush(ctx); err == nil || ctx.Err() != nil {
-					break
-				}
+			_, _, err = w.round(ctx, false, true)
+			for err != nil && ctx.Err() == nil {
 				select {
 				case <-ctx.Done():
 				case <-time.After(200 * time.Millisecond):
 				}
+				err = w.flush(ctx)
 			}
 			// Everything written and time left, but devices still
 			// unrestored: Redis may be back now; go round again.

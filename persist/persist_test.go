@@ -19,13 +19,14 @@ import (
 // redisServer is a real redis-server on a free loopback port, started by
 // the test; Stop and Start keep its port and its data directory.
 type redisServer struct {
-	tb   testing.TB
-	addr string
-	dir  string
-	cmd  *exec.Cmd
+	tb    testing.TB
+	addr  string
+	dir   string
+	extra []string // more redis-server arguments, overriding Start's
+	cmd   *exec.Cmd
 }
 
-func MustStartRedis(tb testing.TB) *redisServer {
+func MustStartRedis(tb testing.TB, extra ...string) *redisServer {
 	tb.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		tb.Fatal("redis-server not found: install it (apt-get install -y redis-server); .ci/run does")
@@ -36,7 +37,7 @@ func MustStartRedis(tb testing.TB) *redisServer {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	r := &redisServer{tb: tb, addr: addr, dir: tb.TempDir()}
+	r := &redisServer{tb: tb, addr: addr, dir: tb.TempDir(), extra: extra}
 	r.Start()
 	tb.Cleanup(r.Stop)
 	return r
@@ -47,8 +48,9 @@ func MustStartRedis(tb testing.TB) *redisServer {
 func (r *redisServer) Start() {
 	r.tb.Helper()
 	_, port, _ := net.SplitHostPort(r.addr)
-	r.cmd = exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
-		"--appendonly", "yes", "--appendfsync", "always", "--dir", r.dir, "--logfile", filepath.Join(r.dir, "log"))
+	args := []string{"--port", port, "--bind", "127.0.0.1", "--save", "",
+		"--appendonly", "yes", "--appendfsync", "always", "--dir", r.dir, "--logfile", filepath.Join(r.dir, "log")}
+	r.cmd = exec.Command("redis-server", append(args, r.extra...)...)
 	if err := r.cmd.Start(); err != nil {
 		r.tb.Fatal(err)
 	}

@@ -328,7 +328,10 @@ func (st *namedStream) state() StreamSnapshot {
 // snapshot makes: this runs on the shard goroutine for every changed device
 // every interval. TestEncodeMatchesSnapshot checks it against encoding a
 // copied Snapshot.
-func (d *device) encode() []byte {
+func (d *device) encode() []byte { return d.appendEncoded(make([]byte, 0, d.encodedSize())) }
+
+// encodedSize is about the length of d's encoding.
+func (d *device) encodedSize() int {
 	n := 32 + len(d.id) + len(d.history)*48
 	for i := range d.streams {
 		n += 121 + len(d.streams[i].name) + 8*d.streams[i].Win.Len()
@@ -336,7 +339,12 @@ func (d *device) encode() []byte {
 			n += detect.RangeStateSize
 		}
 	}
-	dst := appendHeader(make([]byte, 0, n), d.id, d.gen, len(d.streams))
+	return n
+}
+
+// appendEncoded appends d's encoding (see encode) to dst.
+func (d *device) appendEncoded(dst []byte) []byte {
+	dst = appendHeader(dst, d.id, d.gen, len(d.streams))
 	for i := range d.streams {
 		st := &d.streams[i]
 		ss := st.state()
@@ -383,10 +391,29 @@ func (sh *shard) collect(o *op) {
 	// instead of waiting for every changed device to be encoded.
 	n := min(len(sh.collecting), collectChunk)
 	chunk := sh.collecting[len(sh.collecting)-n:]
+	var buf []byte // this shard's arena in a CollectEach
+	if o.bufs != nil {
+		buf = o.bufs[sh.index][:0]
+		need := 0
+		for _, d := range chunk {
+			need += d.encodedSize()
+		}
+		buf = slices.Grow(buf, need) // once, not as it fills
+		// Each shard writes its own element: no race.
+		defer func() { o.bufs[sh.index] = buf }()
+	}
 	for _, d := range chunk {
 		if d.dirty && !d.unrestored && !d.loading && !d.gone && len(d.streams) > 0 {
 			d.gen++
-			o.snaps = append(o.snaps, Encoded{Device: d.id, Data: d.encode(), Gen: d.gen})
+			var data []byte
+			if o.bufs != nil {
+				at := len(buf)
+				buf = d.appendEncoded(buf)
+				data = buf[at:len(buf):len(buf)]
+			} else {
+				data = d.encode()
+			}
+			o.snaps = append(o.snaps, Encoded{Device: d.id, Data: data, Gen: d.gen})
 			d.encodedAt = sh.now
 		}
 		d.dirty = false
@@ -508,32 +535,54 @@ type Encoded struct {
 // call. When the Set stops midway, what was taken is returned with the
 // error: those devices are no longer marked changed.
 func (s *Set) Collect(evict bool) ([]Encoded, error) {
-	out, _, err := s.CollectTimed(evict)
+	var out []Encoded
+	_, err := s.collect(evict, nil, func(snaps []Encoded) bool {
+		out = append(out, snaps...)
+		return true
+	})
 	return out, err
 }
 
-// CollectTimed is Collect, and also returns the time the shards spent on
-// it, summed: its cost to ingest, without the time its messages waited in
-// the shards' queues behind requests.
-func (s *Set) CollectTimed(evict bool) ([]Encoded, time.Duration, error) {
+// CollectEach is Collect handing each chunk of snapshots to each, on the
+// caller's goroutine, as the shards encode them: the persister writes a
+// chunk while the shards go on, instead of holding a whole round's
+// snapshots (a few KB a device) at once. The shards encode into buffers
+// the next chunk reuses, so a snapshot's Data is valid only until each
+// returns: each copies what it keeps, and returns false when something may
+// still read the Data later (a write that timed out may yet be sent), so
+// that the next chunk takes new memory. CollectEach returns the time the
+// shards spent on it, summed: its cost to ingest, without the time its
+// messages waited in the shards' queues behind requests. When the Set
+// stops midway, each has had what was taken.
+func (s *Set) CollectEach(evict bool, each func([]Encoded) bool) (time.Duration, error) {
+	return s.collect(evict, make([][]byte, len(s.shards)), each)
+}
+
+// collect runs a Collect's ops, encoding into bufs (one per shard, reused
+// chunk after chunk) or, when nil, into a new slice per device.
+func (s *Set) collect(evict bool, bufs [][]byte, each func([]Encoded) bool) (time.Duration, error) {
 	s.clock.Store(time.Now().UnixNano())
 	var (
-		out  []Encoded
-		busy time.Duration
+		busy  time.Duration
+		snaps []Encoded
 	)
-	for o := (op{kind: opCollect, evict: evict, start: true}); ; o.start = false {
+	for o := (op{kind: opCollect, evict: evict, start: true, bufs: bufs}); ; o.start = false {
 		ops, err := s.broadcast(o)
 		if err != nil {
-			return out, busy, err // what was taken is no longer dirty: keep it
+			return busy, err // what was taken is no longer dirty: each had it
 		}
 		more := false
+		snaps = snaps[:0]
 		for i := range ops {
-			out = append(out, ops[i].snaps...)
+			snaps = append(snaps, ops[i].snaps...)
 			more = more || ops[i].more
 			busy += ops[i].busy
 		}
+		if len(snaps) > 0 && !each(snaps) {
+			clear(bufs) // still in use: the shards start new ones
+		}
 		if !more {
-			return out, busy, nil
+			return busy, nil
 		}
 	}
 }
