@@ -568,8 +568,8 @@ func (w *Writer) round(ctx context.Context, evict, write bool) (busy, writing ti
 		// caller's deadline): the shards must not reuse that memory.
 		return r.downErr == nil
 	})
-	if write && (res.total > 0 || res.downErr != nil) {
-		w.duration.Update(writing.Seconds())
+	if res.total > 0 && !errors.Is(res.downErr, ErrNotConnected) {
+		w.duration.Update(writing.Seconds()) // the round's writes, all chunks
 	}
 	return busy, writing, w.account(res)
 }
@@ -626,7 +626,9 @@ func (w *Writer) flush(ctx context.Context) error {
 	}
 	start := time.Now()
 	r := w.write(ctx, ids, vals)
-	w.duration.UpdateDuration(start)
+	if !errors.Is(r.downErr, ErrNotConnected) {
+		w.duration.UpdateDuration(start)
+	}
 	return w.account(r)
 }
 
@@ -648,8 +650,10 @@ func (r *wrote) add(o wrote) {
 func (w *Writer) account(r wrote) error {
 	if r.failed > 0 {
 		w.failures.Add(r.failed)
-		w.redisErrors.Inc()
-		w.logf(logWrite, r.firstErr, fmt.Sprintf("%d of %d snapshots not written; kept for retry", r.failed, r.total))
+		if !errors.Is(r.downErr, ErrNotConnected) { // the connector counts and logs that
+			w.redisErrors.Inc()
+			w.logf(logWrite, r.firstErr, fmt.Sprintf("%d of %d snapshots not written; kept for retry", r.failed, r.total))
+		}
 	}
 	w.keyErr = nil
 	if r.failed > 0 && r.downErr == nil {

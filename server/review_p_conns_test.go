@@ -31,9 +31,23 @@ import (
 // Here: two members with MAX_CONNS_PER_IP=4; 24 clients, each from its own
 // loopback address with one connection, post to member A samples of a
 // device member B owns, so A forwards each to B. Correct: every request is
-// answered 200 (no client holds more than one connection).
+// answered 200 (no client holds more than one connection). The members
+// are listed by IP, and again by name ("localhost:port", as PEERS may
+// list them): the exemption first knew only members listed by IP.
 func TestReviewP_MaxConnsPerIPRefusesMembers(t *testing.T) {
+	for _, byName := range []bool{false, true} {
+		t.Run(fmt.Sprint("byName=", byName), func(t *testing.T) { maxConnsSparesMembers(t, byName) })
+	}
+}
+
+func maxConnsSparesMembers(t *testing.T, byName bool) {
 	addrs := freeAddrs(t, 2)
+	if byName {
+		for i, a := range addrs {
+			_, port, _ := net.SplitHostPort(a)
+			addrs[i] = "localhost:" + port
+		}
+	}
 	dir := t.TempDir()
 	for i, a := range addrs {
 		file := filepath.Join(dir, fmt.Sprint("peers", i))

@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"fmt"
 	"net"
-	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -256,25 +255,9 @@ func (h *Handler) Listen(ln net.Listener) *Listener {
 		// A member forwards all its clients' requests from its own
 		// address, over a pool of up to 512 connections: the bound is
 		// for clients, not for members.
-		l.SetExempt(func(ip netip.Addr) bool { return isMember(m, ip) })
+		l.SetExempt(m.IsMember)
 	}
 	return l
-}
-
-// isMember reports whether ip is the address of a member m lists by IP.
-// (Members listed by name are not resolved here: in Kubernetes, PEERS_DNS
-// lists IPs.)
-func isMember(m *cluster.Membership, ip netip.Addr) bool {
-	for _, member := range m.Listed() {
-		host, _, err := net.SplitHostPort(member)
-		if err != nil {
-			continue
-		}
-		if a, err := netip.ParseAddr(host); err == nil && a.Unmap() == ip {
-			return true
-		}
-	}
-	return false
 }
 
 // SetReady marks the service ready for traffic (/ready 200).

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -80,4 +82,41 @@ func TestDNSDownAtStart(t *testing.T) {
 	s.SetFail(false)
 	s.Set("10.0.0.1")
 	waitFor(t, "the timer to resolve", func() bool { return m.View().HasSelf() })
+}
+
+// TestIsMember: IsMember knows listed members by IP, and by a name as the
+// latest refresh resolved it; a failed lookup keeps the name's last
+// addresses, and a member no longer listed is no longer known.
+func TestIsMember(t *testing.T) {
+	s := dnstest.Start(t, "pod-a.test.", "10.0.0.1")
+	file := filepath.Join(t.TempDir(), "peers")
+	writeFile(t, file, "pod-a.test.:8080\n10.0.0.9:8080\n")
+	m := MustStart(t, Options{Self: "10.0.0.9:8080", File: file, Resolver: s.Resolver(), Refresh: time.Hour, Timeout: time.Second})
+	refresh := func() {
+		if err := m.Refresh(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, st := range []struct {
+		name    string
+		do      func()
+		yes, no []string
+	}{
+		{"Started", func() {}, []string{"10.0.0.1", "10.0.0.9", "::ffff:10.0.0.1"}, []string{"10.0.0.2", "127.0.0.1"}},
+		{"Moved", func() { s.Set("10.0.0.2", "fd00::2"); refresh() }, []string{"10.0.0.2", "fd00::2", "10.0.0.9"}, []string{"10.0.0.1"}},
+		{"LookupFails", func() { s.SetFail(true); refresh() }, []string{"10.0.0.2", "fd00::2"}, nil},
+		{"Unlisted", func() { s.SetFail(false); writeFile(t, file, "10.0.0.9:8080\n"); refresh() }, []string{"10.0.0.9"}, []string{"10.0.0.2", "fd00::2"}},
+	} {
+		st.do()
+		for _, ip := range st.yes {
+			if !m.IsMember(netip.MustParseAddr(ip)) {
+				t.Errorf("%s: IsMember(%s) false; want true", st.name, ip)
+			}
+		}
+		for _, ip := range st.no {
+			if m.IsMember(netip.MustParseAddr(ip)) {
+				t.Errorf("%s: IsMember(%s) true; want false", st.name, ip)
+			}
+		}
+	}
 }

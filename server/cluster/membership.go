@@ -64,6 +64,13 @@ type Membership struct {
 	suspects  map[string]time.Time
 	nsuspects atomic.Int32
 
+	// ips holds the addresses of the listed members, IPs as listed and
+	// host names as last resolved (see IsMember); hosts, owned by the
+	// refreshing goroutine, keeps each name's last answer, so a failed
+	// lookup keeps what the name had.
+	ips   atomic.Pointer[map[netip.Addr]struct{}]
+	hosts map[string][]netip.Addr
+
 	mu      sync.Mutex
 	running bool          // guarded by mu: between Start and Stop; Refresh is refused outside
 	round   *round        // guarded by mu: the refresh the next Refresh callers wait for; nil if none asked
@@ -387,10 +394,63 @@ func (m *Membership) refresh() error {
 		m.failed = 0
 		m.warnedAt = time.Time{}
 	}
+	m.resolve(ctx, members)
 	m.installMu.Lock()
 	defer m.installMu.Unlock()
 	m.installLocked(members)
 	return nil
+}
+
+// resolve sets the addresses IsMember knows from members: IPs as they
+// are, host names looked up (within ctx, all at once).
+func (m *Membership) resolve(ctx context.Context, members []string) {
+	ips := map[netip.Addr]struct{}{}
+	var names []string
+	for _, member := range members {
+		host, _, _ := net.SplitHostPort(member)
+		if a, err := netip.ParseAddr(host); err == nil {
+			ips[a.Unmap()] = struct{}{}
+		} else {
+			names = append(names, host)
+		}
+	}
+	if len(names) > 0 {
+		answers := make([][]netip.Addr, len(names))
+		var wg sync.WaitGroup
+		for i, name := range names {
+			wg.Go(func() {
+				if a, err := m.opts.Resolver.LookupNetIP(ctx, "ip", name); err == nil {
+					answers[i] = a
+				}
+			})
+		}
+		wg.Wait()
+		hosts := make(map[string][]netip.Addr, len(names))
+		for i, name := range names {
+			if answers[i] == nil {
+				answers[i] = m.hosts[name] // the lookup failed: what it had
+			}
+			hosts[name] = answers[i]
+			for _, a := range answers[i] {
+				ips[a.Unmap()] = struct{}{}
+			}
+		}
+		m.hosts = hosts
+	}
+	m.ips.Store(&ips)
+}
+
+// IsMember reports whether ip is the address of a listed member, suspected
+// or not, by IP or by a name as last resolved (each refresh looks names up
+// again): the listener spares members MAX_CONNS_PER_IP, since a member
+// forwards all its clients' requests from its own address.
+func (m *Membership) IsMember(ip netip.Addr) bool {
+	p := m.ips.Load()
+	if p == nil {
+		return false
+	}
+	_, ok := (*p)[ip.Unmap()]
+	return ok
 }
 
 // installLocked makes members (sorted, unique) the view if they differ
