@@ -557,6 +557,10 @@ func (w *Writer) round(ctx context.Context, evict, write bool) (busy, writing ti
 	busy, _ = w.set.CollectEach(evict, func(snaps []shard.Encoded) bool {
 		if !write || res.downErr != nil {
 			w.keep(snaps)
+			if write { // Redis stopped answering this round: not written either
+				res.total += len(snaps)
+				res.failed += len(snaps)
+			}
 			return true
 		}
 		began := time.Now()
@@ -571,7 +575,7 @@ func (w *Writer) round(ctx context.Context, evict, write bool) (busy, writing ti
 	if res.total > 0 && !errors.Is(res.downErr, ErrNotConnected) {
 		w.duration.Update(writing.Seconds()) // the round's writes, all chunks
 	}
-	return busy, writing, w.account(res)
+	return busy, writing, w.account(ctx, res)
 }
 
 // keep copies snaps into pending.
@@ -629,7 +633,7 @@ func (w *Writer) flush(ctx context.Context) error {
 	if !errors.Is(r.downErr, ErrNotConnected) {
 		w.duration.UpdateDuration(start)
 	}
-	return w.account(r)
+	return w.account(ctx, r)
 }
 
 // wrote is what writes did.
@@ -647,7 +651,13 @@ func (r *wrote) add(o wrote) {
 
 // account counts and logs what writes did, once for a round or a flush,
 // and returns the error that fails it: only Redis not answering.
-func (w *Writer) account(r wrote) error {
+func (w *Writer) account(ctx context.Context, r wrote) error {
+	if errors.Is(ctx.Err(), context.Canceled) && r.downErr != nil {
+		// Stop cut the loop's writes short: not Redis's fault, nothing to
+		// count, and loads must not fail fast for the stop's reconcile.
+		// What was not written is pending, for the stop's last round.
+		return r.downErr
+	}
 	if r.failed > 0 {
 		w.failures.Add(r.failed)
 		if !errors.Is(r.downErr, ErrNotConnected) { // the connector counts and logs that

@@ -53,3 +53,31 @@ func TestRoundKeepsRefusedSnapshotIntact(t *testing.T) {
 		}
 	}
 }
+
+// TestRoundCutShortByStop: Stop cancels the loop's context, which cuts a
+// round's writes short. That is no Redis failure: nothing is counted or
+// logged, loads do not fail fast (the stop's reconcile needs them), and
+// what was not written stays pending for the stop's last round.
+func TestRoundCutShortByStop(t *testing.T) {
+	r := MustStartRedis(t)
+	s := MustOpenStackWith(t, Options{Addrs: []string{r.addr}, Interval: time.Hour, Timeout: 5 * time.Second},
+		shard.Options{Shards: 1})
+	waitFor(t, "redis connected", func() bool { return s.w.clientOrNil() != nil })
+	for i := range 600 {
+		s.ingest(t, fmt.Sprint("g", i), float64(i))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, _, err := s.w.round(ctx, false, true); err == nil {
+		t.Fatal("a round with its context cancelled wrote everything")
+	}
+	if n := s.w.Pending(); n != 600 {
+		t.Fatalf("%d pending; want all 600", n)
+	}
+	if f, e, down := s.w.failures.Get(), s.w.redisErrors.Get(), s.w.downUntil.Load(); f != 0 || e != 0 || down != 0 {
+		t.Fatalf("snapshot_failures_total %d, redis_errors_total %d, loads failing fast until %d; want 0, 0, 0", f, e, down)
+	}
+	if _, rep, err := s.stop(5 * time.Second); err != nil || rep.Written != 600 {
+		t.Fatalf("stop: %v, wrote %d; want all 600", err, rep.Written)
+	}
+}

@@ -3,6 +3,7 @@ package server
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -58,6 +59,11 @@ func maxConnsSparesMembers(t *testing.T, byName bool) {
 		}
 		m.Start()
 		t.Cleanup(m.Stop)
+		// Names are looked up apart from the refresh: wait for it.
+		deadline := time.Now().Add(5 * time.Second)
+		for !m.IsMember(netip.MustParseAddr("127.0.0.1")) && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
 		serveAPI(t, a, Options{Cluster: m, ForwardTimeout: 2 * time.Second, MaxConnsPerIP: 4}, shard.Options{}, nil)
 	}
 	dev := deviceOwnedBy(addrs[1], addrs)

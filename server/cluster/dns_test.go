@@ -84,19 +84,23 @@ func TestDNSDownAtStart(t *testing.T) {
 	waitFor(t, "the timer to resolve", func() bool { return m.View().HasSelf() })
 }
 
-// TestIsMember: IsMember knows listed members by IP, and by a name as the
-// latest refresh resolved it; a failed lookup keeps the name's last
-// addresses, and a member no longer listed is no longer known.
+// TestIsMember: IsMember knows listed members by IP at once, and by a name
+// once the lookup a refresh asks for has answered; a failed lookup keeps
+// the name's last addresses, and a member no longer listed is no longer
+// known.
 func TestIsMember(t *testing.T) {
 	s := dnstest.Start(t, "pod-a.test.", "10.0.0.1")
 	file := filepath.Join(t.TempDir(), "peers")
 	writeFile(t, file, "pod-a.test.:8080\n10.0.0.9:8080\n")
 	m := MustStart(t, Options{Self: "10.0.0.9:8080", File: file, Resolver: s.Resolver(), Refresh: time.Hour, Timeout: time.Second})
 	refresh := func() {
+		before := m.addrs.done.Load()
 		if err := m.Refresh(context.Background()); err != nil {
 			t.Fatal(err)
 		}
+		waitLookup(t, m, before)
 	}
+	waitLookup(t, m, 0)
 	for _, st := range []struct {
 		name    string
 		do      func()
@@ -105,7 +109,13 @@ func TestIsMember(t *testing.T) {
 		{"Started", func() {}, []string{"10.0.0.1", "10.0.0.9", "::ffff:10.0.0.1"}, []string{"10.0.0.2", "127.0.0.1"}},
 		{"Moved", func() { s.Set("10.0.0.2", "fd00::2"); refresh() }, []string{"10.0.0.2", "fd00::2", "10.0.0.9"}, []string{"10.0.0.1"}},
 		{"LookupFails", func() { s.SetFail(true); refresh() }, []string{"10.0.0.2", "fd00::2"}, nil},
-		{"Unlisted", func() { s.SetFail(false); writeFile(t, file, "10.0.0.9:8080\n"); refresh() }, []string{"10.0.0.9"}, []string{"10.0.0.2", "fd00::2"}},
+		{"Unlisted", func() { // no names: nothing to look up, and the IPs count at once
+			s.SetFail(false)
+			writeFile(t, file, "10.0.0.9:8080\n")
+			if err := m.Refresh(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}, []string{"10.0.0.9"}, []string{"10.0.0.2", "fd00::2"}},
 	} {
 		st.do()
 		for _, ip := range st.yes {
@@ -119,4 +129,11 @@ func TestIsMember(t *testing.T) {
 			}
 		}
 	}
+}
+
+// waitLookup waits until the resolver has finished a lookup after the
+// first before: the one the refresh just made asked for.
+func waitLookup(tb testing.TB, m *Membership, before uint64) {
+	tb.Helper()
+	waitFor(tb, "the member names' lookup", func() bool { return m.addrs.done.Load() > before })
 }

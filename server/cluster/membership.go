@@ -64,12 +64,8 @@ type Membership struct {
 	suspects  map[string]time.Time
 	nsuspects atomic.Int32
 
-	// ips holds the addresses of the listed members, IPs as listed and
-	// host names as last resolved (see IsMember); hosts, owned by the
-	// refreshing goroutine, keeps each name's last answer, so a failed
-	// lookup keeps what the name had.
-	ips   atomic.Pointer[map[netip.Addr]struct{}]
-	hosts map[string][]netip.Addr
+	// addrs knows the listed members' addresses, for IsMember.
+	addrs memberAddrs
 
 	mu      sync.Mutex
 	running bool          // guarded by mu: between Start and Stop; Refresh is refused outside
@@ -127,6 +123,7 @@ func New(opts Options) (*Membership, error) {
 		opts.Resolver = net.DefaultResolver
 	}
 	m := &Membership{opts: opts, kick: make(chan struct{}, 1)}
+	m.addrs.kick = make(chan struct{}, 1)
 	sources := 0
 	if len(opts.Static) > 0 {
 		sources++
@@ -181,8 +178,9 @@ func (m *Membership) Start() {
 	m.mu.Lock()
 	m.running = true
 	m.mu.Unlock()
-	m.wg.Add(1)
+	m.wg.Add(2)
 	go m.loop()
+	go m.resolver()
 }
 
 // Stop ends the refresh goroutine and waits for it; Refresh calls waiting
@@ -394,64 +392,18 @@ func (m *Membership) refresh() error {
 		m.failed = 0
 		m.warnedAt = time.Time{}
 	}
-	m.resolve(ctx, members)
+	m.addrs.list(members)
 	m.installMu.Lock()
 	defer m.installMu.Unlock()
 	m.installLocked(members)
 	return nil
 }
 
-// resolve sets the addresses IsMember knows from members: IPs as they
-// are, host names looked up (within ctx, all at once).
-func (m *Membership) resolve(ctx context.Context, members []string) {
-	ips := map[netip.Addr]struct{}{}
-	var names []string
-	for _, member := range members {
-		host, _, _ := net.SplitHostPort(member)
-		if a, err := netip.ParseAddr(host); err == nil {
-			ips[a.Unmap()] = struct{}{}
-		} else {
-			names = append(names, host)
-		}
-	}
-	if len(names) > 0 {
-		answers := make([][]netip.Addr, len(names))
-		var wg sync.WaitGroup
-		for i, name := range names {
-			wg.Go(func() {
-				if a, err := m.opts.Resolver.LookupNetIP(ctx, "ip", name); err == nil {
-					answers[i] = a
-				}
-			})
-		}
-		wg.Wait()
-		hosts := make(map[string][]netip.Addr, len(names))
-		for i, name := range names {
-			if answers[i] == nil {
-				answers[i] = m.hosts[name] // the lookup failed: what it had
-			}
-			hosts[name] = answers[i]
-			for _, a := range answers[i] {
-				ips[a.Unmap()] = struct{}{}
-			}
-		}
-		m.hosts = hosts
-	}
-	m.ips.Store(&ips)
-}
-
 // IsMember reports whether ip is the address of a listed member, suspected
 // or not, by IP or by a name as last resolved (each refresh looks names up
 // again): the listener spares members MAX_CONNS_PER_IP, since a member
 // forwards all its clients' requests from its own address.
-func (m *Membership) IsMember(ip netip.Addr) bool {
-	p := m.ips.Load()
-	if p == nil {
-		return false
-	}
-	_, ok := (*p)[ip.Unmap()]
-	return ok
-}
+func (m *Membership) IsMember(ip netip.Addr) bool { return m.addrs.has(ip) }
 
 // installLocked makes members (sorted, unique) the view if they differ
 // from it, less Self after Leave. It logs the change and calls OnChange.

@@ -122,12 +122,17 @@ func TestReviewQ_UnlistedNameAddressesResurrected(t *testing.T) {
 			file := filepath.Join(t.TempDir(), "peers")
 			writeFile(t, file, "10.0.0.9:8080\npod-a.test.:8080\n")
 			m := MustStart(t, Options{Self: "10.0.0.9:8080", File: file, Resolver: s.Resolver(), Refresh: time.Hour, Timeout: time.Second})
-			refresh := func() {
+			refresh := func(names bool) {
 				t.Helper()
+				before := m.addrs.done.Load()
 				if err := m.Refresh(context.Background()); err != nil {
 					t.Fatal(err)
 				}
+				if names { // wait for their lookup
+					waitLookup(t, m, before)
+				}
 			}
+			waitLookup(t, m, 0) // names are looked up apart from the refresh
 			a := netip.MustParseAddr("10.0.0.1")
 			if !m.IsMember(a) {
 				t.Fatal("test premise: pod-a's address is not a member while listed")
@@ -137,13 +142,13 @@ func TestReviewQ_UnlistedNameAddressesResurrected(t *testing.T) {
 				meanwhile += "pod-b.test.:8080\n" // NXDOMAIN: no addresses
 			}
 			writeFile(t, file, meanwhile)
-			refresh()
+			refresh(other)
 			if m.IsMember(a) {
 				t.Fatal("test premise: pod-a's old address still a member after pod-a left the list")
 			}
 			s.SetFail(true)
 			writeFile(t, file, "10.0.0.9:8080\npod-a.test.:8080\n")
-			refresh()
+			refresh(true)
 			if m.IsMember(a) {
 				t.Fatalf("10.0.0.1, pod-a's address from before pod-a was unlisted, is a member again on a failed lookup; want not (other name listed meanwhile: %v)", other)
 			}
