@@ -351,16 +351,8 @@ func (d *device) appendEncoded(dst []byte) []byte {
 		older, newer := st.Win.Ring()
 		dst = appendStream(dst, &ss, older, newer)
 	}
-	return appendHistory(dst, d.oldestFirst())
-}
-
-// oldestFirst returns a copy of the history, oldest first.
-func (d *device) oldestFirst() []Anomaly {
-	h := d.recent()
-	for i, j := 0, len(h)-1; i < j; i, j = i+1, j-1 {
-		h[i], h[j] = h[j], h[i]
-	}
-	return h
+	// The ring holds the oldest at hnext once full (hnext is 0 before).
+	return appendHistory(dst, d.history[d.hnext:], d.history[:d.hnext])
 }
 
 // collect hands over copies of the devices changed since the last

@@ -289,15 +289,18 @@ func (d *device) snapshot() *Snapshot {
 // TestEncodeMatchesSnapshot: the direct encoder Collect uses writes the
 // same bytes as encoding a copied Snapshot, wrapped ring included.
 func TestEncodeMatchesSnapshot(t *testing.T) {
-	s := MustNewSet(t, Options{Shards: 1, WindowSize: 4, MinSamples: 2, Cooldown: -1, Detector: detect.EWMA})
+	s := MustNewSet(t, Options{Shards: 1, WindowSize: 4, MinSamples: 2, Cooldown: -1, Detector: detect.EWMA, HistoryLen: 3})
 	for i := range 11 {
 		ingestOne(t, s, "d", int64(i), map[string]float64{"a": float64(i % 3), "b": float64(i * i)})
+	}
+	for i := range 6 { // spikes, so the history of 3 wraps
+		ingestOne(t, s, "d", int64(11+i), map[string]float64{"a": 1e6 * float64(i%2*2-1), "b": 1})
 	}
 	var d *device
 	for _, d = range s.shards[0].devices {
 	}
-	if _, newer := d.streams[0].Win.Ring(); len(newer) == 0 || len(d.history) == 0 {
-		t.Fatalf("test needs a wrapped ring and a history")
+	if _, newer := d.streams[0].Win.Ring(); len(newer) == 0 || len(d.history) != 3 || d.hnext == 0 {
+		t.Fatalf("test needs a wrapped window and a wrapped history (%d alerts, next slot %d)", len(d.history), d.hnext)
 	}
 	if got, want := d.encode(), d.snapshot().AppendBinary(nil); string(got) != string(want) {
 		t.Fatalf("encode differs from snapshot().AppendBinary():\n%x\n%x", got, want)
@@ -712,4 +715,14 @@ func TestDroppedUnrestoredUncounted(t *testing.T) {
 	if s.Unrestored() != 0 || s.Devices() != 0 {
 		t.Fatalf("after the drop: unrestored %d, devices %d; want 0, 0", s.Unrestored(), s.Devices())
 	}
+}
+
+// oldestFirst returns a copy of the history, oldest first: the reference
+// the encoder's walk of the ring is checked against.
+func (d *device) oldestFirst() []Anomaly {
+	h := d.recent()
+	for i, j := 0, len(h)-1; i < j; i, j = i+1, j-1 {
+		h[i], h[j] = h[j], h[i]
+	}
+	return h
 }

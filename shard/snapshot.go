@@ -106,7 +106,7 @@ func (s *Snapshot) AppendBinary(dst []byte) []byte {
 	for i := range s.Streams {
 		dst = appendStream(dst, &s.Streams[i], s.Streams[i].Values, nil)
 	}
-	return appendHistory(dst, s.History)
+	return appendHistory(dst, s.History, nil)
 }
 
 func appendHeader(dst []byte, device string, gen uint64, streams int) []byte {
@@ -146,17 +146,21 @@ func appendStream(dst []byte, st *StreamSnapshot, v1, v2 []float64) []byte {
 	return binary.AppendVarint(dst, st.CoolUntil)
 }
 
-// appendHistory encodes anomalies, oldest first.
-func appendHistory(dst []byte, h []Anomaly) []byte {
-	dst = binary.AppendUvarint(dst, uint64(len(h)))
-	for i := range h {
-		a := &h[i]
-		dst = appendString(dst, a.Metric)
-		dst = binary.AppendVarint(dst, a.TS)
-		for _, f := range [...]float64{a.Value, a.Mean, a.Stddev, a.Z} {
-			dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(f))
+// appendHistory encodes anomalies, oldest first, given as h1 then h2, so
+// a ring can be written in order without copying it first.
+func appendHistory(dst []byte, h1, h2 []Anomaly) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(h1)+len(h2)))
+	for _, h := range [2][]Anomaly{h1, h2} {
+		for i := range h {
+			a := &h[i]
+			dst = appendString(dst, a.Metric)
+			dst = binary.AppendVarint(dst, a.TS)
+			dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(a.Value))
+			dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(a.Mean))
+			dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(a.Stddev))
+			dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(a.Z))
+			dst = append(dst, byte(a.Reason))
 		}
-		dst = append(dst, byte(a.Reason))
 	}
 	return dst
 }
