@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # soak.sh (make soak; not CI): MINUTES minutes at LOAD of the measured
 # saturation rate with DEVICES devices of 2 metrics, in memory and then
-# with Redis. Each minute it reports the open-model p99 and errors of that
+# with Redis. Each minute it reports the open-model p99, the generator's own
+# send lag p99 (late sends, from its CPU shared with Redis) and errors of that
 # minute, and the service's RSS, Go heap in use, goroutines, open
 # connections, pending snapshots and snapshot period at its end; then start,
 # peak and end of each. Saturation is wrk's rate over 10 s with
@@ -92,11 +93,11 @@ for mode in $MODES; do
 	rate=$(awk -v s="$sat" -v l="$LOAD" 'BEGIN { printf "%.0f", s * l }')
 	echo
 	echo "== $mode: saturation $sat req/s of $BATCH random devices, soak at $rate req/s ($LOAD), $DEVICES devices x 2 metrics, $MINUTES min"
-	echo "| minute | req/s | samples/s | p50 | p99 | errors | dropped | RSS MiB | live heap MiB | goroutines | open conns | snapshots pending | snapshot period s | alerts so far |"
-	echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+	echo "| minute | req/s | samples/s | p50 | p99 | send lag p99 | errors | dropped | RSS MiB | live heap MiB | goroutines | open conns | snapshots pending | snapshot period s | alerts so far |"
+	echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 	sample >"$work/series"
 	read -r rss heap gor conn pend period alerts <"$work/series"
-	echo "| 0 | | | | | | | $rss | $heap | $gor | $conn | $pend | $period | $alerts |"
+	echo "| 0 | | | | | | | | $rss | $heap | $gor | $conn | $pend | $period | $alerts |"
 	for m in $(seq "$MINUTES"); do
 		gen 60s "$rate" >/dev/null
 		sample >"$work/now"
@@ -106,8 +107,9 @@ for mode in $MODES; do
 import json, sys
 j = json.load(open(sys.argv[1]))
 m, *rest = sys.argv[2:]
-lat = j.get("latency_ms", {})
-print(f"| {m} | {j.get('rps', 0):,.0f} | {j.get('samples_per_second', 0):,.0f} | {lat.get('p50', 0):.2f} ms | {lat.get('p99', 0):.2f} ms | {j.get('errors', 0)} | {j.get('dropped', 0)} | " + " | ".join(rest) + " |")
+lat, lag = j.get("latency_ms", {}), j.get("send_lag_ms", {})
+print(f"| {m} | {j.get('rps', 0):,.0f} | {j.get('samples_per_second', 0):,.0f} | {lat.get('p50', 0):.2f} ms | {lat.get('p99', 0):.2f} ms | "
+      f"{lag.get('p99', 0):.2f} ms | {j.get('errors', 0)} | {j.get('dropped', 0)} | " + " | ".join(rest) + " |")
 PY
 	done
 	awk 'NR == 1 { for (i = 1; i <= 6; i++) { s[i] = $i; p[i] = $i } }
