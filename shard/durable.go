@@ -383,29 +383,21 @@ func (sh *shard) collect(o *op) {
 	// instead of waiting for every changed device to be encoded.
 	n := min(len(sh.collecting), collectChunk)
 	chunk := sh.collecting[len(sh.collecting)-n:]
-	var buf []byte // this shard's arena in a CollectEach
-	if o.bufs != nil {
-		buf = o.bufs[sh.index][:0]
-		need := 0
-		for _, d := range chunk {
-			need += d.encodedSize()
-		}
-		buf = slices.Grow(buf, need) // once, not as it fills
-		// Each shard writes its own element: no race.
-		defer func() { o.bufs[sh.index] = buf }()
+	// This shard's buffer, reused chunk after chunk (see CollectEach).
+	buf := o.bufs[sh.index][:0]
+	need := 0
+	for _, d := range chunk {
+		need += d.encodedSize()
 	}
+	buf = slices.Grow(buf, need) // once, not as it fills
+	// Each shard writes its own element: no race.
+	defer func() { o.bufs[sh.index] = buf }()
 	for _, d := range chunk {
 		if d.dirty && !d.unrestored && !d.loading && !d.gone && len(d.streams) > 0 {
 			d.gen++
-			var data []byte
-			if o.bufs != nil {
-				at := len(buf)
-				buf = d.appendEncoded(buf)
-				data = buf[at:len(buf):len(buf)]
-			} else {
-				data = d.encode()
-			}
-			o.snaps = append(o.snaps, Encoded{Device: d.id, Data: data, Gen: d.gen})
+			at := len(buf)
+			buf = d.appendEncoded(buf)
+			o.snaps = append(o.snaps, Encoded{Device: d.id, Data: buf[at:len(buf):len(buf)], Gen: d.gen})
 			d.encodedAt = sh.now
 		}
 		d.dirty = false
@@ -528,8 +520,11 @@ type Encoded struct {
 // error: those devices are no longer marked changed.
 func (s *Set) Collect(evict bool) ([]Encoded, error) {
 	var out []Encoded
-	_, err := s.collect(evict, nil, func(snaps []Encoded) bool {
-		out = append(out, snaps...)
+	_, err := s.CollectEach(evict, func(snaps []Encoded) bool {
+		for _, e := range snaps {
+			e.Data = slices.Clone(e.Data)
+			out = append(out, e)
+		}
 		return true
 	})
 	return out, err
@@ -547,12 +542,7 @@ func (s *Set) Collect(evict bool) ([]Encoded, error) {
 // messages waited in the shards' queues behind requests. When the Set
 // stops midway, each has had what was taken.
 func (s *Set) CollectEach(evict bool, each func([]Encoded) bool) (time.Duration, error) {
-	return s.collect(evict, make([][]byte, len(s.shards)), each)
-}
-
-// collect runs a Collect's ops, encoding into bufs (one per shard, reused
-// chunk after chunk) or, when nil, into a new slice per device.
-func (s *Set) collect(evict bool, bufs [][]byte, each func([]Encoded) bool) (time.Duration, error) {
+	bufs := make([][]byte, len(s.shards)) // one per shard, reused chunk after chunk
 	s.clock.Store(time.Now().UnixNano())
 	var (
 		busy  time.Duration

@@ -737,7 +737,7 @@ type op struct {
 	mom     moments
 	names   map[string]nameAgg // opNames
 	snaps   []Encoded          // opCollect
-	bufs    [][]byte           // opCollect: each shard's arena, at its index; nil: none
+	bufs    [][]byte           // opCollect: each shard's buffer, at its index
 	evict   bool               // opCollect: also drop idle devices
 	start   bool               // opCollect: the first of a Collect's ops
 	more    bool               // opCollect: devices are left for the next op

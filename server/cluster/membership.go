@@ -400,9 +400,9 @@ func (m *Membership) refresh() error {
 }
 
 // IsMember reports whether ip is the address of a listed member, suspected
-// or not, by IP or by a name as last resolved (each refresh looks names up
-// again): the listener spares members MAX_CONNS_PER_IP, since a member
-// forwards all its clients' requests from its own address.
+// or not, by IP or by a name as last resolved (looked up after each
+// refresh, apart from it): the listener spares members MAX_CONNS_PER_IP,
+// since a member forwards all its clients' requests from its own address.
 func (m *Membership) IsMember(ip netip.Addr) bool { return m.addrs.has(ip) }
 
 // installLocked makes members (sorted, unique) the view if they differ
